@@ -1,0 +1,108 @@
+//! Connecting to PostgreSQL, creating the database if missing, and migrating it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::error::StoreError;
+
+/// The schema, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How to reach the event store's database.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// `CHRONICLE_DATABASE_URL`.
+    pub url: String,
+    /// `CHRONICLE_DB_MAX_CONNECTIONS`: the pool's size.
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before failing.
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    /// The local default: a `chronicle` database on the local server.
+    pub const DEFAULT_URL: &'static str = "postgres://postgres@127.0.0.1:5432/chronicle";
+
+    /// Settings for `url` with default pool limits.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The URL with any password replaced, fit for logs.
+    pub fn redacted_url(&self) -> String {
+        match PgConnectOptions::from_str(&self.url) {
+            Ok(options) => format!(
+                "postgres://{}@{}:{}/{}",
+                options.get_username(),
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or_default()
+            ),
+            Err(_) => "<unparseable database url>".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.redacted_url())
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+/// Opens a pool on the event store's database.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(&settings.url)?.application_name("chronicle");
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(options)
+        .await?)
+}
+
+/// Creates the database named in `url` if it does not exist, connecting to the server's
+/// `postgres` database to do so. Harmless when it exists or is being created concurrently.
+pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let create = format!(
+            "CREATE DATABASE \"{}\" ENCODING 'UTF8' TEMPLATE template0",
+            name.replace('"', "\"\"")
+        );
+        match sqlx::query(&create).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // 42P04 duplicate_database, 23505 when two creators race on the catalog.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// Applies every pending migration. Safe to run from several processes at once (sqlx
+/// serialises migrators with an advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
