@@ -1,0 +1,13 @@
+//! Chronicle's application services: a `CqrsFramework` per aggregate over postgres-es's
+//! repository, with snapshots and upcasters; command metadata (actor, correlation,
+//! causation, request); server-side retries of optimistic-lock conflicts; and the
+//! translation of the database's refusals into typed errors.
+
+mod error;
+mod locks;
+mod metadata;
+mod service;
+
+pub use error::CommandError;
+pub use metadata::{CommandMetadata, IdempotencyClaim};
+pub use service::{CommandOutcome, CommandService, CommandSettings};
