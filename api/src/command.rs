@@ -1,0 +1,148 @@
+//! The path every command request takes: idempotency replay, metadata, execution, and
+//! the answer built the same way whether the command ran now or earlier.
+
+use std::future::Future;
+
+use chronicle_commands::{CommandError, CommandMetadata, CommandOutcome, IdempotencyClaim};
+use chronicle_eventstore::idempotency::{self, IdempotencyRecord};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::extract::CommandHeaders;
+use crate::problem::{AppError, idempotency_key_reused};
+
+/// What a command did, as the client sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted {
+    pub aggregate_id: Uuid,
+    pub version: i64,
+    pub position: i64,
+}
+
+impl From<CommandOutcome> for Accepted {
+    fn from(outcome: CommandOutcome) -> Self {
+        Self {
+            aggregate_id: outcome.aggregate_id,
+            version: outcome.version,
+            position: outcome.position,
+        }
+    }
+}
+
+/// Executes a command once per `Idempotency-Key`.
+///
+/// `request_line` ("POST /v1/accounts/…") and `body` identify the request; the same key
+/// with the same request answers from the stored record, with another request 422.
+/// `run` builds the command (validation included) and executes it; it is not called
+/// for a replay, so a replay never re-validates against a clock that has moved on.
+pub async fn execute<B, F, Fut>(
+    state: &AppState,
+    principal: &Principal,
+    headers: &CommandHeaders,
+    request_line: &str,
+    body: &B,
+    run: F,
+) -> Result<Accepted, AppError>
+where
+    B: Serialize,
+    F: FnOnce(CommandMetadata) -> Fut,
+    Fut: Future<Output = Result<CommandOutcome, CommandError>>,
+{
+    let actor = principal.0.subject.as_str();
+    let claim = headers
+        .idempotency_key
+        .as_ref()
+        .map(|key| IdempotencyClaim {
+            key: key.clone(),
+            request_hash: request_hash(request_line, body),
+        });
+    if let Some(claim) = &claim
+        && let Some(accepted) = replay(state, actor, claim).await?
+    {
+        return Ok(accepted);
+    }
+    let metadata = CommandMetadata::for_request(actor, headers.request_id, headers.correlation_id)
+        .with_idempotency(claim.clone());
+    match run(metadata).await {
+        Ok(outcome) => Ok(outcome.into()),
+        // A concurrent request with the same key committed first.
+        Err(CommandError::IdempotencyKeyUsed) => match &claim {
+            Some(claim) => replay(state, actor, claim)
+                .await?
+                .ok_or_else(idempotency_key_reused),
+            None => Err(idempotency_key_reused()),
+        },
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn replay(
+    state: &AppState,
+    actor: &str,
+    claim: &IdempotencyClaim,
+) -> Result<Option<Accepted>, AppError> {
+    let Some(record) = idempotency::find(&state.pool, actor, &claim.key).await? else {
+        return Ok(None);
+    };
+    if record.request_hash != claim.request_hash {
+        return Err(idempotency_key_reused());
+    }
+    accepted_from(&record).map(Some)
+}
+
+fn accepted_from(record: &IdempotencyRecord) -> Result<Accepted, AppError> {
+    let aggregate_id = Uuid::parse_str(&record.aggregate_id)
+        .map_err(|e| AppError::internal(&format!("stored aggregate id is not a uuid: {e}")))?;
+    Ok(Accepted {
+        aggregate_id,
+        version: record.last_sequence,
+        position: record.last_position,
+    })
+}
+
+/// A request's identity for idempotency: its method, path and body, the body in its
+/// parsed and re-serialized form so that formatting does not matter.
+fn request_hash(request_line: &str, body: &impl Serialize) -> String {
+    let canonical = serde_json::to_string(body).unwrap_or_default();
+    let mut hasher = Sha256::new();
+    hasher.update(request_line.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// An id derived from a request's idempotency key, so a replayed request names the same
+/// id as the original; a fresh one when there is no key.
+pub fn derived_id(actor: &str, headers: &CommandHeaders, purpose: &str) -> Uuid {
+    match &headers.idempotency_key {
+        Some(key) => Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("chronicle/{purpose}/{actor}/{key}").as_bytes(),
+        ),
+        None => Uuid::new_v4(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_depends_on_route_and_body_not_on_formatting() {
+        let a = serde_json::json!({"amount": 5, "reference": "x"});
+        let b: serde_json::Value =
+            serde_json::from_str("{ \"reference\":\"x\",  \"amount\":5 }").unwrap();
+        assert_eq!(request_hash("POST /a", &a), request_hash("POST /a", &b));
+        assert_ne!(request_hash("POST /a", &a), request_hash("POST /b", &a));
+        assert_ne!(
+            request_hash("POST /a", &a),
+            request_hash(
+                "POST /a",
+                &serde_json::json!({"amount": 6, "reference": "x"})
+            )
+        );
+    }
+}

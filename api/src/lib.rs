@@ -1,0 +1,110 @@
+//! Chronicle's HTTP edge: the axum router, authentication, problem+json errors and the
+//! command pipeline (idempotency keys, `If-Match`, request metadata). Only this crate
+//! knows about HTTP; below it, errors are typed and carry stable codes.
+
+pub mod auth;
+pub mod command;
+pub mod extract;
+pub mod problem;
+mod routes;
+pub mod settings;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chronicle_commands::CommandService;
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::auth::JwtKeys;
+use crate::problem::AppError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub commands: Arc<CommandService>,
+    pub pool: PgPool,
+    pub keys: Arc<JwtKeys>,
+}
+
+impl FromRef<AppState> for Arc<JwtKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+/// Limits the router enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// `CHRONICLE_BODY_LIMIT_BYTES`: larger request bodies answer 413.
+    pub body_limit: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+/// The id of the request being served (`X-Request-Id` when it is a UUID, else fresh).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestId(pub Uuid);
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v.trim()).ok())
+        .unwrap_or_else(Uuid::new_v4);
+    request.extensions_mut().insert(RequestId(id));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    AppError::internal(&"a handler panicked").into_response()
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    use routes::{accounts, bookings, ops, payments};
+    Router::new()
+        .route("/v1/accounts", post(accounts::open))
+        .route("/v1/accounts/{id}/deposits", post(accounts::deposit))
+        .route("/v1/accounts/{id}/withdrawals", post(accounts::withdraw))
+        .route("/v1/accounts/{id}/close", post(accounts::close))
+        .route("/v1/bookings", post(bookings::request))
+        .route("/v1/bookings/{id}/cancel", post(bookings::cancel))
+        .route("/v1/payments", post(payments::initiate))
+        .route("/v1/payments/{id}/refund", post(payments::refund))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(|| async { AppError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            AppError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not allowed on this path",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}

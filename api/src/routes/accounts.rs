@@ -1,0 +1,208 @@
+//! `POST /v1/accounts` and the commands on one account.
+
+use axum::extract::State;
+use axum::response::Response;
+use chronicle_domain::account::Movement;
+use chronicle_domain::values::{Owner, Reference};
+use chronicle_domain::{AccountCommand, Amount, Currency, Issued, Role};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{created, ok};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::command::{self, Accepted};
+use crate::extract::{ApiJson, CommandHeaders, IdPath, OptionalJson};
+use crate::problem::AppError;
+
+/// Body of `POST /v1/accounts`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAccountBody {
+    /// Chosen by the server when absent.
+    pub account_id: Option<Uuid>,
+    /// The owning principal; the caller itself when absent. Only an admin may name
+    /// someone else.
+    pub owner: Option<String>,
+    pub currency: String,
+    #[serde(default)]
+    pub overdraft_limit: i64,
+}
+
+/// Body of deposits and withdrawals.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementBody {
+    pub amount: i64,
+    /// When given, must be the account's currency.
+    pub currency: Option<String>,
+    /// Makes the movement idempotent on this account.
+    pub reference: Option<String>,
+}
+
+/// Body of `POST /v1/accounts/{id}/close` (none is needed).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloseBody {}
+
+/// The answer to an account command.
+#[derive(Debug, Serialize)]
+pub struct AccountAccepted {
+    pub account_id: Uuid,
+    pub version: i64,
+    pub position: i64,
+}
+
+impl From<&Accepted> for AccountAccepted {
+    fn from(a: &Accepted) -> Self {
+        Self {
+            account_id: a.aggregate_id,
+            version: a.version,
+            position: a.position,
+        }
+    }
+}
+
+pub async fn open(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: CommandHeaders,
+    ApiJson(body): ApiJson<OpenAccountBody>,
+) -> Result<Response, AppError> {
+    principal.require_commander()?;
+    let actor = &principal.0;
+    let owner = body.owner.clone().unwrap_or_else(|| actor.subject.clone());
+    if owner != actor.subject && !actor.has(Role::Admin) {
+        return Err(AppError::forbidden(
+            "only an admin may open an account for someone else",
+        ));
+    }
+    let (state, body, headers) = (&state, &body, &headers);
+    let accepted = command::execute(
+        state,
+        &principal,
+        headers,
+        "POST /v1/accounts",
+        body,
+        |metadata| async move {
+            let id = body.account_id.unwrap_or_else(Uuid::new_v4);
+            let command = AccountCommand::OpenAccount {
+                account_id: id,
+                owner: Owner::parse(&owner)?,
+                currency: Currency::parse(&body.currency)?,
+                overdraft_limit: body.overdraft_limit,
+            };
+            let issued = Issued::new(actor.clone(), Utc::now(), command);
+            state.commands.account(id, issued, &metadata).await
+        },
+    )
+    .await?;
+    let location = format!("/v1/accounts/{}", accepted.aggregate_id);
+    Ok(created(
+        location,
+        &accepted,
+        AccountAccepted::from(&accepted),
+    ))
+}
+
+pub async fn deposit(
+    state: State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    ApiJson(body): ApiJson<MovementBody>,
+) -> Result<Response, AppError> {
+    movement(
+        state,
+        principal,
+        id,
+        headers,
+        body,
+        "deposits",
+        AccountCommand::DepositFunds,
+    )
+    .await
+}
+
+pub async fn withdraw(
+    state: State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    ApiJson(body): ApiJson<MovementBody>,
+) -> Result<Response, AppError> {
+    movement(
+        state,
+        principal,
+        id,
+        headers,
+        body,
+        "withdrawals",
+        AccountCommand::WithdrawFunds,
+    )
+    .await
+}
+
+async fn movement(
+    State(state): State<AppState>,
+    principal: Principal,
+    id: Uuid,
+    headers: CommandHeaders,
+    body: MovementBody,
+    route: &str,
+    command: fn(Movement) -> AccountCommand,
+) -> Result<Response, AppError> {
+    principal.require_commander()?;
+    let line = format!("POST /v1/accounts/{id}/{route}");
+    let (state, body, headers, actor) = (&state, &body, &headers, &principal.0);
+    let accepted = command::execute(
+        state,
+        &principal,
+        headers,
+        &line,
+        body,
+        |metadata| async move {
+            let movement = Movement {
+                amount: Amount::new("amount", body.amount)?,
+                currency: body.currency.as_deref().map(Currency::parse).transpose()?,
+                reference: body
+                    .reference
+                    .as_deref()
+                    .map(Reference::parse)
+                    .transpose()?,
+            };
+            let issued = Issued::new(actor.clone(), Utc::now(), command(movement))
+                .expecting(headers.expected_version);
+            state.commands.account(id, issued, &metadata).await
+        },
+    )
+    .await?;
+    Ok(ok(&accepted, AccountAccepted::from(&accepted)))
+}
+
+pub async fn close(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    OptionalJson(body): OptionalJson<CloseBody>,
+) -> Result<Response, AppError> {
+    principal.require_commander()?;
+    let line = format!("POST /v1/accounts/{id}/close");
+    let (state, headers, actor) = (&state, &headers, &principal.0);
+    let accepted = command::execute(
+        state,
+        &principal,
+        headers,
+        &line,
+        &body,
+        |metadata| async move {
+            let issued = Issued::new(actor.clone(), Utc::now(), AccountCommand::CloseAccount)
+                .expecting(headers.expected_version);
+            state.commands.account(id, issued, &metadata).await
+        },
+    )
+    .await?;
+    Ok(ok(&accepted, AccountAccepted::from(&accepted)))
+}

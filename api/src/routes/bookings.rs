@@ -1,0 +1,200 @@
+//! `POST /v1/bookings` and the commands on one booking.
+
+use axum::extract::State;
+use axum::response::Response;
+use chronicle_commands::CommandError;
+use chronicle_domain::booking::BookingRequest;
+use chronicle_domain::values::{Guest, Note, ResourceId, Seats};
+use chronicle_domain::{Actor, Amount, BookingCommand, Currency, DomainError, Issued, Money};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{created, ok};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::command::{self, Accepted};
+use crate::extract::{ApiJson, CommandHeaders, IdPath, OptionalJson};
+use crate::problem::AppError;
+
+/// An amount in a currency.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyBody {
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// The guest a booking is for.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestBody {
+    pub name: String,
+    pub email: String,
+}
+
+/// Body of `POST /v1/bookings`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBookingBody {
+    /// Chosen by the server when absent.
+    pub booking_id: Option<Uuid>,
+    pub account_id: Uuid,
+    pub resource_id: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub seats: Vec<String>,
+    pub price: MoneyBody,
+    pub guest: GuestBody,
+    pub notes: Option<String>,
+}
+
+/// Body of `POST /v1/bookings/{id}/cancel`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    pub reason: Option<String>,
+}
+
+/// The answer to a booking command.
+#[derive(Debug, Serialize)]
+pub struct BookingAccepted {
+    pub booking_id: Uuid,
+    pub status: &'static str,
+    pub version: i64,
+    pub position: i64,
+}
+
+impl BookingAccepted {
+    fn new(accepted: &Accepted, status: &'static str) -> Self {
+        Self {
+            booking_id: accepted.aggregate_id,
+            status,
+            version: accepted.version,
+            position: accepted.position,
+        }
+    }
+}
+
+/// Looks up the account a booking or payment is charged to: it must exist and be the
+/// actor's (otherwise 404), be open, and hold `currency`. Returns its owner.
+pub(crate) async fn chargeable_account(
+    state: &AppState,
+    actor: &Actor,
+    account_id: Uuid,
+    currency: Currency,
+) -> Result<String, CommandError> {
+    let account = state.commands.load_account(account_id).await?;
+    let account = account
+        .state()
+        .filter(|a| actor.may_act_for(&a.owner))
+        .ok_or(DomainError::NotFound)?;
+    if account.closed {
+        return Err(DomainError::AccountClosed.into());
+    }
+    if account.currency != currency {
+        return Err(DomainError::CurrencyMismatch {
+            expected: account.currency,
+            actual: currency,
+        }
+        .into());
+    }
+    Ok(account.owner.clone())
+}
+
+fn booking_request(
+    body: &RequestBookingBody,
+    id: Uuid,
+    owner: String,
+) -> Result<BookingRequest, DomainError> {
+    Ok(BookingRequest {
+        booking_id: id,
+        account_id: body.account_id,
+        owner,
+        resource_id: ResourceId::parse(&body.resource_id)?,
+        seats: Seats::parse(&body.seats)?,
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+        price: Money::new(
+            Amount::new("price.amount", body.price.amount)?,
+            Currency::parse(&body.price.currency)?,
+        ),
+        guest: Guest::parse(&body.guest.name, &body.guest.email)?,
+        notes: body
+            .notes
+            .as_deref()
+            .map(|n| Note::parse("notes", n))
+            .transpose()?,
+    })
+}
+
+pub async fn request(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: CommandHeaders,
+    ApiJson(body): ApiJson<RequestBookingBody>,
+) -> Result<Response, AppError> {
+    principal.require_commander()?;
+    let (state, body, actor) = (&state, &body, &principal.0);
+    let accepted = command::execute(
+        state,
+        &principal,
+        &headers,
+        "POST /v1/bookings",
+        body,
+        |metadata| async move {
+            let currency = Currency::parse(&body.price.currency)?;
+            let owner = chargeable_account(state, actor, body.account_id, currency).await?;
+            let id = body.booking_id.unwrap_or_else(Uuid::new_v4);
+            let request = booking_request(body, id, owner)?;
+            let issued = Issued::new(
+                actor.clone(),
+                Utc::now(),
+                BookingCommand::RequestBooking(Box::new(request)),
+            );
+            state.commands.booking(id, issued, &metadata).await
+        },
+    )
+    .await?;
+    let location = format!("/v1/bookings/{}", accepted.aggregate_id);
+    Ok(created(
+        location,
+        &accepted,
+        BookingAccepted::new(&accepted, "pending"),
+    ))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    OptionalJson(body): OptionalJson<CancelBody>,
+) -> Result<Response, AppError> {
+    principal.require_commander()?;
+    let line = format!("POST /v1/bookings/{id}/cancel");
+    let (state, body, headers, actor) = (&state, &body, &headers, &principal.0);
+    let accepted = command::execute(
+        state,
+        &principal,
+        headers,
+        &line,
+        body,
+        |metadata| async move {
+            let reason = body
+                .reason
+                .as_deref()
+                .map(|r| Note::parse("reason", r))
+                .transpose()?;
+            let issued = Issued::new(
+                actor.clone(),
+                Utc::now(),
+                BookingCommand::CancelBooking { reason },
+            )
+            .expecting(headers.expected_version);
+            state.commands.booking(id, issued, &metadata).await
+        },
+    )
+    .await?;
+    Ok(ok(&accepted, BookingAccepted::new(&accepted, "cancelled")))
+}

@@ -1,0 +1,158 @@
+//! `POST /v1/payments` and refunds.
+
+use axum::extract::State;
+use axum::response::Response;
+use chronicle_domain::payment::PaymentRequest;
+use chronicle_domain::{Amount, Currency, Issued, Money, PaymentCommand, PaymentKind, Schedule};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::bookings::chargeable_account;
+use super::{created, ok};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::command::{self, Accepted, derived_id};
+use crate::extract::{ApiJson, CommandHeaders, IdPath};
+use crate::problem::AppError;
+
+/// When a recurring payment charges.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    pub interval_seconds: u32,
+    pub count: Option<u32>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /v1/payments`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitiatePaymentBody {
+    /// Chosen by the server when absent.
+    pub payment_id: Option<Uuid>,
+    pub account_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub kind: PaymentKind,
+    pub booking_id: Option<Uuid>,
+    pub schedule: Option<ScheduleBody>,
+}
+
+/// Body of `POST /v1/payments/{id}/refund`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub amount: i64,
+}
+
+/// The answer to a payment command.
+#[derive(Debug, Serialize)]
+pub struct PaymentAccepted {
+    pub payment_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<Uuid>,
+    pub version: i64,
+    pub position: i64,
+}
+
+impl PaymentAccepted {
+    fn new(accepted: &Accepted) -> Self {
+        Self {
+            payment_id: accepted.aggregate_id,
+            status: None,
+            refund_id: None,
+            version: accepted.version,
+            position: accepted.position,
+        }
+    }
+}
+
+pub async fn initiate(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: CommandHeaders,
+    ApiJson(body): ApiJson<InitiatePaymentBody>,
+) -> Result<Response, AppError> {
+    principal.require_commander()?;
+    let (state, body, actor) = (&state, &body, &principal.0);
+    let accepted = command::execute(
+        state,
+        &principal,
+        &headers,
+        "POST /v1/payments",
+        body,
+        |metadata| async move {
+            let currency = Currency::parse(&body.currency)?;
+            let owner = chargeable_account(state, actor, body.account_id, currency).await?;
+            let id = body.payment_id.unwrap_or_else(Uuid::new_v4);
+            let request = PaymentRequest {
+                payment_id: id,
+                account_id: body.account_id,
+                owner,
+                amount: Money::new(Amount::new("amount", body.amount)?, currency),
+                kind: body.kind,
+                schedule: body.schedule.as_ref().map(|s| Schedule {
+                    interval_seconds: s.interval_seconds,
+                    count: s.count,
+                    until: s.until,
+                }),
+                booking_id: body.booking_id,
+            };
+            let issued = Issued::new(
+                actor.clone(),
+                Utc::now(),
+                PaymentCommand::InitiatePayment(request),
+            );
+            state.commands.payment(id, issued, &metadata).await
+        },
+    )
+    .await?;
+    let status = match body.kind {
+        PaymentKind::OneTime => "pending",
+        PaymentKind::Recurring => "active",
+    };
+    let location = format!("/v1/payments/{}", accepted.aggregate_id);
+    let answer = PaymentAccepted {
+        status: Some(status),
+        ..PaymentAccepted::new(&accepted)
+    };
+    Ok(created(location, &accepted, answer))
+}
+
+pub async fn refund(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    ApiJson(body): ApiJson<RefundBody>,
+) -> Result<Response, AppError> {
+    principal.require_commander()?;
+    let line = format!("POST /v1/payments/{id}/refund");
+    let refund_id = derived_id(&principal.0.subject, &headers, &line);
+    let (state, body, headers, actor) = (&state, &body, &headers, &principal.0);
+    let accepted = command::execute(
+        state,
+        &principal,
+        headers,
+        &line,
+        body,
+        |metadata| async move {
+            let command = PaymentCommand::RefundPayment {
+                refund_id,
+                amount: Amount::new("amount", body.amount)?,
+            };
+            let issued =
+                Issued::new(actor.clone(), Utc::now(), command).expecting(headers.expected_version);
+            state.commands.payment(id, issued, &metadata).await
+        },
+    )
+    .await?;
+    let answer = PaymentAccepted {
+        refund_id: Some(refund_id),
+        ..PaymentAccepted::new(&accepted)
+    };
+    Ok(ok(&accepted, answer))
+}
