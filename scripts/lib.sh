@@ -1,0 +1,80 @@
+# Shared by run.sh and test.sh: find or start what Chronicle needs on this machine.
+# Sourced, not executed. Every function prints what it does on stderr.
+
+say() { printf 'chronicle: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+# host and port of a postgres:// URL
+url_host() { sed -E 's#^[a-z]+://([^@/]*@)?(\[[^]]+\]|[^:/?]+).*#\2#' <<<"$1"; }
+url_port() {
+  local p
+  p=$(sed -nE 's#^[a-z]+://([^@/]*@)?(\[[^]]+\]|[^:/?]+):([0-9]+).*#\3#p' <<<"$1")
+  echo "${p:-5432}"
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# Can we log in with this URL? (psql when present; otherwise an open port will do)
+pg_login_ok() {
+  if command -v psql >/dev/null 2>&1; then
+    psql "$(sed -E 's#/[^/?]*(\?|$)#/postgres\1#' <<<"$1")" -Atqc 'select 1' >/dev/null 2>&1
+  else
+    tcp_open "$(url_host "$1")" "$(url_port "$1")"
+  fi
+}
+
+start_local_cluster() {
+  command -v pg_ctlcluster >/dev/null 2>&1 || return 1
+  local version
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$version" ] || return 1
+  say "starting the local PostgreSQL $version cluster"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start >/dev/null 2>&1 || true
+  for _ in $(seq 1 30); do tcp_open 127.0.0.1 5432 && return 0; sleep 1; done
+  return 1
+}
+
+install_postgres() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+  say "installing PostgreSQL from the distribution's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+}
+
+# A superuser login for local development when the server refuses the defaults
+# (a fresh Debian cluster asks TCP clients for a password).
+create_dev_role() {
+  [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 || return 1
+  say "creating the local development role 'chronicle'"
+  su postgres -c "psql -qc \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'chronicle') THEN CREATE ROLE chronicle LOGIN SUPERUSER PASSWORD 'chronicle'; END IF; END \\\$\\\$\"" >/dev/null
+}
+
+# Sets CHRONICLE_DATABASE_URL to a server we can log in to, starting or installing a
+# local one when none answers. An explicit CHRONICLE_DATABASE_URL is only checked.
+ensure_postgres() {
+  local candidates url
+  if [ -n "${CHRONICLE_DATABASE_URL:-}" ]; then
+    candidates=("$CHRONICLE_DATABASE_URL")
+  else
+    candidates=("postgres://postgres@127.0.0.1:5432/chronicle" "postgres://chronicle:chronicle@127.0.0.1:5432/chronicle")
+  fi
+  local host port
+  host=$(url_host "${candidates[0]}")
+  port=$(url_port "${candidates[0]}")
+  if ! tcp_open "$host" "$port"; then
+    case "$host" in
+      127.0.0.1|localhost|::1)
+        start_local_cluster || { install_postgres && start_local_cluster; } ||
+          die "no PostgreSQL answers on $host:$port and none could be started here. Install PostgreSQL 13 or newer (Debian/Ubuntu: sudo apt-get install postgresql), start it, and set CHRONICLE_DATABASE_URL=postgres://USER:PASSWORD@HOST:PORT/chronicle" ;;
+      *) die "no PostgreSQL answers at $host:$port (CHRONICLE_DATABASE_URL)" ;;
+    esac
+  fi
+  for url in "${candidates[@]}"; do
+    if pg_login_ok "$url"; then export CHRONICLE_DATABASE_URL="$url"; return 0; fi
+  done
+  if [ -z "${CHRONICLE_DATABASE_URL:-}" ] && create_dev_role && pg_login_ok "${candidates[1]}"; then
+    export CHRONICLE_DATABASE_URL="${candidates[1]}"
+    return 0
+  fi
+  die "PostgreSQL answers on $host:$port but refuses the login; set CHRONICLE_DATABASE_URL=postgres://USER:PASSWORD@$host:$port/chronicle"
+}

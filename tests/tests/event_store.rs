@@ -1,0 +1,345 @@
+//! The event store itself: append-only for every role, the hash chain, seat claims'
+//! release, snapshots, upcasting, and the metadata every event carries.
+
+use chronicle_commands::CommandSettings;
+use chronicle_eventstore::chain::{ChainBreak, verify_stream};
+use chronicle_tests::{AppOptions, TestApp, spawn_app, spawn_app_with};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Connection;
+
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
+#[tokio::test]
+async fn history_cannot_be_changed_by_the_application_role_or_the_owner() {
+    let app = spawn_app().await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 100).await;
+
+    for statement in [
+        "UPDATE events SET payload = '{}'::jsonb",
+        "UPDATE events SET recorded_at = now() WHERE false",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let error = sqlx::query(statement).execute(&app.pool).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("CH000"),
+            "{statement}: {error}"
+        );
+    }
+    // The owner cannot switch the guard off or drop the table either.
+    for statement in [
+        "ALTER TABLE events DISABLE TRIGGER events_append_only",
+        "ALTER TABLE events DISABLE TRIGGER ALL",
+        "DROP TRIGGER events_append_only ON events",
+        "DROP TABLE events CASCADE",
+    ] {
+        let error = sqlx::query(statement).execute(&app.pool).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("CH000"),
+            "{statement}: {error}"
+        );
+    }
+
+    // A role with every table privilege granted is refused the same way.
+    let role = format!("chronicle_writer_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
+        .await
+        .unwrap();
+    sqlx::query(&format!("SET ROLE {role}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let error = sqlx::query("UPDATE events SET event_type = 'X'")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).as_deref(), Some("CH000"));
+    sqlx::query("RESET ROLE").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    sqlx::query(&format!("DROP OWNED BY {role}"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 2);
+}
+
+#[tokio::test]
+async fn the_hash_chain_recomputes_and_shows_tampering() {
+    let app = spawn_app().await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    for amount in [100, 250, 400] {
+        app.deposit(&token, account, amount).await;
+    }
+    let id = account.to_string();
+    assert_eq!(
+        verify_stream(&app.pool, "Account", &id).await.unwrap(),
+        vec![]
+    );
+
+    // Only a deliberate superuser bypass gets past the guard.
+    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
+        .await
+        .unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE events SET payload = jsonb_set(payload, '{amount}', '9999') \
+          WHERE aggregate_id = $1 AND sequence = 3",
+    )
+    .bind(&id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(
+        verify_stream(&app.pool, "Account", &id).await.unwrap(),
+        vec![ChainBreak::HashMismatch { sequence: 3 }]
+    );
+}
+
+#[tokio::test]
+async fn removing_events_is_caught_in_the_middle_and_at_the_end() {
+    let app = spawn_app().await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    for amount in [1, 2, 3] {
+        app.deposit(&token, account, amount).await;
+    }
+    let id = account.to_string();
+    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
+        .await
+        .unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM events WHERE aggregate_id = $1 AND sequence IN (2, 4)")
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let breaks = verify_stream(&app.pool, "Account", &id).await.unwrap();
+    assert!(
+        breaks.contains(&ChainBreak::SequenceGap {
+            expected: 2,
+            found: 3
+        }),
+        "{breaks:?}"
+    );
+    assert!(
+        breaks.contains(&ChainBreak::HeadMismatch {
+            head_sequence: 4,
+            last_sequence: 3
+        }),
+        "{breaks:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_booking_releases_its_seats() {
+    let app = spawn_app().await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    let body = TestApp::booking_body(account, "stage", &["A1", "A2"], 10, 0);
+    let first = app.post("/v1/bookings", Some(&token), &[], &body).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let overlapping = TestApp::booking_body(account, "stage", &["A2", "A3"], 10, 30);
+    let refused = app
+        .post("/v1/bookings", Some(&token), &[], &overlapping)
+        .await;
+    assert_eq!(refused.code(), "seat_taken");
+    // The same seats at a time that does not overlap are free.
+    let later = TestApp::booking_body(account, "stage", &["A1", "A2"], 11, 0);
+    assert_eq!(
+        app.post("/v1/bookings", Some(&token), &[], &later)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let cancel = app
+        .post(
+            &format!("/v1/bookings/{}/cancel", first.id("booking_id")),
+            Some(&token),
+            &[],
+            &json!({ "reason": "ill" }),
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{cancel:?}");
+    assert_eq!(cancel.body["status"], "cancelled");
+    assert_eq!(
+        app.post("/v1/bookings", Some(&token), &[], &overlapping)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn snapshots_bound_what_a_load_reads_and_a_bad_one_is_replaced() {
+    let app = spawn_app_with(AppOptions {
+        commands: CommandSettings {
+            snapshot_every: 10,
+            ..CommandSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    for _ in 0..24 {
+        app.deposit(&token, account, 5).await;
+    }
+    let id = account.to_string();
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_sequence FROM snapshots WHERE aggregate_id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(last, 20);
+    assert_eq!(
+        app.commands
+            .load_account(account)
+            .await
+            .unwrap()
+            .state()
+            .unwrap()
+            .balance,
+        120
+    );
+
+    // A snapshot that no longer deserializes (the aggregate changed shape) is ignored,
+    // the stream replayed, and a fresh snapshot replaces it at the next boundary.
+    sqlx::query("UPDATE snapshots SET payload = '{\"shape\": \"old\"}' WHERE aggregate_id = $1")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        app.deposit(&token, account, 5).await;
+    }
+    let (last, payload): (i64, serde_json::Value) =
+        sqlx::query_as("SELECT last_sequence, payload FROM snapshots WHERE aggregate_id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(last, 30);
+    // Opened, then 29 deposits of 5 up to sequence 30.
+    assert_eq!(payload["state"]["balance"], 145);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM snapshots")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_stored_v1_event_loads_as_v2() {
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4();
+    // AccountOpened v1 had no overdraft_limit.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('Account', $1, 1, 'AccountOpened', '1', $2, '{}')",
+    )
+    .bind(id.to_string())
+    .bind(json!({
+        "type": "AccountOpened",
+        "account_id": id,
+        "owner": "alice",
+        "currency": "EUR",
+        "opened_at": "2021-06-01T00:00:00Z"
+    }))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let account = app.commands.load_account(id).await.unwrap();
+    let state = account.state().unwrap();
+    assert_eq!(
+        (state.overdraft_limit, state.balance, state.owner.as_str()),
+        (0, 0, "alice")
+    );
+    let token = app.client_token("alice");
+    app.deposit(&token, id, 10).await;
+    let withdrawal = app
+        .post(
+            &format!("/v1/accounts/{id}/withdrawals"),
+            Some(&token),
+            &[],
+            &json!({ "amount": 11 }),
+        )
+        .await;
+    assert_eq!(withdrawal.code(), "insufficient_funds");
+}
+
+#[tokio::test]
+async fn events_carry_actor_correlation_causation_and_request_ids() {
+    let app = spawn_app().await;
+    let token = app.client_token("alice");
+    let request_id = uuid::Uuid::new_v4();
+    let correlation_id = uuid::Uuid::new_v4();
+    let reply = app
+        .post(
+            "/v1/accounts",
+            Some(&token),
+            &[
+                ("X-Request-Id", &request_id.to_string()),
+                ("X-Correlation-Id", &correlation_id.to_string()),
+            ],
+            &json!({ "currency": "EUR" }),
+        )
+        .await;
+    assert_eq!(
+        reply.headers["x-request-id"].to_str().unwrap(),
+        request_id.to_string()
+    );
+    let (metadata, position, version): (serde_json::Value, i64, i64) = sqlx::query_as(
+        "SELECT metadata, global_position, sequence FROM events WHERE aggregate_id = $1",
+    )
+    .bind(reply.id("account_id").to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(metadata["actor"], "alice");
+    assert_eq!(metadata["request_id"], request_id.to_string());
+    assert_eq!(metadata["causation_id"], request_id.to_string());
+    assert_eq!(metadata["correlation_id"], correlation_id.to_string());
+    assert_eq!(reply.body["position"], position);
+    assert_eq!(reply.body["version"], version);
+    assert_eq!(reply.headers["etag"].to_str().unwrap(), "\"1\"");
+}
