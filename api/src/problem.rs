@@ -148,7 +148,7 @@ impl From<CommandError> for AppError {
             CommandError::IdempotencyKeyUsed => idempotency_key_reused(),
             CommandError::Contention { attempts } => Self::new(
                 StatusCode::CONFLICT,
-                "conflict",
+                "version_conflict",
                 format!("the resource kept changing concurrently ({attempts} attempts); retry"),
             ),
             CommandError::Unavailable(e) => Self::unavailable(&e),

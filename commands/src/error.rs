@@ -35,7 +35,7 @@ impl CommandError {
             Self::Rejected(e) => e.code(),
             Self::SeatTaken => "seat_taken",
             Self::IdempotencyKeyUsed => "idempotency_key_reused",
-            Self::Contention { .. } => "conflict",
+            Self::Contention { .. } => "version_conflict",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
