@@ -116,6 +116,19 @@ impl BookingStatus {
             Self::Expired => "expired",
         }
     }
+
+    /// Parses a status as [`BookingStatus::as_str`] writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Confirmed,
+            Self::Rejected,
+            Self::Cancelled,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
 }
 
 /// A booking as its events have shaped it. `Default` is the booking before its request.

@@ -279,19 +279,71 @@ impl PaymentState {
     }
 
     fn settle_status(&mut self) {
+        self.status = PaymentStatus::derive(&PaymentTotals {
+            kind: self.kind,
+            status: self.status,
+            schedule: self.schedule.as_ref(),
+            charges_captured: self.charges_captured,
+            captured_total: self.captured_total,
+            refunded_total: self.refunded_total,
+        });
+    }
+}
+
+/// What a payment's status follows from.
+#[derive(Clone, Copy, Debug)]
+pub struct PaymentTotals<'a> {
+    pub kind: PaymentKind,
+    /// The status before the latest event.
+    pub status: PaymentStatus,
+    pub schedule: Option<&'a Schedule>,
+    pub charges_captured: u32,
+    pub captured_total: i64,
+    pub refunded_total: i64,
+}
+
+impl PaymentStatus {
+    /// The status after a capture or refund, from the totals; shared by the aggregate
+    /// and the read model so the two cannot disagree.
+    pub fn derive(totals: &PaymentTotals<'_>) -> Self {
         use PaymentStatus::{Active, Captured, Completed, Failed, Refunded};
-        let fully_refunded = self.captured_total > 0 && self.refunded_total >= self.captured_total;
-        let schedule_done = self
-            .schedule
-            .as_ref()
-            .is_some_and(|s| s.count.is_some_and(|count| self.charges_captured >= count));
-        self.status = match (self.kind, self.status) {
+        let fully_refunded =
+            totals.captured_total > 0 && totals.refunded_total >= totals.captured_total;
+        let schedule_done = totals.schedule.is_some_and(|s| {
+            s.count
+                .is_some_and(|count| totals.charges_captured >= count)
+        });
+        match (totals.kind, totals.status) {
             (_, Failed) => Failed,
             (PaymentKind::OneTime, _) if fully_refunded => Refunded,
-            (PaymentKind::OneTime, _) if self.charges_captured > 0 => Captured,
+            (PaymentKind::OneTime, _) if totals.charges_captured > 0 => Captured,
             (PaymentKind::Recurring, Active) if schedule_done => Completed,
             (_, status) => status,
-        };
+        }
+    }
+
+    /// Parses a status as [`PaymentStatus::as_str`] writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Captured,
+            Self::Failed,
+            Self::Refunded,
+            Self::Active,
+            Self::Completed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+}
+
+impl PaymentKind {
+    /// The kind as the API and read models write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneTime => "one_time",
+            Self::Recurring => "recurring",
+        }
     }
 }
 

@@ -1,0 +1,100 @@
+//! The wire form of an event on Kafka: one JSON envelope per message, keyed by
+//! aggregate id, on one topic per aggregate type.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Namespace of deterministic event ids.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6368_726f_6e69_636c_6576_656e_7469_6473);
+
+/// An event's id: a name-based UUID of its stream and sequence, so the same event has
+/// the same id wherever and however often it is published.
+pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Uuid {
+    Uuid::new_v5(
+        &EVENT_ID_NAMESPACE,
+        format!("{aggregate_type}/{aggregate_id}/{sequence}").as_bytes(),
+    )
+}
+
+/// The topic of an aggregate type: `{prefix}chronicle.{type in lower case}`.
+pub fn topic_for(prefix: &str, aggregate_type: &str) -> String {
+    format!("{prefix}chronicle.{}", aggregate_type.to_ascii_lowercase())
+}
+
+/// The aggregate types, in the order their topics are listed.
+pub const AGGREGATE_TYPES: [&str; 3] = ["Account", "Booking", "Payment"];
+
+/// Every topic under `prefix`.
+pub fn all_topics(prefix: &str) -> Vec<String> {
+    AGGREGATE_TYPES
+        .iter()
+        .map(|t| topic_for(prefix, t))
+        .collect()
+}
+
+/// Who caused an event and as part of what.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeMetadata {
+    pub actor: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl EnvelopeMetadata {
+    /// The public part of stored metadata (idempotency details stay in the store).
+    pub fn from_stored(metadata: &Value) -> Self {
+        let field = |name: &str| {
+            metadata
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        Self {
+            actor: field("actor"),
+            correlation_id: field("correlation_id"),
+            causation_id: field("causation_id"),
+            request_id: field("request_id"),
+        }
+    }
+}
+
+/// One event as published.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub global_position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub recorded_at: DateTime<Utc>,
+    pub payload: Value,
+    pub metadata: EnvelopeMetadata,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        assert_eq!(event_id("Account", "a", 1), event_id("Account", "a", 1));
+        assert_ne!(event_id("Account", "a", 1), event_id("Account", "a", 2));
+        assert_ne!(event_id("Account", "a", 1), event_id("Booking", "a", 1));
+    }
+
+    #[test]
+    fn topics_are_prefixed_per_aggregate_type() {
+        assert_eq!(topic_for("", "Booking"), "chronicle.booking");
+        assert_eq!(
+            topic_for("staging.", "Account"),
+            "staging.chronicle.account"
+        );
+        assert_eq!(all_topics("").len(), 3);
+    }
+}

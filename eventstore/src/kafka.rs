@@ -1,0 +1,97 @@
+//! Kafka connection settings, client configuration, and topic creation through the
+//! admin API (every call bounded by a timeout: a broker that does not answer must not
+//! hang Chronicle).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::envelope::all_topics;
+
+/// How to reach Kafka and how Chronicle's topics look.
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    /// `CHRONICLE_KAFKA_BROKERS`: bootstrap servers.
+    pub brokers: String,
+    /// `CHRONICLE_TOPIC_PREFIX`: prepended to every topic name.
+    pub topic_prefix: String,
+    /// `CHRONICLE_KAFKA_PARTITIONS`: partitions of each topic Chronicle creates.
+    pub partitions: i32,
+    /// `CHRONICLE_KAFKA_REPLICATION`: replication factor of those topics.
+    pub replication: i32,
+    /// Bound on every admin and metadata call.
+    pub admin_timeout: Duration,
+}
+
+impl KafkaSettings {
+    /// The local default: the broker the run command starts.
+    pub const DEFAULT_BROKERS: &'static str = "127.0.0.1:9092";
+
+    /// Settings for `brokers` with local defaults otherwise.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: String::new(),
+            partitions: 6,
+            replication: 1,
+            admin_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A client configuration with the bootstrap servers and a client id.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            .set("socket.timeout.ms", "10000");
+        config
+    }
+
+    /// Chronicle's topics under this prefix.
+    pub fn topics(&self) -> Vec<String> {
+        all_topics(&self.topic_prefix)
+    }
+}
+
+/// Creates Chronicle's topics when they do not exist. Existing topics are left as they
+/// are.
+pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings.client_config("chronicle-admin").create()?;
+    let topics = settings.topics();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(settings.admin_timeout))
+        .request_timeout(Some(settings.admin_timeout));
+    let results = tokio::time::timeout(
+        settings.admin_timeout + Duration::from_secs(1),
+        admin.create_topics(&new, &options),
+    )
+    .await
+    .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut))??;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(%topic, partitions = settings.partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::error!(%topic, ?code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}

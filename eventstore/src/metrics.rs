@@ -1,0 +1,83 @@
+//! The relay's Prometheus metrics (default registry; `/metrics` exposes them).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Gauge, Histogram, IntCounter, IntGauge, register_gauge, register_histogram,
+    register_int_counter, register_int_gauge,
+};
+
+fn or_unregistered<T>(metric: prometheus::Result<T>, fallback: impl FnOnce() -> T) -> T {
+    // Registration fails only for a duplicate name, which is a programming error;
+    // fall back to an unregistered metric rather than abort.
+    metric.unwrap_or_else(|error| {
+        tracing::error!(%error, "metric registration failed");
+        fallback()
+    })
+}
+
+pub static RELAY_PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_counter!(
+            "chronicle_relay_published_total",
+            "Events published to Kafka and acknowledged"
+        ),
+        || IntCounter::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});
+
+pub static RELAY_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!(
+            "chronicle_relay_active",
+            "1 while this process is the active relay, 0 while standby"
+        ),
+        || IntGauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});
+
+pub static RELAY_BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    or_unregistered(
+        register_histogram!(
+            "chronicle_relay_batch_seconds",
+            "Time to read, publish and checkpoint one batch"
+        ),
+        || {
+            Histogram::with_opts(prometheus::HistogramOpts::new(
+                "unregistered",
+                "unregistered",
+            ))
+            .expect("valid metric")
+        },
+    )
+});
+
+pub static RELAY_LAG: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!(
+            "chronicle_relay_lag_events",
+            "Committed events not yet published"
+        ),
+        || IntGauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});
+
+pub static RELAY_HELD_BACK: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!(
+            "chronicle_relay_held_back_events",
+            "Committed events the relay may not publish yet because an older transaction is still open"
+        ),
+        || IntGauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});
+
+pub static OLDEST_TRANSACTION_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_gauge!(
+            "chronicle_oldest_transaction_seconds",
+            "Age of the oldest open transaction holding an xid in the cluster"
+        ),
+        || Gauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});

@@ -1,0 +1,405 @@
+//! The relay: publishes the event store to Kafka in commit order, without ever skipping
+//! an event that commits late.
+//!
+//! It reads only rows whose transaction can no longer be in flight
+//! (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`), in `(tx_id, global_position)`
+//! order after its checkpoint, and moves the checkpoint only once Kafka acknowledged
+//! every message of a batch. One relay is active per name (a Postgres advisory lock);
+//! others wait as hot standbys. A crash re-publishes at most the unacknowledged tail.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::{Envelope, EnvelopeMetadata, event_id, topic_for};
+use crate::kafka::{KafkaSettings, ensure_topics};
+use crate::metrics;
+
+/// The channel the append transaction notifies on commit.
+pub const NOTIFY_CHANNEL: &str = "chronicle_events";
+
+/// Tunables of the relay.
+#[derive(Clone, Debug)]
+pub struct RelaySettings {
+    /// Names the checkpoint and the advisory lock; relays of one name take turns.
+    pub name: String,
+    /// `CHRONICLE_RELAY_BATCH`: events read and published per round trip.
+    pub batch_size: i64,
+    /// `CHRONICLE_RELAY_POLL_MS`: how often to look without a notification (a long
+    /// transaction that ends without appending sends none).
+    pub poll_interval: Duration,
+    /// How often a standby tries to take over.
+    pub standby_retry: Duration,
+    /// `linger.ms` of the producer.
+    pub linger: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            name: "default".to_owned(),
+            batch_size: 1_000,
+            poll_interval: Duration::from_millis(500),
+            standby_retry: Duration::from_secs(1),
+            linger: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Why a relay stopped publishing.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("event {position} cannot be published: {reason}")]
+    Unpublishable { position: i64, reason: String },
+}
+
+/// A committed event as the relay reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct EventRow {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: Value,
+    metadata: Value,
+    global_position: i64,
+    tx_id: String,
+    recorded_at: DateTime<Utc>,
+}
+
+const SELECT_PUBLISHABLE: &str = "\
+SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+       global_position, tx_id::text AS tx_id, recorded_at
+  FROM events
+ WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY tx_id, global_position
+ LIMIT $3";
+
+/// Where the relay has got to: the last `(tx_id, global_position)` acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub tx_id: String,
+    pub global_position: i64,
+}
+
+/// The relay process.
+pub struct Relay {
+    pool: PgPool,
+    kafka: KafkaSettings,
+    settings: RelaySettings,
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, kafka: KafkaSettings, settings: RelaySettings) -> Self {
+        Self {
+            pool,
+            kafka,
+            settings,
+            upcasters: chronicle_domain::upcast::upcasters(),
+        }
+    }
+
+    fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        self.kafka
+            .client_config("chronicle-relay")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", self.settings.linger.as_millis().to_string())
+            .set("message.timeout.ms", "30000")
+            .set("queue.buffering.max.messages", "200000")
+            .create()
+    }
+
+    /// Takes the relay's advisory lock if it is free, and loads the checkpoint.
+    /// `None` means another relay of this name is active.
+    pub async fn try_activate(&self) -> Result<Option<ActiveRelay<'_>>, RelayError> {
+        let mut lock = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let acquired: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("chronicle.relay/{}", self.settings.name))
+                .fetch_one(&mut lock)
+                .await?;
+        if !acquired {
+            lock.close().await.ok();
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO relay_checkpoints (name, tx_id, global_position) \
+             VALUES ($1, '0', 0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&self.settings.name)
+        .execute(&mut lock)
+        .await?;
+        let (tx_id, global_position): (String, i64) = sqlx::query_as(
+            "SELECT tx_id::text, global_position FROM relay_checkpoints WHERE name = $1",
+        )
+        .bind(&self.settings.name)
+        .fetch_one(&mut lock)
+        .await?;
+        tracing::info!(name = %self.settings.name, %tx_id, global_position, "relay active");
+        Ok(Some(ActiveRelay {
+            relay: self,
+            lock,
+            producer: self.producer()?,
+            checkpoint: Checkpoint {
+                tx_id,
+                global_position,
+            },
+        }))
+    }
+
+    /// Runs until `shutdown`: creates the topics, waits to become the active relay, then
+    /// publishes whatever commits. Errors are logged and retried; only shutdown ends it.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        while let Err(error) = ensure_topics(&self.kafka).await {
+            tracing::warn!(%error, "cannot create topics yet; retrying");
+            if sleep_or_shutdown(Duration::from_secs(2), &shutdown).await {
+                return;
+            }
+        }
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            metrics::RELAY_ACTIVE.set(0);
+            let active = match self.try_activate().await {
+                Ok(Some(active)) => active,
+                Ok(None) => {
+                    if sleep_or_shutdown(self.settings.standby_retry, &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "relay cannot activate");
+                    if sleep_or_shutdown(backoff, &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            metrics::RELAY_ACTIVE.set(1);
+            match active.serve(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::error!(%error, "relay stopped; will retry from its checkpoint");
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    if sleep_or_shutdown(backoff, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// True when shutdown came first.
+async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// The relay while it holds the lock.
+pub struct ActiveRelay<'a> {
+    relay: &'a Relay,
+    /// Holds the advisory lock; checkpoints are written through it, so a relay that lost
+    /// its lock (its connection) cannot move the checkpoint either.
+    lock: PgConnection,
+    producer: FutureProducer,
+    checkpoint: Checkpoint,
+}
+
+impl ActiveRelay<'_> {
+    /// The current checkpoint.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    async fn serve(mut self, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let mut listener = PgListener::connect_with(&self.relay.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        loop {
+            self.publish_available().await?;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                notification = listener.recv() => { notification?; }
+                _ = tokio::time::sleep(self.relay.settings.poll_interval) => {}
+            }
+        }
+        self.producer
+            .flush(Duration::from_secs(10))
+            .map_err(RelayError::Kafka)?;
+        tracing::info!(checkpoint = ?self.checkpoint, "relay stopped");
+        Ok(())
+    }
+
+    /// Publishes every event that is committed and commit-safe now; returns how many.
+    pub async fn publish_available(&mut self) -> Result<usize, RelayError> {
+        let mut total = 0;
+        loop {
+            let published = self.publish_batch().await?;
+            total += published;
+            if published < self.relay.settings.batch_size as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Publishes at most one batch and, once all of it is acknowledged, moves the
+    /// checkpoint past it.
+    pub async fn publish_batch(&mut self) -> Result<usize, RelayError> {
+        let started = Instant::now();
+        let rows: Vec<EventRow> = sqlx::query_as(SELECT_PUBLISHABLE)
+            .bind(&self.checkpoint.tx_id)
+            .bind(self.checkpoint.global_position)
+            .bind(self.relay.settings.batch_size)
+            .fetch_all(&self.relay.pool)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(0);
+        };
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            deliveries.push((row.global_position, self.send(row).await?));
+        }
+        for (position, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(error.into()),
+                Err(_) => {
+                    return Err(RelayError::Unpublishable {
+                        position,
+                        reason: "the producer dropped the delivery".to_owned(),
+                    });
+                }
+            }
+        }
+        sqlx::query(
+            "UPDATE relay_checkpoints SET tx_id = $2::text::xid8, global_position = $3, \
+             published = published + $4, updated_at = now() WHERE name = $1",
+        )
+        .bind(&self.relay.settings.name)
+        .bind(&last.tx_id)
+        .bind(last.global_position)
+        .bind(rows.len() as i64)
+        .execute(&mut self.lock)
+        .await?;
+        self.checkpoint = Checkpoint {
+            tx_id: last.tx_id.clone(),
+            global_position: last.global_position,
+        };
+        metrics::RELAY_PUBLISHED.inc_by(rows.len() as u64);
+        metrics::RELAY_BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
+        tracing::debug!(events = rows.len(), checkpoint = ?self.checkpoint, "published");
+        Ok(rows.len())
+    }
+
+    async fn send(&self, row: &EventRow) -> Result<DeliveryFuture, RelayError> {
+        let envelope = self.envelope(row);
+        let payload = serde_json::to_vec(&envelope).map_err(|e| RelayError::Unpublishable {
+            position: row.global_position,
+            reason: e.to_string(),
+        })?;
+        let topic = topic_for(&self.relay.kafka.topic_prefix, &row.aggregate_type);
+        loop {
+            let record = FutureRecord::to(&topic)
+                .key(row.aggregate_id.as_bytes())
+                .payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// The envelope of a stored event, upcast to its current version.
+    fn envelope(&self, row: &EventRow) -> Envelope {
+        let stored = SerializedEvent::new(
+            row.aggregate_id.clone(),
+            usize::try_from(row.sequence).unwrap_or_default(),
+            row.aggregate_type.clone(),
+            row.event_type.clone(),
+            row.event_version.clone(),
+            row.payload.clone(),
+            row.metadata.clone(),
+        );
+        let current = self.relay.upcasters.iter().fold(stored, |event, upcaster| {
+            if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                upcaster.upcast(event)
+            } else {
+                event
+            }
+        });
+        Envelope {
+            event_id: event_id(&row.aggregate_type, &row.aggregate_id, row.sequence),
+            global_position: row.global_position,
+            aggregate_type: current.aggregate_type,
+            aggregate_id: current.aggregate_id,
+            sequence: row.sequence,
+            event_type: current.event_type,
+            event_version: current.event_version,
+            recorded_at: row.recorded_at,
+            payload: current.payload,
+            metadata: EnvelopeMetadata::from_stored(&row.metadata),
+        }
+    }
+}
+
+/// How far behind the relay is.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RelayLag {
+    /// Committed events after the checkpoint (counted up to a cap).
+    pub unpublished: i64,
+    /// Of those, events that may not be published yet because an older transaction is
+    /// still running somewhere in the cluster.
+    pub held_back: i64,
+    /// Age of the oldest transaction holding an xid, in seconds.
+    pub oldest_transaction_seconds: f64,
+}
+
+/// Measures the relay's lag from the database (any process can).
+pub async fn relay_lag(pool: &PgPool, name: &str) -> Result<RelayLag, sqlx::Error> {
+    let (unpublished, held_back): (i64, i64) = sqlx::query_as(
+        "WITH cp AS (
+             SELECT coalesce((SELECT tx_id FROM relay_checkpoints WHERE name = $1), '0'::xid8) AS tx_id,
+                    coalesce((SELECT global_position FROM relay_checkpoints WHERE name = $1), 0) AS pos),
+         pending AS (
+             SELECT e.tx_id FROM events e, cp
+              WHERE (e.tx_id, e.global_position) > (cp.tx_id, cp.pos)
+              LIMIT 1000000)
+         SELECT count(*),
+                count(*) FILTER (WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot()))
+           FROM pending",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await?;
+    let oldest: f64 = sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 \
+           FROM pg_stat_activity WHERE backend_xid IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(RelayLag {
+        unpublished,
+        held_back,
+        oldest_transaction_seconds: oldest,
+    })
+}
