@@ -1,4 +1,22 @@
-//! Chronicle's read side: projectors that consume the event topics and maintain the
-//! PostgreSQL read tables and the Tantivy search index, and the readers queries use.
+//! Chronicle's read side: projectors that consume the event topics and maintain read
+//! models, and the readers queries use.
 //!
-//! Empty until the read-side issue lands; see the README's roadmap.
+//! - [`consumer`]: the partition-aware consumer loop every projector shares. It does not
+//!   trust Kafka's committed offsets: each projection stores its own per partition,
+//!   atomically with its effects, and the loop seeks to them and drops what they say
+//!   was applied already.
+//! - [`read_models`]: the PostgreSQL projection (accounts, ledger, bookings, payments).
+//! - [`queries`]: what the API reads, with keyset cursors.
+//! - [`watch`]: read-your-writes (`min_position`).
+//! - [`monitor`]: relay and projector lag for `/metrics` and `/readyz`.
+
+pub mod consumer;
+pub mod metrics;
+pub mod monitor;
+pub mod queries;
+pub mod read_models;
+pub mod watch;
+
+pub use consumer::{
+    Assignment, Delivered, Projection, ProjectionError, Projector, ProjectorSettings,
+};

@@ -1,0 +1,360 @@
+//! The consumer loop every projector shares.
+//!
+//! Correctness never rests on Kafka's committed offsets or on group balancing (tansu
+//! 0.6 hands every member all partitions). Each projection stores, per partition, the
+//! next offset to apply, in the same atomic step as its effects. The loop keeps those
+//! offsets in memory, drops any message below them (a redelivery), and seeks back when
+//! a message arrives above them (a fresh assignment that started elsewhere). Partitions
+//! come from the group (`Assignment::Group`) or by explicit assignment, instance `i` of
+//! `n` taking partitions `p` with `p % n == i` (`Assignment::Static`).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chronicle_eventstore::kafka::KafkaSettings;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+
+/// A (topic, partition) pair.
+pub type PartitionKey = (String, i32);
+
+/// One consumed message, owned.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Why a projection could not apply a batch. The batch is retried from the stored
+/// offsets, so nothing of it counts until it succeeds.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A read model fed by the event topics.
+pub trait Projection: Send + Sync + 'static {
+    /// The projector's name: its offsets and its consumer group are keyed by it.
+    fn name(&self) -> &str;
+
+    /// The next offset to apply, per partition, as durably stored.
+    fn stored_offsets(
+        &self,
+    ) -> impl Future<Output = Result<HashMap<PartitionKey, i64>, ProjectionError>> + Send;
+
+    /// Applies a batch (in per-partition offset order) and stores, in the same atomic
+    /// step, each partition's next offset (`last offset + 1`).
+    fn apply_batch(
+        &self,
+        batch: &[Delivered],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+}
+
+/// How a projector instance gets its partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Assignment {
+    /// Subscribe as a member of the consumer group.
+    Group,
+    /// Take partitions `p` with `p % instances == instance`, without group balancing.
+    Static { instance: u32, instances: u32 },
+}
+
+/// Tunables of a projector.
+#[derive(Clone, Debug)]
+pub struct ProjectorSettings {
+    /// Most messages applied in one batch.
+    pub batch_max: usize,
+    /// Longest wait to fill a batch once its first message arrived.
+    pub batch_wait: Duration,
+    pub assignment: Assignment,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> Self {
+        Self {
+            batch_max: 500,
+            batch_wait: Duration::from_millis(20),
+            assignment: Assignment::Group,
+        }
+    }
+}
+
+/// Raises a flag when the group hands this member a new assignment.
+#[derive(Clone, Default)]
+struct RebalanceFlag {
+    assigned: Arc<AtomicBool>,
+}
+
+impl ClientContext for RebalanceFlag {}
+
+impl ConsumerContext for RebalanceFlag {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+            self.assigned.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+type ProjectorConsumer = StreamConsumer<RebalanceFlag>;
+
+/// Runs a projection over Chronicle's topics.
+pub struct Projector<P> {
+    projection: Arc<P>,
+    kafka: KafkaSettings,
+    settings: ProjectorSettings,
+}
+
+/// Per-partition bookkeeping of the loop.
+struct Positions {
+    /// Next offset to apply, per partition.
+    next: HashMap<PartitionKey, i64>,
+    /// When the loop last asked Kafka to seek a partition back.
+    sought: HashMap<PartitionKey, Instant>,
+}
+
+impl<P: Projection> Projector<P> {
+    pub fn new(projection: Arc<P>, kafka: KafkaSettings, settings: ProjectorSettings) -> Self {
+        Self {
+            projection,
+            kafka,
+            settings,
+        }
+    }
+
+    /// Runs until `shutdown`, restarting from the stored offsets after any failure.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.run_once(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::error!(projector = self.projection.name(), %error, "projector failed; restarting from stored offsets");
+                    metrics::PROJECTOR_RESTARTS
+                        .with_label_values(&[self.projection.name()])
+                        .inc();
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn consumer(&self, flag: RebalanceFlag) -> Result<ProjectorConsumer, KafkaError> {
+        let name = self.projection.name();
+        self.kafka
+            .client_config(&format!("chronicle-{name}"))
+            .set(
+                "group.id",
+                format!("{}chronicle.{name}", self.kafka.topic_prefix),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "20")
+            .set("enable.partition.eof", "false")
+            .create_with_context(flag)
+    }
+
+    async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), ProjectionError> {
+        let flag = RebalanceFlag::default();
+        let assigned = flag.assigned.clone();
+        let consumer = self.consumer(flag)?;
+        let mut positions = Positions {
+            next: self.projection.stored_offsets().await?,
+            sought: HashMap::new(),
+        };
+        let topics = self.kafka.topics();
+        match self.settings.assignment {
+            Assignment::Group => {
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&names)?;
+            }
+            Assignment::Static {
+                instance,
+                instances,
+            } => {
+                let list = self
+                    .static_assignment(&consumer, instance, instances, &positions)
+                    .await?;
+                consumer.assign(&list)?;
+            }
+        }
+        tracing::info!(projector = self.projection.name(), assignment = ?self.settings.assignment, "projector started");
+        loop {
+            let Some(batch) = self.next_batch(&consumer, shutdown).await? else {
+                return Ok(());
+            };
+            if assigned.swap(false, Ordering::SeqCst) {
+                // Another member may have moved the stored offsets meanwhile.
+                positions.next = self.projection.stored_offsets().await?;
+                positions.sought.clear();
+            }
+            let accepted = self.accept(&consumer, &mut positions, batch);
+            if accepted.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            self.projection.apply_batch(&accepted).await?;
+            metrics::PROJECTOR_BATCH_SECONDS
+                .with_label_values(&[self.projection.name()])
+                .observe(started.elapsed().as_secs_f64());
+            metrics::PROJECTOR_APPLIED
+                .with_label_values(&[self.projection.name()])
+                .inc_by(accepted.len() as u64);
+            for delivered in &accepted {
+                positions.next.insert(
+                    (delivered.topic.clone(), delivered.partition),
+                    delivered.offset + 1,
+                );
+            }
+        }
+    }
+
+    async fn static_assignment(
+        &self,
+        consumer: &ProjectorConsumer,
+        instance: u32,
+        instances: u32,
+        positions: &Positions,
+    ) -> Result<TopicPartitionList, ProjectionError> {
+        let mut list = TopicPartitionList::new();
+        for topic in self.kafka.topics() {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), self.kafka.admin_timeout)
+                .map_err(ProjectionError::Kafka)?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len() as i32)
+                .unwrap_or(0);
+            for partition in (0..partitions).filter(|p| (*p as u32) % instances.max(1) == instance)
+            {
+                let offset = match positions.next.get(&(topic.clone(), partition)) {
+                    Some(next) => Offset::Offset(*next),
+                    None => Offset::Beginning,
+                };
+                list.add_partition_offset(&topic, partition, offset)?;
+            }
+        }
+        Ok(list)
+    }
+
+    /// Waits for a first message (or shutdown), then gathers more until the batch is
+    /// full or `batch_wait` has passed.
+    async fn next_batch(
+        &self,
+        consumer: &ProjectorConsumer,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Delivered>>, ProjectionError> {
+        let first = loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                received = consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => break owned(&message),
+                Err(error) => {
+                    // Broker hiccups are reported here and recovered by librdkafka.
+                    tracing::warn!(projector = self.projection.name(), %error, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
+        while batch.len() < self.settings.batch_max {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(owned(&message)),
+                Ok(Err(error)) => {
+                    tracing::warn!(projector = self.projection.name(), %error, "consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    /// Keeps the messages that come next per the stored offsets. Redeliveries are
+    /// dropped; a partition that runs ahead of its stored offset, or far behind it (a
+    /// fresh assignment starting from the beginning), is sought to it.
+    fn accept(
+        &self,
+        consumer: &ProjectorConsumer,
+        positions: &mut Positions,
+        batch: Vec<Delivered>,
+    ) -> Vec<Delivered> {
+        let mut next = positions.next.clone();
+        let mut reposition: HashSet<PartitionKey> = HashSet::new();
+        let mut accepted = Vec::with_capacity(batch.len());
+        for delivered in batch {
+            let key = (delivered.topic.clone(), delivered.partition);
+            let expected = next.get(&key).copied().unwrap_or(0);
+            if delivered.offset == expected && !reposition.contains(&key) {
+                next.insert(key, expected + 1);
+                accepted.push(delivered);
+                continue;
+            }
+            if delivered.offset < expected {
+                metrics::PROJECTOR_SKIPPED
+                    .with_label_values(&[self.projection.name()])
+                    .inc();
+            }
+            let far_behind = expected - delivered.offset > self.settings.batch_max as i64;
+            if delivered.offset > expected || far_behind {
+                reposition.insert(key);
+            }
+        }
+        for key in reposition {
+            self.seek(consumer, positions, key);
+        }
+        accepted
+    }
+
+    /// Asks Kafka to continue a partition from its stored offset (at most every half
+    /// second per partition, while the previous seek takes effect).
+    fn seek(&self, consumer: &ProjectorConsumer, positions: &mut Positions, key: PartitionKey) {
+        let expected = positions.next.get(&key).copied().unwrap_or(0);
+        let due = positions
+            .sought
+            .get(&key)
+            .is_none_or(|at| at.elapsed() > Duration::from_millis(500));
+        if !due {
+            return;
+        }
+        tracing::info!(projector = self.projection.name(), topic = %key.0, partition = key.1, offset = expected, "seeking to the stored offset");
+        // A zero timeout starts the seek without blocking the runtime.
+        if let Err(error) = consumer.seek(&key.0, key.1, Offset::Offset(expected), Duration::ZERO) {
+            tracing::warn!(%error, "seek failed; will retry");
+        }
+        positions.sought.insert(key, Instant::now());
+    }
+}
+
+fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivered {
+    Delivered {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        payload: message.payload().map(<[u8]>::to_vec),
+    }
+}

@@ -1,0 +1,236 @@
+//! Lag of the relay and of the projectors, measured off the hot path: a background task
+//! refreshes it, `/metrics` and `/readyz` read the last measurement. Every broker call is
+//! bounded, so a broker that does not answer delays a measurement, never a projector.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chronicle_eventstore::kafka::KafkaSettings;
+use chronicle_eventstore::metrics as relay_metrics;
+use chronicle_eventstore::relay::{RelayLag, relay_lag};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::PROJECTOR_LAG;
+
+/// Bounds beyond which the process reports itself not ready.
+#[derive(Clone, Copy, Debug)]
+pub struct LagBounds {
+    /// `CHRONICLE_READY_MAX_RELAY_LAG`: unpublished events.
+    pub relay_events: i64,
+    /// `CHRONICLE_READY_MAX_PROJECTOR_LAG`: unapplied messages in any partition.
+    pub projector_messages: i64,
+    /// `CHRONICLE_READY_MAX_HELD_BACK_SECONDS`: how long an open transaction may hold the
+    /// relay back.
+    pub held_back_seconds: f64,
+}
+
+impl Default for LagBounds {
+    fn default() -> Self {
+        Self {
+            relay_events: 10_000,
+            projector_messages: 10_000,
+            held_back_seconds: 30.0,
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug, Default)]
+pub struct LagReport {
+    pub relay: Option<RelayLag>,
+    /// (projector, topic, partition) → unapplied messages.
+    pub projectors: HashMap<(String, String, i32), i64>,
+    /// What could not be measured.
+    pub errors: Vec<String>,
+    pub measured_at: Option<Instant>,
+}
+
+/// Measures lag every `interval`.
+pub struct LagMonitor {
+    latest: Mutex<LagReport>,
+    bounds: LagBounds,
+}
+
+impl LagMonitor {
+    /// Starts measuring in the background.
+    pub fn start(
+        pool: PgPool,
+        kafka: Option<KafkaSettings>,
+        projectors: Vec<String>,
+        relay_name: String,
+        bounds: LagBounds,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let monitor = Arc::new(Self {
+            latest: Mutex::new(LagReport::default()),
+            bounds,
+        });
+        let task = monitor.clone();
+        tokio::spawn(async move {
+            let consumer: Option<Arc<BaseConsumer>> = kafka.as_ref().and_then(|k| {
+                k.client_config("chronicle-lag-monitor")
+                    .set(
+                        "group.id",
+                        format!("{}chronicle.lag-monitor", k.topic_prefix),
+                    )
+                    .create()
+                    .map(Arc::new)
+                    .map_err(|e| tracing::warn!(error = %e, "lag monitor has no Kafka client"))
+                    .ok()
+            });
+            loop {
+                let report = measure(
+                    &pool,
+                    kafka.as_ref(),
+                    consumer.clone(),
+                    &projectors,
+                    &relay_name,
+                )
+                .await;
+                if let Ok(mut latest) = task.latest.lock() {
+                    *latest = report;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        monitor
+    }
+
+    /// The latest measurement.
+    pub fn report(&self) -> LagReport {
+        self.latest.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Why the process should not receive traffic, if it should not.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let report = self.report();
+        let mut reasons = report.errors.clone();
+        if let Some(relay) = report.relay {
+            if relay.unpublished > self.bounds.relay_events {
+                reasons.push(format!(
+                    "relay lag: {} events unpublished (bound {})",
+                    relay.unpublished, self.bounds.relay_events
+                ));
+            }
+            if relay.held_back > 0
+                && relay.oldest_transaction_seconds > self.bounds.held_back_seconds
+            {
+                reasons.push(format!(
+                    "relay held back: {} committed events wait behind a transaction open for {:.0} s",
+                    relay.held_back, relay.oldest_transaction_seconds
+                ));
+            }
+        }
+        for ((projector, topic, partition), lag) in &report.projectors {
+            if *lag > self.bounds.projector_messages {
+                reasons.push(format!(
+                    "projector {projector} lag: {lag} messages on {topic}[{partition}] (bound {})",
+                    self.bounds.projector_messages
+                ));
+            }
+        }
+        reasons.sort();
+        reasons
+    }
+}
+
+async fn measure(
+    pool: &PgPool,
+    kafka: Option<&KafkaSettings>,
+    consumer: Option<Arc<BaseConsumer>>,
+    projectors: &[String],
+    relay_name: &str,
+) -> LagReport {
+    let mut report = LagReport {
+        measured_at: Some(Instant::now()),
+        ..LagReport::default()
+    };
+    match relay_lag(pool, relay_name).await {
+        Ok(lag) => {
+            relay_metrics::RELAY_LAG.set(lag.unpublished);
+            relay_metrics::RELAY_HELD_BACK.set(lag.held_back);
+            relay_metrics::OLDEST_TRANSACTION_SECONDS.set(lag.oldest_transaction_seconds);
+            report.relay = Some(lag);
+        }
+        Err(error) => report.errors.push(format!("database: {error}")),
+    }
+    let (Some(kafka), Some(consumer)) = (kafka, consumer) else {
+        return report;
+    };
+    let stored: Vec<(String, String, i32, i64)> = match sqlx::query_as(
+        "SELECT projector, topic, partition, next_offset FROM projector_offsets WHERE projector = ANY($1)",
+    )
+    .bind(projectors)
+    .fetch_all(pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(error) => {
+            report.errors.push(format!("database: {error}"));
+            return report;
+        }
+    };
+    let stored: HashMap<(String, String, i32), i64> = stored
+        .into_iter()
+        .map(|(p, t, n, o)| ((p, t, n), o))
+        .collect();
+    let timeout = kafka.admin_timeout.min(Duration::from_secs(3));
+    let topics = kafka.topics();
+    let ends =
+        tokio::task::spawn_blocking(move || high_watermarks(&consumer, &topics, timeout)).await;
+    let ends = match ends {
+        Ok(Ok(ends)) => ends,
+        Ok(Err(error)) => {
+            report.errors.push(format!("broker: {error}"));
+            return report;
+        }
+        Err(error) => {
+            report.errors.push(format!("broker: {error}"));
+            return report;
+        }
+    };
+    for projector in projectors {
+        for ((topic, partition), end) in &ends {
+            let next = stored
+                .get(&(projector.clone(), topic.clone(), *partition))
+                .copied()
+                .unwrap_or(0);
+            let lag = (end - next).max(0);
+            PROJECTOR_LAG
+                .with_label_values(&[projector, topic, &partition.to_string()])
+                .set(lag);
+            report
+                .projectors
+                .insert((projector.clone(), topic.clone(), *partition), lag);
+        }
+    }
+    report
+}
+
+fn high_watermarks(
+    consumer: &BaseConsumer,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<HashMap<(String, i32), i64>, rdkafka::error::KafkaError> {
+    let mut ends = HashMap::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        for partition in 0..partitions as i32 {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+            ends.insert((topic.clone(), partition), high);
+        }
+    }
+    Ok(ends)
+}

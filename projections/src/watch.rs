@@ -1,0 +1,96 @@
+//! Read-your-writes: wait, bounded, until the read models have applied a position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::read_models::PROJECTED_CHANNEL;
+
+/// Wakes waiters whenever a projector commits a batch (any process, via NOTIFY), and
+/// answers whether a position has been applied.
+#[derive(Clone)]
+pub struct ProjectionWatch {
+    pool: PgPool,
+    projected: Arc<Notify>,
+}
+
+impl ProjectionWatch {
+    /// Starts listening; the listener reconnects on its own and stops with `shutdown`.
+    pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
+        let projected = Arc::new(Notify::new());
+        let watch = Self {
+            pool: pool.clone(),
+            projected: projected.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = listen(&pool, &projected, &shutdown).await {
+                    tracing::warn!(%error, "projection listener failed; polling until it reconnects");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        watch
+    }
+
+    /// Whether the read models have applied the event at `position`.
+    pub async fn applied(&self, position: i64) -> Result<bool, sqlx::Error> {
+        if position <= 0 {
+            return Ok(true);
+        }
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM rm_applied_events WHERE global_position = $1)",
+        )
+        .bind(position)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Waits up to `timeout` for `position` to be applied; false when it was not.
+    pub async fn wait_for(&self, position: i64, timeout: Duration) -> Result<bool, sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.projected.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.applied(position).await? {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // The notification usually comes first; the poll covers a lost listener.
+            let poll = (now + Duration::from_millis(250)).min(deadline);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(poll) => {}
+            }
+        }
+    }
+}
+
+async fn listen(
+    pool: &PgPool,
+    projected: &Notify,
+    shutdown: &CancellationToken,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(PROJECTED_CHANNEL).await?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            notification = listener.recv() => {
+                notification?;
+                projected.notify_waiters();
+            }
+        }
+    }
+}
