@@ -78,3 +78,64 @@ ensure_postgres() {
   fi
   die "PostgreSQL answers on $host:$port but refuses the login; set CHRONICLE_DATABASE_URL=postgres://USER:PASSWORD@$host:$port/chronicle"
 }
+
+# ---------------------------------------------------------------------------------------
+# Kafka: CHRONICLE_KAFKA_BROKERS when set; otherwise tansu 0.6.0 (Apache-licensed,
+# Kafka-compatible), installed once into a cache and started on loopback with durable
+# SQLite storage.
+# ---------------------------------------------------------------------------------------
+
+TANSU_VERSION=0.6.0
+TANSU_ROOT="${CHRONICLE_TOOLS_DIR:-$HOME/.cache/chronicle}/tansu-$TANSU_VERSION"
+TANSU_BIN="$TANSU_ROOT/bin/tansu"
+
+install_tansu() {
+  [ -x "$TANSU_BIN" ] && return 0
+  command -v cargo >/dev/null 2>&1 || die "cargo is needed to install the local broker (tansu)"
+  say "installing tansu $TANSU_VERSION into $TANSU_ROOT (once; takes several minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore \
+    --root "$TANSU_ROOT" --quiet || die "could not install tansu"
+}
+
+# start_tansu HOST:PORT DIR — starts a broker storing into DIR unless one answers there.
+# Sets TANSU_PID when it started one.
+start_tansu() {
+  local addr="$1" dir="$2" host port
+  host="${addr%:*}"; port="${addr##*:}"
+  if tcp_open "$host" "$port"; then
+    say "a broker already answers on $addr; using it"
+    return 0
+  fi
+  install_tansu
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  say "starting tansu on $addr (storage: $dir/tansu.db)"
+  (cd "$dir" && exec "$TANSU_BIN" broker \
+      --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+      --storage-engine "sqlite://tansu.db" >>"$dir/tansu.log" 2>&1) &
+  TANSU_PID=$!
+  for _ in $(seq 1 100); do
+    tcp_open "$host" "$port" && return 0
+    kill -0 "$TANSU_PID" 2>/dev/null || die "tansu exited; see $dir/tansu.log"
+    sleep 0.1
+  done
+  die "tansu did not start listening on $addr; see $dir/tansu.log"
+}
+
+stop_tansu() {
+  if [ -n "${TANSU_PID:-}" ] && kill -0 "$TANSU_PID" 2>/dev/null; then
+    kill "$TANSU_PID" 2>/dev/null || true
+    wait "$TANSU_PID" 2>/dev/null || true
+  fi
+}
+
+# ensure_kafka DEFAULT_ADDR DIR — exports CHRONICLE_KAFKA_BROKERS.
+ensure_kafka() {
+  if [ -n "${CHRONICLE_KAFKA_BROKERS:-}" ]; then
+    local first="${CHRONICLE_KAFKA_BROKERS%%,*}"
+    tcp_open "${first%:*}" "${first##*:}" || die "no Kafka broker answers at $first (CHRONICLE_KAFKA_BROKERS)"
+    return 0
+  fi
+  start_tansu "$1" "$2"
+  export CHRONICLE_KAFKA_BROKERS="$1"
+}

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting and lints, then every unit, property and
-# end-to-end test against the real PostgreSQL. Prints the test runner's summary.
+# end-to-end test against the real PostgreSQL and a real Kafka-protocol broker (tansu,
+# installed once and started here, unless CHRONICLE_KAFKA_BROKERS names one).
+# Prints the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_postgres
+# The tests' own broker, on a port of its own so a running dev broker is left alone;
+# fresh storage each run (tests use topics of their own and need nothing from before).
+if [ -z "${CHRONICLE_KAFKA_BROKERS:-}" ] && ! tcp_open 127.0.0.1 19092; then rm -rf target/test-broker; fi
+ensure_kafka 127.0.0.1:19092 "target/test-broker"
+trap stop_tansu EXIT
 # Tests create (and drop) chronicle_test_* databases through the server's `postgres`
 # database, with the same login.
 export CHRONICLE_TEST_DATABASE_URL="${CHRONICLE_TEST_DATABASE_URL:-$(sed -E 's#/[^/?]*(\?|$)#/postgres\1#' <<<"$CHRONICLE_DATABASE_URL")}"
@@ -13,6 +20,16 @@ if command -v psql >/dev/null 2>&1; then
   # Leftovers of an interrupted earlier run.
   psql "$CHRONICLE_TEST_DATABASE_URL" -Atqc "select datname from pg_database where datname like 'chronicle_test_%'" 2>/dev/null |
     while read -r db; do psql "$CHRONICLE_TEST_DATABASE_URL" -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true; done
+fi
+
+# An independent Kafka client (kafka-python) for the envelope interoperability test.
+if [ -z "${CHRONICLE_TEST_PYTHON:-}" ]; then
+  if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import kafka' 2>/dev/null; then
+    say "preparing a Python environment with kafka-python"
+    python3 -m venv target/pyenv && target/pyenv/bin/pip install --quiet 'kafka-python==3.0.12' ||
+      die "could not install kafka-python from PyPI"
+  fi
+  export CHRONICLE_TEST_PYTHON="$PWD/target/pyenv/bin/python"
 fi
 
 say "cargo fmt --check"

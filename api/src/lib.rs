@@ -6,6 +6,7 @@ pub mod auth;
 pub mod command;
 pub mod extract;
 pub mod problem;
+pub mod roles;
 mod routes;
 pub mod settings;
 
@@ -18,6 +19,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chronicle_commands::CommandService;
+use chronicle_projections::monitor::LagMonitor;
+use chronicle_projections::watch::ProjectionWatch;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -25,6 +28,7 @@ use uuid::Uuid;
 
 use crate::auth::JwtKeys;
 use crate::problem::AppError;
+use crate::settings::ReadSettings;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -32,6 +36,11 @@ pub struct AppState {
     pub commands: Arc<CommandService>,
     pub pool: PgPool,
     pub keys: Arc<JwtKeys>,
+    /// Read-your-writes waits.
+    pub watch: ProjectionWatch,
+    /// Relay and projector lag, for `/readyz`.
+    pub monitor: Arc<LagMonitor>,
+    pub reads: ReadSettings,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -82,18 +91,23 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The whole HTTP API.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
-    use routes::{accounts, bookings, ops, payments};
+    use routes::{accounts, bookings, ops, payments, reads};
     Router::new()
         .route("/v1/accounts", post(accounts::open))
+        .route("/v1/accounts/{id}", get(reads::account))
+        .route("/v1/accounts/{id}/transactions", get(reads::transactions))
         .route("/v1/accounts/{id}/deposits", post(accounts::deposit))
         .route("/v1/accounts/{id}/withdrawals", post(accounts::withdraw))
         .route("/v1/accounts/{id}/close", post(accounts::close))
-        .route("/v1/bookings", post(bookings::request))
+        .route("/v1/bookings", post(bookings::request).get(reads::bookings))
+        .route("/v1/bookings/{id}", get(reads::booking))
         .route("/v1/bookings/{id}/cancel", post(bookings::cancel))
         .route("/v1/payments", post(payments::initiate))
+        .route("/v1/payments/{id}", get(reads::payment))
         .route("/v1/payments/{id}/refund", post(payments::refund))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(|| async { AppError::not_found() })
         .method_not_allowed_fallback(|| async {
             AppError::new(

@@ -1,15 +1,13 @@
 //! `chronicle`: one binary, several roles.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
-use anyhow::Context;
 use chronicle_api::auth::JwtKeys;
+use chronicle_api::roles;
 use chronicle_api::settings::Settings;
-use chronicle_api::{AppState, router};
-use chronicle_commands::CommandService;
 use chronicle_domain::Role;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -25,8 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum RoleCommand {
-    /// Serve the HTTP API (commands, queries, health).
+    /// Serve the HTTP API (commands, queries, health, metrics).
     Serve,
+    /// Publish the event store to Kafka (one active relay; others wait as standbys).
+    Relay,
+    /// Run the projectors that maintain the read models.
+    Project,
+    /// Every role in one process: serve, relay and project.
+    All,
     /// Create the database if missing and apply pending migrations.
     Migrate,
     /// Print a signed development token for the configured key.
@@ -69,71 +73,61 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    match cli.role {
-        RoleCommand::Serve => serve(settings).await,
-        RoleCommand::Migrate => {
-            let pool = prepare_database(&settings).await?;
-            pool.close().await;
-            Ok(())
-        }
+    let role = match cli.role {
         RoleCommand::Token {
             sub,
             roles,
             ttl_hours,
-        } => {
-            let roles = roles
-                .iter()
-                .map(|name| match Role::parse(name) {
-                    Some(Role::System) | None => anyhow::bail!(
-                        "unknown role {name:?}; use client, auditor, analyst or admin"
-                    ),
-                    Some(role) => Ok(role),
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let keys = JwtKeys::hs256(settings.jwt_secret.expose().as_bytes());
-            let token = keys.issue(&sub, &roles, chrono::Duration::hours(ttl_hours))?;
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{token}");
-            }
-            Ok(())
+        } => return print_token(&settings, &sub, &roles, ttl_hours),
+        RoleCommand::Migrate => {
+            roles::prepare_database(&settings).await?.close().await;
+            return Ok(());
         }
-    }
-}
-
-async fn prepare_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    let target = settings.database.redacted_url();
-    chronicle_eventstore::ensure_database(&settings.database.url)
-        .await
-        .with_context(|| format!("cannot reach or create the database at {target}"))?;
-    let pool = chronicle_eventstore::connect(&settings.database)
-        .await
-        .with_context(|| format!("cannot connect to {target}"))?;
-    chronicle_eventstore::migrate(&pool)
-        .await
-        .context("cannot migrate the database")?;
-    tracing::info!(database = %target, "database ready");
-    Ok(pool)
-}
-
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    if settings.jwt_secret_is_default {
+        role => role,
+    };
+    if settings.jwt_secret_is_default && matches!(role, RoleCommand::Serve | RoleCommand::All) {
         tracing::warn!("CHRONICLE_JWT_SECRET is not set; using the fixed development key");
     }
-    let pool = prepare_database(&settings).await?;
-    let state = AppState {
-        commands: Arc::new(CommandService::new(pool.clone(), settings.commands.clone())),
-        pool,
-        keys: Arc::new(JwtKeys::hs256(settings.jwt_secret.expose().as_bytes())),
+    let pool = roles::prepare_database(&settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let result = match role {
+        RoleCommand::Serve => roles::serve(&settings, pool.clone(), shutdown).await,
+        RoleCommand::Relay => roles::relay(&settings, pool.clone(), shutdown).await,
+        RoleCommand::Project => roles::project(&settings, pool.clone(), shutdown).await,
+        _ => roles::all(&settings, pool.clone(), shutdown).await,
     };
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
-    tracing::info!(addr = %settings.http_addr, "serving the HTTP API");
-    axum::serve(listener, router(state, settings.limits))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("stopped");
+    pool.close().await;
+    result
+}
+
+fn print_token(
+    settings: &Settings,
+    sub: &str,
+    roles: &[String],
+    ttl_hours: i64,
+) -> anyhow::Result<()> {
+    let roles = roles
+        .iter()
+        .map(|name| match Role::parse(name) {
+            Some(Role::System) | None => {
+                anyhow::bail!("unknown role {name:?}; use client, auditor, analyst or admin")
+            }
+            Some(role) => Ok(role),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = JwtKeys::hs256(settings.jwt_secret.expose().as_bytes());
+    let token = keys.issue(sub, &roles, chrono::Duration::hours(ttl_hours))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{token}");
+    }
     Ok(())
 }
 

@@ -4,10 +4,16 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use chronicle_commands::CommandSettings;
 use chronicle_eventstore::DatabaseSettings;
+use chronicle_eventstore::kafka::KafkaSettings;
+use chronicle_eventstore::relay::RelaySettings;
+use chronicle_projections::monitor::LagBounds;
+use chronicle_projections::{Assignment, ProjectorSettings};
 
 use crate::HttpLimits;
 
@@ -19,6 +25,13 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+fn invalid(name: &'static str, reason: &str) -> ConfigError {
+    ConfigError {
+        name,
+        reason: reason.to_owned(),
+    }
+}
+
 /// The development signing key used when `CHRONICLE_JWT_SECRET` is unset.
 pub const DEV_JWT_SECRET: &str = "chronicle-local-development-key-not-for-production";
 
@@ -27,6 +40,10 @@ pub const DEV_JWT_SECRET: &str = "chronicle-local-development-key-not-for-produc
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -38,14 +55,38 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How queries behave.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadSettings {
+    /// `CHRONICLE_MIN_POSITION_TIMEOUT_MS`: the longest a query waits for `min_position`.
+    pub min_position_timeout: Duration,
+}
+
+impl Default for ReadSettings {
+    fn default() -> Self {
+        Self {
+            min_position_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Everything the process needs to know.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// `CHRONICLE_HTTP_ADDR`.
     pub http_addr: SocketAddr,
+    /// `CHRONICLE_DATA_DIR`: the search index and local state.
+    pub data_dir: PathBuf,
     pub database: DatabaseSettings,
     pub commands: CommandSettings,
     pub limits: HttpLimits,
+    pub reads: ReadSettings,
+    pub kafka: KafkaSettings,
+    pub relay: RelaySettings,
+    pub projector: ProjectorSettings,
+    pub ready: LagBounds,
+    /// `CHRONICLE_LAG_INTERVAL_MS`: how often relay and projector lag are measured.
+    pub lag_interval: Duration,
     /// `CHRONICLE_JWT_SECRET`.
     pub jwt_secret: Secret,
     /// Whether the development key is in use (and a warning is due).
@@ -69,64 +110,180 @@ where
     }
 }
 
+fn millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let ms: u64 = parsed(name, default.as_millis() as u64)?;
+    Ok(Duration::from_millis(ms))
+}
+
+fn positive<T: PartialOrd + Default>(name: &'static str, value: T) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(invalid(name, "must be greater than zero"))
+    }
+}
+
 impl Settings {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mut database = DatabaseSettings::new(
-            var("CHRONICLE_DATABASE_URL")
-                .unwrap_or_else(|| DatabaseSettings::DEFAULT_URL.to_owned()),
-        );
-        database.max_connections =
-            parsed("CHRONICLE_DB_MAX_CONNECTIONS", database.max_connections)?;
-        if database.max_connections == 0 {
-            return Err(ConfigError {
-                name: "CHRONICLE_DB_MAX_CONNECTIONS",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if !database.url.starts_with("postgres://") && !database.url.starts_with("postgresql://") {
-            return Err(ConfigError {
-                name: "CHRONICLE_DATABASE_URL",
-                reason: "must be a postgres:// URL".into(),
-            });
-        }
-        let defaults = CommandSettings::default();
-        let commands = CommandSettings {
-            snapshot_every: parsed("CHRONICLE_SNAPSHOT_EVERY", defaults.snapshot_every)?,
-            max_attempts: parsed("CHRONICLE_COMMAND_MAX_ATTEMPTS", defaults.max_attempts)?,
-        };
-        if commands.snapshot_every == 0 {
-            return Err(ConfigError {
-                name: "CHRONICLE_SNAPSHOT_EVERY",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let limits = HttpLimits {
-            body_limit: parsed(
-                "CHRONICLE_BODY_LIMIT_BYTES",
-                HttpLimits::default().body_limit,
-            )?,
-        };
-        let (jwt_secret, jwt_secret_is_default) = match var("CHRONICLE_JWT_SECRET") {
-            Some(secret) if secret.len() < 16 => {
-                return Err(ConfigError {
-                    name: "CHRONICLE_JWT_SECRET",
-                    reason: "must be at least 16 bytes (32 or more recommended)".into(),
-                });
-            }
-            Some(secret) => (secret, false),
-            None => (DEV_JWT_SECRET.to_owned(), true),
-        };
+        let (jwt_secret, jwt_secret_is_default) = jwt_secret()?;
         Ok(Self {
             http_addr: parsed(
                 "CHRONICLE_HTTP_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 8080)),
             )?,
-            database,
-            commands,
-            limits,
+            data_dir: PathBuf::from(var("CHRONICLE_DATA_DIR").unwrap_or_else(|| "./data".into())),
+            database: database()?,
+            commands: commands()?,
+            limits: HttpLimits {
+                body_limit: positive(
+                    "CHRONICLE_BODY_LIMIT_BYTES",
+                    parsed(
+                        "CHRONICLE_BODY_LIMIT_BYTES",
+                        HttpLimits::default().body_limit,
+                    )?,
+                )?,
+            },
+            reads: ReadSettings {
+                min_position_timeout: millis(
+                    "CHRONICLE_MIN_POSITION_TIMEOUT_MS",
+                    ReadSettings::default().min_position_timeout,
+                )?,
+            },
+            kafka: kafka()?,
+            relay: relay()?,
+            projector: projector()?,
+            ready: ready()?,
+            lag_interval: millis("CHRONICLE_LAG_INTERVAL_MS", Duration::from_secs(5))?,
             jwt_secret: Secret(jwt_secret),
             jwt_secret_is_default,
         })
+    }
+}
+
+fn database() -> Result<DatabaseSettings, ConfigError> {
+    let mut database = DatabaseSettings::new(
+        var("CHRONICLE_DATABASE_URL").unwrap_or_else(|| DatabaseSettings::DEFAULT_URL.to_owned()),
+    );
+    if !database.url.starts_with("postgres://") && !database.url.starts_with("postgresql://") {
+        return Err(invalid(
+            "CHRONICLE_DATABASE_URL",
+            "must be a postgres:// URL",
+        ));
+    }
+    database.max_connections = positive(
+        "CHRONICLE_DB_MAX_CONNECTIONS",
+        parsed("CHRONICLE_DB_MAX_CONNECTIONS", database.max_connections)?,
+    )?;
+    Ok(database)
+}
+
+fn commands() -> Result<CommandSettings, ConfigError> {
+    let defaults = CommandSettings::default();
+    Ok(CommandSettings {
+        snapshot_every: positive(
+            "CHRONICLE_SNAPSHOT_EVERY",
+            parsed("CHRONICLE_SNAPSHOT_EVERY", defaults.snapshot_every)?,
+        )?,
+        max_attempts: positive(
+            "CHRONICLE_COMMAND_MAX_ATTEMPTS",
+            parsed("CHRONICLE_COMMAND_MAX_ATTEMPTS", defaults.max_attempts)?,
+        )?,
+    })
+}
+
+fn kafka() -> Result<KafkaSettings, ConfigError> {
+    let mut kafka = KafkaSettings::new(
+        var("CHRONICLE_KAFKA_BROKERS").unwrap_or_else(|| KafkaSettings::DEFAULT_BROKERS.to_owned()),
+    );
+    kafka.topic_prefix = var("CHRONICLE_TOPIC_PREFIX").unwrap_or_default();
+    if !kafka
+        .topic_prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid(
+            "CHRONICLE_TOPIC_PREFIX",
+            "may contain only ASCII letters, digits, '.', '_' and '-'",
+        ));
+    }
+    kafka.partitions = positive(
+        "CHRONICLE_KAFKA_PARTITIONS",
+        parsed("CHRONICLE_KAFKA_PARTITIONS", kafka.partitions)?,
+    )?;
+    kafka.replication = positive(
+        "CHRONICLE_KAFKA_REPLICATION",
+        parsed("CHRONICLE_KAFKA_REPLICATION", kafka.replication)?,
+    )?;
+    Ok(kafka)
+}
+
+fn relay() -> Result<RelaySettings, ConfigError> {
+    let defaults = RelaySettings::default();
+    Ok(RelaySettings {
+        batch_size: positive(
+            "CHRONICLE_RELAY_BATCH",
+            parsed("CHRONICLE_RELAY_BATCH", defaults.batch_size)?,
+        )?,
+        poll_interval: millis("CHRONICLE_RELAY_POLL_MS", defaults.poll_interval)?,
+        ..defaults
+    })
+}
+
+fn projector() -> Result<ProjectorSettings, ConfigError> {
+    let defaults = ProjectorSettings::default();
+    let instances: Option<u32> = var("CHRONICLE_PROJECTOR_INSTANCES")
+        .map(|_| parsed("CHRONICLE_PROJECTOR_INSTANCES", 1))
+        .transpose()?;
+    let assignment = match instances {
+        None => Assignment::Group,
+        Some(instances) => {
+            let instances = positive("CHRONICLE_PROJECTOR_INSTANCES", instances)?;
+            let instance: u32 = parsed("CHRONICLE_PROJECTOR_INSTANCE", 0)?;
+            if instance >= instances {
+                return Err(invalid(
+                    "CHRONICLE_PROJECTOR_INSTANCE",
+                    "must be below CHRONICLE_PROJECTOR_INSTANCES (instances count from 0)",
+                ));
+            }
+            Assignment::Static {
+                instance,
+                instances,
+            }
+        }
+    };
+    Ok(ProjectorSettings {
+        batch_max: positive(
+            "CHRONICLE_PROJECTOR_BATCH",
+            parsed("CHRONICLE_PROJECTOR_BATCH", defaults.batch_max)?,
+        )?,
+        batch_wait: millis("CHRONICLE_PROJECTOR_BATCH_WAIT_MS", defaults.batch_wait)?,
+        assignment,
+    })
+}
+
+fn ready() -> Result<LagBounds, ConfigError> {
+    let defaults = LagBounds::default();
+    Ok(LagBounds {
+        relay_events: parsed("CHRONICLE_READY_MAX_RELAY_LAG", defaults.relay_events)?,
+        projector_messages: parsed(
+            "CHRONICLE_READY_MAX_PROJECTOR_LAG",
+            defaults.projector_messages,
+        )?,
+        held_back_seconds: parsed(
+            "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
+            defaults.held_back_seconds,
+        )?,
+    })
+}
+
+fn jwt_secret() -> Result<(String, bool), ConfigError> {
+    match var("CHRONICLE_JWT_SECRET") {
+        Some(secret) if secret.len() < 16 => Err(invalid(
+            "CHRONICLE_JWT_SECRET",
+            "must be at least 16 bytes (32 or more recommended)",
+        )),
+        Some(secret) => Ok((secret, false)),
+        None => Ok((DEV_JWT_SECRET.to_owned(), true)),
     }
 }

@@ -11,14 +11,19 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use chronicle_api::auth::JwtKeys;
-use chronicle_api::{AppState, HttpLimits, router};
+use chronicle_api::settings::{Secret, Settings};
+use chronicle_api::{HttpLimits, roles, router};
 use chronicle_commands::{CommandService, CommandSettings};
 use chronicle_domain::Role;
+use chronicle_eventstore::envelope::Envelope;
+use chronicle_projections::ProjectorSettings;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The signing key of every test server.
@@ -99,7 +104,8 @@ impl Drop for TestDb {
     }
 }
 
-/// A running Chronicle HTTP server on its own database.
+/// A running Chronicle HTTP server on its own database, optionally with the relay and
+/// the read-model projector running in-process against the test broker.
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -107,6 +113,38 @@ pub struct TestApp {
     pub keys: Arc<JwtKeys>,
     pub commands: Arc<CommandService>,
     pub db: Arc<TestDb>,
+    pub settings: Settings,
+    /// Cancelled when the app is dropped; stops every background task.
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The test broker (`CHRONICLE_KAFKA_BROKERS`; `scripts/test.sh` starts one).
+pub fn kafka_brokers() -> String {
+    std::env::var("CHRONICLE_KAFKA_BROKERS").expect(
+        "CHRONICLE_KAFKA_BROKERS is not set: run the suite with scripts/test.sh, which starts a broker",
+    )
+}
+
+/// Settings for a test app: the environment's, with a topic prefix of its own.
+pub fn test_settings(options: &AppOptions) -> Settings {
+    let mut settings = Settings::from_env().expect("test settings");
+    if options.read_side {
+        settings.kafka.brokers = kafka_brokers();
+    }
+    settings.commands = options.commands.clone();
+    settings.limits = options.limits;
+    settings.jwt_secret = Secret::new(String::from_utf8_lossy(TEST_JWT_SECRET));
+    settings.kafka.topic_prefix = format!("test-{}.", Uuid::new_v4().simple());
+    settings.kafka.partitions = 3;
+    settings.projector = options.projector.clone();
+    settings.relay.poll_interval = Duration::from_millis(200);
+    settings
 }
 
 /// A response, read whole.
@@ -139,11 +177,38 @@ impl Reply {
 pub struct AppOptions {
     pub commands: CommandSettings,
     pub limits: HttpLimits,
+    pub projector: ProjectorSettings,
+    /// Run the relay and the read-model projector too (needs the test broker).
+    pub read_side: bool,
+}
+
+impl AppOptions {
+    /// Options with the read side running.
+    pub fn with_read_side() -> Self {
+        Self {
+            read_side: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// Serves Chronicle on a fresh database.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
+}
+
+/// Logs of the code under test, when `CHRONICLE_TEST_LOG` names a filter
+/// (e.g. `chronicle=debug`); captured per test by the runner.
+fn init_logging() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if let Ok(filter) = std::env::var("CHRONICLE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// Serves Chronicle on a fresh database, with options.
@@ -152,34 +217,76 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     spawn_on(db, options).await
 }
 
+/// Serves Chronicle with the relay and the read-model projector on a fresh database.
+pub async fn spawn_full_app() -> TestApp {
+    spawn_app_with(AppOptions::with_read_side()).await
+}
+
 /// Serves another Chronicle process on `db` (for tests of several writers).
 pub async fn spawn_on(db: Arc<TestDb>, options: AppOptions) -> TestApp {
+    let settings = test_settings(&options);
+    spawn_with_settings(db, settings, options.read_side).await
+}
+
+/// Serves Chronicle on `db` with exactly these settings.
+pub async fn spawn_with_settings(db: Arc<TestDb>, settings: Settings, read_side: bool) -> TestApp {
+    init_logging();
     let pool = db.pool(16).await;
-    let keys = Arc::new(JwtKeys::hs256(TEST_JWT_SECRET));
-    let commands = Arc::new(CommandService::new(pool.clone(), options.commands));
-    let state = AppState {
-        commands: commands.clone(),
-        pool: pool.clone(),
-        keys: keys.clone(),
-    };
+    let shutdown = CancellationToken::new();
+    let state = roles::app_state(&settings, pool.clone(), &shutdown);
+    let (keys, commands) = (state.keys.clone(), state.commands.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
+    let app = router(state, settings.limits);
+    let stop = shutdown.clone();
     tokio::spawn(async move {
-        axum::serve(listener, router(state, options.limits))
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
             .await
             .ok();
     });
-    TestApp {
+    let app = TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
         pool,
         keys,
         commands,
         db,
+        settings,
+        shutdown,
+    };
+    if read_side {
+        app.start_relay();
+        app.start_projector();
     }
+    app
 }
 
 impl TestApp {
+    /// Runs the relay until the app is dropped.
+    pub fn start_relay(&self) -> tokio::task::JoinHandle<()> {
+        let (settings, pool, shutdown) = (
+            self.settings.clone(),
+            self.pool.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            roles::relay(&settings, pool, shutdown).await.ok();
+        })
+    }
+
+    /// Runs the read-model projector until the app is dropped (or the task is aborted).
+    pub fn start_projector(&self) -> tokio::task::JoinHandle<()> {
+        let (settings, pool, shutdown) = (
+            self.settings.clone(),
+            self.pool.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            roles::project(&settings, pool, shutdown).await.ok();
+        })
+    }
+
     /// A valid token for `subject` with `roles`.
     pub fn token(&self, subject: &str, roles: &[Role]) -> String {
         self.keys
@@ -317,4 +424,89 @@ async fn read(response: reqwest::Response) -> Reply {
         headers,
         body,
     }
+}
+
+/// Every envelope on the app's topics, read by an independent consumer (its own group,
+/// all partitions from the beginning), once `count` have arrived.
+pub async fn consume_envelopes(app: &TestApp, count: usize) -> Vec<(i32, i64, Envelope)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let kafka = &app.settings.kafka;
+    let consumer: StreamConsumer = kafka
+        .client_config("test-reader")
+        .set("group.id", format!("test-reader-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let topics = kafka.topics();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).unwrap();
+    let mut envelopes = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while envelopes.len() < count {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} envelopes arrived", envelopes.len()))
+            .unwrap();
+        let envelope: Envelope = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        envelopes.push((message.partition(), message.offset(), envelope));
+    }
+    envelopes
+}
+
+impl TestApp {
+    /// Waits until the read models have applied every event in the store.
+    pub async fn wait_until_projected(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (events, applied): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM rm_applied_events)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            if events == applied {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "read models applied {applied} of {events} events"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GETs `path` with `token`.
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        read(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request sent"),
+        )
+        .await
+    }
+}
+
+/// The read tables as JSON, in key order, for comparing two projections.
+pub async fn read_models_snapshot(pool: &PgPool) -> Value {
+    let mut snapshot = serde_json::Map::new();
+    for (table, order) in [
+        ("accounts", "account_id"),
+        ("account_ledger", "account_id, sequence"),
+        ("bookings", "booking_id"),
+        ("payments", "payment_id"),
+    ] {
+        let rows: Value = sqlx::query_scalar(&format!(
+            "SELECT coalesce(json_agg(t ORDER BY {order}), '[]'::json) FROM {table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        snapshot.insert(table.to_owned(), rows);
+    }
+    Value::Object(snapshot)
 }

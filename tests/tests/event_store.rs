@@ -1,6 +1,8 @@
 //! The event store itself: append-only for every role, the hash chain, seat claims'
 //! release, snapshots, upcasting, and the metadata every event carries.
 
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
 use chronicle_commands::CommandSettings;
 use chronicle_eventstore::chain::{ChainBreak, verify_stream};
 use chronicle_tests::{AppOptions, TestApp, spawn_app, spawn_app_with};

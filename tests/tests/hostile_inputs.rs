@@ -1,6 +1,8 @@
 //! Malformed and hostile input never produces a 5xx, and each kind gets its own
 //! documented status and problem code.
 
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
 use chronicle_api::auth::JwtKeys;
 use chronicle_domain::Role;
 use chronicle_tests::{TestApp, spawn_app};

@@ -1,6 +1,8 @@
 //! `Idempotency-Key`: a repeated request answers the original result and appends
 //! nothing; the same key with another request is refused.
 
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
 use chronicle_tests::spawn_app;
 use futures::future::join_all;
 use reqwest::StatusCode;

@@ -1,6 +1,8 @@
 //! Concurrency through HTTP against the real PostgreSQL: set validation of seats and the
 //! balance floor under contention, across two server processes sharing one database.
 
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
 use std::sync::Arc;
 
 use chronicle_tests::{AppOptions, TestApp, spawn_app, spawn_on};

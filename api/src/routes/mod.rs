@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod bookings;
 pub mod ops;
 pub mod payments;
+pub mod reads;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

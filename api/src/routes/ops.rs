@@ -1,8 +1,10 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use prometheus::{Encoder, TextEncoder};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -12,19 +14,49 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The process can serve: its database answers.
+/// The process can serve: its database answers, and the relay and projectors are within
+/// their lag bounds (see the README's configuration table).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let database = sqlx::query_scalar::<_, i32>("SELECT 1")
+    let mut reasons = Vec::new();
+    if let Err(e) = sqlx::query_scalar::<_, i32>("SELECT 1")
         .fetch_one(&state.pool)
-        .await;
-    match database {
-        Ok(_) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "reasons": [] })),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reasons": [format!("database: {e}")] })),
-        ),
+        .await
+    {
+        reasons.push(format!("database: {e}"));
     }
+    reasons.extend(state.monitor.not_ready_reasons());
+    let report = state.monitor.report();
+    let relay = report.relay.map(|lag| {
+        json!({
+            "unpublished": lag.unpublished,
+            "held_back": lag.held_back,
+            "oldest_transaction_seconds": lag.oldest_transaction_seconds,
+        })
+    });
+    let projector_lag: i64 = report.projectors.values().sum();
+    let body = json!({
+        "status": if reasons.is_empty() { "ready" } else { "not_ready" },
+        "reasons": reasons,
+        "relay": relay,
+        "projector_lag": projector_lag,
+    });
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// Prometheus text exposition of every registered metric.
+pub async fn metrics() -> impl IntoResponse {
+    let mut buffer = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(error) = encoder.encode(&prometheus::gather(), &mut buffer) {
+        tracing::error!(%error, "cannot encode metrics");
+    }
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+        buffer,
+    )
 }

@@ -1,0 +1,130 @@
+//! The process roles: `serve`, `relay`, `project`, and `all` of them in one process.
+//! Each runs until its shutdown token is cancelled, then finishes what it was doing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chronicle_commands::CommandService;
+use chronicle_eventstore::kafka::ensure_topics;
+use chronicle_eventstore::relay::Relay;
+use chronicle_projections::Projector;
+use chronicle_projections::monitor::LagMonitor;
+use chronicle_projections::read_models::{READ_MODELS, ReadModels};
+use chronicle_projections::watch::ProjectionWatch;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::JwtKeys;
+use crate::settings::Settings;
+use crate::{AppState, router};
+
+/// Creates the database if missing, connects and migrates.
+pub async fn prepare_database(settings: &Settings) -> anyhow::Result<PgPool> {
+    let target = settings.database.redacted_url();
+    chronicle_eventstore::ensure_database(&settings.database.url)
+        .await
+        .with_context(|| format!("cannot reach or create the database at {target}"))?;
+    let pool = chronicle_eventstore::connect(&settings.database)
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    chronicle_eventstore::migrate(&pool)
+        .await
+        .context("cannot migrate the database")?;
+    tracing::info!(database = %target, "database ready");
+    Ok(pool)
+}
+
+/// The state every HTTP handler shares; starts the background watchers.
+pub fn app_state(settings: &Settings, pool: PgPool, shutdown: &CancellationToken) -> AppState {
+    let monitor = LagMonitor::start(
+        pool.clone(),
+        Some(settings.kafka.clone()),
+        vec![READ_MODELS.to_owned()],
+        settings.relay.name.clone(),
+        settings.ready,
+        settings.lag_interval,
+        shutdown.clone(),
+    );
+    AppState {
+        commands: Arc::new(CommandService::new(pool.clone(), settings.commands.clone())),
+        watch: ProjectionWatch::start(pool.clone(), shutdown.clone()),
+        monitor,
+        reads: settings.reads,
+        keys: Arc::new(JwtKeys::hs256(settings.jwt_secret.expose().as_bytes())),
+        pool,
+    }
+}
+
+/// Serves the HTTP API until shutdown, then lets in-flight requests finish.
+pub async fn serve(
+    settings: &Settings,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = app_state(settings, pool, &shutdown);
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    tracing::info!(addr = %settings.http_addr, "serving the HTTP API");
+    axum::serve(listener, router(state, settings.limits))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    tracing::info!("HTTP API stopped");
+    Ok(())
+}
+
+/// Publishes the event store to Kafka until shutdown (or waits as a standby).
+pub async fn relay(
+    settings: &Settings,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    Relay::new(pool, settings.kafka.clone(), settings.relay.clone())
+        .run(shutdown)
+        .await;
+    Ok(())
+}
+
+/// Runs the projectors until shutdown.
+pub async fn project(
+    settings: &Settings,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Projectors subscribe to the topics; make sure they exist even before a relay ran.
+    while let Err(error) = ensure_topics(&settings.kafka).await {
+        tracing::warn!(%error, "cannot create topics yet; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    let read_models = Projector::new(
+        Arc::new(ReadModels::new(pool)),
+        settings.kafka.clone(),
+        settings.projector.clone(),
+    );
+    read_models.run(shutdown).await;
+    Ok(())
+}
+
+/// Every role in one process. The first role to fail stops the others.
+pub async fn all(
+    settings: &Settings,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let stop_all = |result: anyhow::Result<()>| {
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result
+    };
+    let (served, relayed, projected) = tokio::join!(
+        async { stop_all(serve(settings, pool.clone(), shutdown.clone()).await) },
+        async { stop_all(relay(settings, pool.clone(), shutdown.clone()).await) },
+        async { stop_all(project(settings, pool.clone(), shutdown.clone()).await) },
+    );
+    served.and(relayed).and(projected)
+}

@@ -1,0 +1,201 @@
+//! The query endpoints. They read the read models only; `min_position` makes them wait,
+//! bounded, until the read models have applied a command's position.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chronicle_domain::{Actor, BookingStatus, Role};
+use chronicle_projections::queries::{
+    self, AccountView, BookingFilter, BookingView, LedgerLine, Page, PaymentView,
+};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::extract::{ApiQuery, IdPath};
+use crate::problem::AppError;
+
+/// `?min_position=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    pub min_position: Option<i64>,
+}
+
+/// `?min_position=&limit=&cursor=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    pub min_position: Option<i64>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/bookings` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingListParams {
+    pub min_position: Option<i64>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+    pub account_id: Option<Uuid>,
+    pub status: Option<String>,
+    pub resource_id: Option<String>,
+}
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+fn limit(requested: Option<i64>) -> Result<i64, AppError> {
+    match requested.unwrap_or(DEFAULT_LIMIT) {
+        n if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(validation(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn validation(field: &'static str, reason: String) -> AppError {
+    let mut error = AppError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        format!("{field}: {reason}"),
+    );
+    error.field = Some(field);
+    error
+}
+
+fn invalid_cursor() -> AppError {
+    AppError::bad_request("invalid_cursor", "the cursor was not issued by this server")
+}
+
+/// Whether `actor` may read something owned by `owner`: its own, or any for admins and
+/// auditors.
+fn may_read(actor: &Actor, owner: &str) -> bool {
+    actor.subject == owner || actor.has(Role::Admin) || actor.has(Role::Auditor)
+}
+
+fn sees_everything(actor: &Actor) -> bool {
+    actor.has(Role::Admin) || actor.has(Role::Auditor)
+}
+
+/// Waits until the read models have applied `min_position`, or answers 503.
+async fn read_your_writes(state: &AppState, min_position: Option<i64>) -> Result<(), AppError> {
+    let Some(position) = min_position else {
+        return Ok(());
+    };
+    let applied = state
+        .watch
+        .wait_for(position, state.reads.min_position_timeout)
+        .await
+        .map_err(|e| AppError::unavailable(&e))?;
+    if applied {
+        return Ok(());
+    }
+    let mut error = AppError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "position_not_yet_applied",
+        format!("the read models have not applied position {position} yet; retry shortly"),
+    );
+    error.retry_after = Some(1);
+    Err(error)
+}
+
+fn database(error: sqlx::Error) -> AppError {
+    if chronicle_eventstore::error::is_unavailable(&error) {
+        AppError::unavailable(&error)
+    } else {
+        AppError::internal(&error)
+    }
+}
+
+pub async fn account(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Json<AccountView>, AppError> {
+    read_your_writes(&state, params.min_position).await?;
+    let account = queries::account(&state.pool, id).await.map_err(database)?;
+    account
+        .filter(|a| may_read(&principal.0, &a.owner))
+        .map(Json)
+        .ok_or_else(AppError::not_found)
+}
+
+pub async fn transactions(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<Page<LedgerLine>>, AppError> {
+    let limit = limit(params.limit)?;
+    read_your_writes(&state, params.min_position).await?;
+    let account = queries::account(&state.pool, id).await.map_err(database)?;
+    if !account.is_some_and(|a| may_read(&principal.0, &a.owner)) {
+        return Err(AppError::not_found());
+    }
+    queries::ledger(&state.pool, id, params.cursor.as_deref(), limit)
+        .await
+        .map_err(database)?
+        .map(Json)
+        .map_err(|_| invalid_cursor())
+}
+
+pub async fn booking(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Json<BookingView>, AppError> {
+    read_your_writes(&state, params.min_position).await?;
+    let booking = queries::booking(&state.pool, id).await.map_err(database)?;
+    booking
+        .filter(|b| may_read(&principal.0, &b.owner))
+        .map(Json)
+        .ok_or_else(AppError::not_found)
+}
+
+pub async fn bookings(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<BookingListParams>,
+) -> Result<Json<Page<BookingView>>, AppError> {
+    let limit = limit(params.limit)?;
+    if let Some(status) = &params.status
+        && BookingStatus::parse(status).is_none()
+    {
+        return Err(validation(
+            "status",
+            "must be one of pending, confirmed, rejected, cancelled, expired".into(),
+        ));
+    }
+    read_your_writes(&state, params.min_position).await?;
+    let filter = BookingFilter {
+        owner: (!sees_everything(&principal.0)).then(|| principal.0.subject.clone()),
+        account_id: params.account_id,
+        status: params.status,
+        resource_id: params.resource_id,
+    };
+    queries::bookings(&state.pool, &filter, params.cursor.as_deref(), limit)
+        .await
+        .map_err(database)?
+        .map(Json)
+        .map_err(|_| invalid_cursor())
+}
+
+pub async fn payment(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Json<PaymentView>, AppError> {
+    read_your_writes(&state, params.min_position).await?;
+    let payment = queries::payment(&state.pool, id).await.map_err(database)?;
+    payment
+        .filter(|p| may_read(&principal.0, &p.owner))
+        .map(Json)
+        .ok_or_else(AppError::not_found)
+}

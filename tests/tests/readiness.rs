@@ -1,0 +1,106 @@
+//! `/readyz` fails, with a reason, when the relay is held back by an open transaction
+//! or a projector lags beyond its bound; `/metrics` shows both lags.
+
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle_tests::{AppOptions, TestApp, TestDb, spawn_with_settings, test_settings};
+use reqwest::StatusCode;
+use sqlx::Executor;
+
+async fn readyz(app: &TestApp) -> (StatusCode, serde_json::Value) {
+    let response = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+async fn wait_for_reason(app: &TestApp, fragment: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz(app).await;
+        let reasons = body["reasons"].to_string();
+        if status == StatusCode::SERVICE_UNAVAILABLE && reasons.contains(fragment) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {fragment:?} in {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_until_ready(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while readyz(app).await.0 != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {:?}",
+            readyz(app).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_holding_the_relay_back_is_a_readiness_failure() {
+    let mut settings = test_settings(&AppOptions::with_read_side());
+    settings.lag_interval = Duration::from_millis(100);
+    settings.ready.held_back_seconds = 0.5;
+    let app = spawn_with_settings(Arc::new(TestDb::create().await), settings, true).await;
+    let token = app.client_token("alice");
+    app.open_account(&token, "EUR", 0).await;
+    app.wait_until_projected().await;
+    wait_until_ready(&app).await;
+
+    let mut blocker = app.pool.begin().await.unwrap();
+    blocker
+        .execute("SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    app.open_account(&token, "EUR", 0).await;
+    let body = wait_for_reason(&app, "relay held back").await;
+    assert_eq!(body["relay"]["held_back"], 1);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("chronicle_relay_held_back_events 1"),
+        "{metrics}"
+    );
+
+    blocker.rollback().await.unwrap();
+    app.wait_until_projected().await;
+    wait_until_ready(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_projector_is_a_readiness_failure() {
+    let mut settings = test_settings(&AppOptions::with_read_side());
+    settings.lag_interval = Duration::from_millis(100);
+    settings.ready.projector_messages = 2;
+    let app = spawn_with_settings(Arc::new(TestDb::create().await), settings, false).await;
+    app.start_relay();
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    for amount in 1..=5 {
+        app.deposit(&token, account, amount).await;
+    }
+    let body = wait_for_reason(&app, "projector read-models lag").await;
+    assert_eq!(body["projector_lag"], 6);
+    app.start_projector();
+    app.wait_until_projected().await;
+    wait_until_ready(&app).await;
+}

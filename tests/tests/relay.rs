@@ -1,0 +1,185 @@
+//! The relay against the real PostgreSQL and the real broker: commit order, the classic
+//! gap, hot standby, upcasting on the wire.
+
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
+use chronicle_eventstore::envelope::event_id;
+use chronicle_eventstore::kafka::ensure_topics;
+use chronicle_eventstore::relay::{Relay, RelaySettings, relay_lag};
+use chronicle_tests::{consume_envelopes, spawn_app};
+use serde_json::json;
+use sqlx::{Executor, Postgres, Transaction};
+use uuid::Uuid;
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    sequence: i64,
+    event_type: &str,
+    version: &str,
+    payload: serde_json::Value,
+) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('Account', $1, $2, $3, $4, $5, '{\"actor\": \"alice\"}')",
+    )
+    .bind(id.to_string())
+    .bind(sequence)
+    .bind(event_type)
+    .bind(version)
+    .bind(payload)
+    .execute(&mut **tx)
+    .await
+    .unwrap();
+}
+
+fn opened(id: Uuid) -> serde_json::Value {
+    json!({
+        "type": "AccountOpened", "account_id": id, "owner": "alice", "currency": "EUR",
+        "overdraft_limit": 0, "opened_at": "2030-01-01T00:00:00Z"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_commits_late_is_published_not_skipped() {
+    let app = spawn_app().await;
+    ensure_topics(&app.settings.kafka).await.unwrap();
+    let relay = Relay::new(
+        app.pool.clone(),
+        app.settings.kafka.clone(),
+        RelaySettings::default(),
+    );
+    let mut active = relay
+        .try_activate()
+        .await
+        .unwrap()
+        .expect("the only relay is active");
+
+    // A appends two events and stays open.
+    let slow = Uuid::new_v4();
+    let mut a = app.pool.begin().await.unwrap();
+    insert_event(&mut a, slow, 1, "AccountOpened", "2", opened(slow)).await;
+    let deposit = json!({"type": "FundsDeposited", "amount": 5, "reference": null, "balance_after": 5, "occurred_at": "2030-01-01T00:00:00Z"});
+    insert_event(&mut a, slow, 2, "FundsDeposited", "1", deposit).await;
+
+    // B appends and commits.
+    let token = app.client_token("bob");
+    let fast = app.open_account(&token, "EUR", 0).await;
+
+    // The relay runs: B is committed but must wait behind A.
+    assert_eq!(active.publish_available().await.unwrap(), 0);
+    let lag = relay_lag(&app.pool, "default").await.unwrap();
+    assert_eq!((lag.unpublished, lag.held_back), (1, 1), "{lag:?}");
+    assert!(lag.oldest_transaction_seconds >= 0.0);
+
+    // A commits; the relay publishes all three, A's first.
+    a.commit().await.unwrap();
+    assert_eq!(active.publish_available().await.unwrap(), 3);
+    assert_eq!(
+        relay_lag(&app.pool, "default").await.unwrap().unpublished,
+        0
+    );
+
+    let envelopes = consume_envelopes(&app, 3).await;
+    let mut slow_events: Vec<_> = envelopes
+        .iter()
+        .filter(|(_, _, e)| e.aggregate_id == slow.to_string())
+        .collect();
+    slow_events.sort_by_key(|(_, offset, _)| *offset);
+    let sequences: Vec<i64> = slow_events.iter().map(|(_, _, e)| e.sequence).collect();
+    assert_eq!(sequences, vec![1, 2], "per-aggregate order follows offsets");
+    assert!(
+        envelopes
+            .iter()
+            .any(|(_, _, e)| e.aggregate_id == fast.to_string())
+    );
+    let (_, _, first) = slow_events[0];
+    assert_eq!(first.event_id, event_id("Account", &slow.to_string(), 1));
+    assert_eq!(first.metadata.actor.as_deref(), Some("alice"));
+    // Nothing is published twice by a relay that keeps its checkpoint.
+    assert_eq!(active.publish_available().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_second_relay_waits_as_a_hot_standby_and_resumes_from_the_checkpoint() {
+    let app = spawn_app().await;
+    ensure_topics(&app.settings.kafka).await.unwrap();
+    let settings = RelaySettings::default();
+    let first = Relay::new(
+        app.pool.clone(),
+        app.settings.kafka.clone(),
+        settings.clone(),
+    );
+    let second = Relay::new(app.pool.clone(), app.settings.kafka.clone(), settings);
+
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    let mut active = first.try_activate().await.unwrap().unwrap();
+    assert!(
+        second.try_activate().await.unwrap().is_none(),
+        "the lock is taken"
+    );
+    assert_eq!(active.publish_available().await.unwrap(), 1);
+    drop(active);
+
+    app.deposit(&token, account, 10).await;
+    let mut taken_over = second
+        .try_activate()
+        .await
+        .unwrap()
+        .expect("the standby takes over");
+    assert_eq!(
+        taken_over.publish_available().await.unwrap(),
+        1,
+        "only what the first did not publish"
+    );
+    let envelopes = consume_envelopes(&app, 2).await;
+    let mut sequences: Vec<i64> = envelopes.iter().map(|(_, _, e)| e.sequence).collect();
+    sequences.sort();
+    assert_eq!(sequences, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn stored_old_versions_go_out_upcast_and_long_transactions_show_as_held_back() {
+    let app = spawn_app().await;
+    ensure_topics(&app.settings.kafka).await.unwrap();
+    let id = Uuid::new_v4();
+    let mut tx = app.pool.begin().await.unwrap();
+    let mut v1 = opened(id);
+    v1.as_object_mut().unwrap().remove("overdraft_limit");
+    insert_event(&mut tx, id, 1, "AccountOpened", "1", v1).await;
+    tx.commit().await.unwrap();
+
+    // An unrelated transaction anywhere in the cluster that holds an xid.
+    let mut blocker = app.pool.begin().await.unwrap();
+    blocker
+        .execute("SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    let token = app.client_token("carol");
+    app.open_account(&token, "EUR", 0).await;
+
+    let relay = Relay::new(
+        app.pool.clone(),
+        app.settings.kafka.clone(),
+        RelaySettings::default(),
+    );
+    let mut active = relay.try_activate().await.unwrap().unwrap();
+    assert_eq!(
+        active.publish_available().await.unwrap(),
+        1,
+        "only the event before the blocker"
+    );
+    let lag = relay_lag(&app.pool, "default").await.unwrap();
+    assert_eq!(lag.held_back, 1);
+    blocker.rollback().await.unwrap();
+    assert_eq!(active.publish_available().await.unwrap(), 1);
+
+    let envelopes = consume_envelopes(&app, 2).await;
+    let (_, _, upcast) = envelopes
+        .iter()
+        .find(|(_, _, e)| e.aggregate_id == id.to_string())
+        .unwrap();
+    assert_eq!(upcast.event_version, "2.0.0");
+    assert_eq!(upcast.payload["overdraft_limit"], 0);
+}
