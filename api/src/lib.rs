@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chronicle_commands::CommandService;
 use chronicle_projections::monitor::LagMonitor;
+use chronicle_projections::search::SearchIndex;
 use chronicle_projections::watch::ProjectionWatch;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub watch: ProjectionWatch,
     /// Relay and projector lag, for `/readyz`.
     pub monitor: Arc<LagMonitor>,
+    /// The search index (read side).
+    pub search: Arc<SearchIndex>,
     pub reads: ReadSettings,
 }
 
@@ -91,7 +94,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The whole HTTP API.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
-    use routes::{accounts, bookings, ops, payments, reads};
+    use routes::{accounts, bookings, ops, payments, reads, search};
     Router::new()
         .route("/v1/accounts", post(accounts::open))
         .route("/v1/accounts/{id}", get(reads::account))
@@ -105,6 +108,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/payments", post(payments::initiate))
         .route("/v1/payments/{id}", get(reads::payment))
         .route("/v1/payments/{id}/refund", post(payments::refund))
+        .route("/v1/search/bookings", get(search::bookings))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

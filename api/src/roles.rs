@@ -9,8 +9,9 @@ use chronicle_commands::CommandService;
 use chronicle_eventstore::kafka::ensure_topics;
 use chronicle_eventstore::relay::Relay;
 use chronicle_projections::Projector;
-use chronicle_projections::monitor::LagMonitor;
+use chronicle_projections::monitor::{LagMonitor, OffsetSource};
 use chronicle_projections::read_models::{READ_MODELS, ReadModels};
+use chronicle_projections::search::{SearchIndex, SearchProjection};
 use chronicle_projections::watch::ProjectionWatch;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -35,25 +36,45 @@ pub async fn prepare_database(settings: &Settings) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Opens the search index of `settings`.
+pub fn open_search(settings: &Settings) -> anyhow::Result<Arc<SearchIndex>> {
+    let index = SearchIndex::open(&settings.search_dir).with_context(|| {
+        format!(
+            "cannot open the search index in {}",
+            settings.search_dir.display()
+        )
+    })?;
+    Ok(Arc::new(index))
+}
+
 /// The state every HTTP handler shares; starts the background watchers.
-pub fn app_state(settings: &Settings, pool: PgPool, shutdown: &CancellationToken) -> AppState {
+pub fn app_state(
+    settings: &Settings,
+    pool: PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<AppState> {
+    let search = open_search(settings)?;
     let monitor = LagMonitor::start(
         pool.clone(),
         Some(settings.kafka.clone()),
-        vec![READ_MODELS.to_owned()],
+        vec![
+            OffsetSource::Table(READ_MODELS.to_owned()),
+            OffsetSource::Search(search.clone()),
+        ],
         settings.relay.name.clone(),
         settings.ready,
         settings.lag_interval,
         shutdown.clone(),
     );
-    AppState {
+    Ok(AppState {
         commands: Arc::new(CommandService::new(pool.clone(), settings.commands.clone())),
         watch: ProjectionWatch::start(pool.clone(), shutdown.clone()),
         monitor,
+        search,
         reads: settings.reads,
         keys: Arc::new(JwtKeys::hs256(settings.jwt_secret.expose().as_bytes())),
         pool,
-    }
+    })
 }
 
 /// Serves the HTTP API until shutdown, then lets in-flight requests finish.
@@ -62,7 +83,7 @@ pub async fn serve(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = app_state(settings, pool, &shutdown);
+    let state = app_state(settings, pool, &shutdown)?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
@@ -105,8 +126,25 @@ pub async fn project(
         settings.kafka.clone(),
         settings.projector.clone(),
     );
-    read_models.run(shutdown).await;
+    let search = search_projector(settings)?;
+    tokio::join!(read_models.run(shutdown.clone()), search.run(shutdown));
     Ok(())
+}
+
+/// The search projector over the index of `settings` (which it takes the writer of).
+pub fn search_projector(settings: &Settings) -> anyhow::Result<Projector<SearchProjection>> {
+    let projection =
+        SearchProjection::new(open_search(settings)?, settings.search).with_context(|| {
+            format!(
+                "cannot take the search index writer in {}",
+                settings.search_dir.display()
+            )
+        })?;
+    Ok(Projector::new(
+        Arc::new(projection),
+        settings.kafka.clone(),
+        settings.projector.clone(),
+    ))
 }
 
 /// Every role in one process. The first role to fail stops the others.

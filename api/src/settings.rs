@@ -13,6 +13,7 @@ use chronicle_eventstore::DatabaseSettings;
 use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_eventstore::relay::RelaySettings;
 use chronicle_projections::monitor::LagBounds;
+use chronicle_projections::search::SearchSettings;
 use chronicle_projections::{Assignment, ProjectorSettings};
 
 use crate::HttpLimits;
@@ -84,6 +85,9 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub relay: RelaySettings,
     pub projector: ProjectorSettings,
+    /// `CHRONICLE_SEARCH_DIR`: the search index (default `$CHRONICLE_DATA_DIR/search`).
+    pub search_dir: PathBuf,
+    pub search: SearchSettings,
     pub ready: LagBounds,
     /// `CHRONICLE_LAG_INTERVAL_MS`: how often relay and projector lag are measured.
     pub lag_interval: Duration,
@@ -127,12 +131,17 @@ impl Settings {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         let (jwt_secret, jwt_secret_is_default) = jwt_secret()?;
+        let data_dir = PathBuf::from(var("CHRONICLE_DATA_DIR").unwrap_or_else(|| "./data".into()));
         Ok(Self {
             http_addr: parsed(
                 "CHRONICLE_HTTP_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 8080)),
             )?,
-            data_dir: PathBuf::from(var("CHRONICLE_DATA_DIR").unwrap_or_else(|| "./data".into())),
+            search_dir: var("CHRONICLE_SEARCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| data_dir.join("search")),
+            search: search()?,
+            data_dir,
             database: database()?,
             commands: commands()?,
             limits: HttpLimits {
@@ -259,6 +268,18 @@ fn projector() -> Result<ProjectorSettings, ConfigError> {
         )?,
         batch_wait: millis("CHRONICLE_PROJECTOR_BATCH_WAIT_MS", defaults.batch_wait)?,
         assignment,
+    })
+}
+
+fn search() -> Result<SearchSettings, ConfigError> {
+    let defaults = SearchSettings::default();
+    Ok(SearchSettings {
+        commit_docs: positive(
+            "CHRONICLE_SEARCH_COMMIT_DOCS",
+            parsed("CHRONICLE_SEARCH_COMMIT_DOCS", defaults.commit_docs)?,
+        )?,
+        commit_interval: millis("CHRONICLE_SEARCH_COMMIT_MS", defaults.commit_interval)?,
+        ..defaults
     })
 }
 

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
+/// How long without a message before a projection's `idle` is called.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
 /// A (topic, partition) pair.
 pub type PartitionKey = (String, i32);
 
@@ -52,6 +55,11 @@ pub trait Projection: Send + Sync + 'static {
     /// The projector's name: its offsets and its consumer group are keyed by it.
     fn name(&self) -> &str;
 
+    /// The topics it consumes: all of Chronicle's by default.
+    fn topics(&self, kafka: &KafkaSettings) -> Vec<String> {
+        kafka.topics()
+    }
+
     /// The next offset to apply, per partition, as durably stored.
     fn stored_offsets(
         &self,
@@ -63,6 +71,17 @@ pub trait Projection: Send + Sync + 'static {
         &self,
         batch: &[Delivered],
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Called when no message arrived for a while: a projection that buffers work may
+    /// store it now.
+    fn idle(&self) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called once before the projector stops: store everything applied so far.
+    fn flush(&self) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// How a projector instance gets its partitions.
@@ -182,7 +201,7 @@ impl<P: Projection> Projector<P> {
             next: self.projection.stored_offsets().await?,
             sought: HashMap::new(),
         };
-        let topics = self.kafka.topics();
+        let topics = self.projection.topics(&self.kafka);
         match self.settings.assignment {
             Assignment::Group => {
                 let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -237,7 +256,7 @@ impl<P: Projection> Projector<P> {
         positions: &Positions,
     ) -> Result<TopicPartitionList, ProjectionError> {
         let mut list = TopicPartitionList::new();
-        for topic in self.kafka.topics() {
+        for topic in self.projection.topics(&self.kafka) {
             let metadata = consumer
                 .fetch_metadata(Some(&topic), self.kafka.admin_timeout)
                 .map_err(ProjectionError::Kafka)?;
@@ -258,8 +277,8 @@ impl<P: Projection> Projector<P> {
         Ok(list)
     }
 
-    /// Waits for a first message (or shutdown), then gathers more until the batch is
-    /// full or `batch_wait` has passed.
+    /// Waits for a first message (or shutdown, after a flush), then gathers more until
+    /// the batch is full or `batch_wait` has passed. Quiet spells call `idle`.
     async fn next_batch(
         &self,
         consumer: &ProjectorConsumer,
@@ -267,7 +286,14 @@ impl<P: Projection> Projector<P> {
     ) -> Result<Option<Vec<Delivered>>, ProjectionError> {
         let first = loop {
             let received = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
+                _ = shutdown.cancelled() => {
+                    self.projection.flush().await?;
+                    return Ok(None);
+                }
+                _ = tokio::time::sleep(IDLE_TICK) => {
+                    self.projection.idle().await?;
+                    continue;
+                }
                 received = consumer.recv() => received,
             };
             match received {

@@ -6,6 +6,7 @@
 //!   atomically with its effects, and the loop seeks to them and drops what they say
 //!   was applied already.
 //! - [`read_models`]: the PostgreSQL projection (accounts, ledger, bookings, payments).
+//! - [`search`]: the Tantivy projection of bookings and its queries.
 //! - [`queries`]: what the API reads, with keyset cursors.
 //! - [`watch`]: read-your-writes (`min_position`).
 //! - [`monitor`]: relay and projector lag for `/metrics` and `/readyz`.
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod queries;
 pub mod read_models;
+pub mod search;
 pub mod watch;
 
 pub use consumer::{

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, histogram_opts, opts};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, histogram_opts, opts};
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
     if let Err(error) = prometheus::register(Box::new(metric.clone())) {
@@ -99,5 +99,12 @@ pub static PROJECTOR_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
             &["projector", "topic", "partition"],
         )
         .expect("valid metric"),
+    )
+});
+
+pub static SEARCH_DOCUMENTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new("chronicle_search_documents", "Bookings in the search index")
+            .expect("valid metric"),
     )
 });

@@ -14,6 +14,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::PROJECTOR_LAG;
+use crate::search::{SEARCH, SearchIndex};
+use chronicle_eventstore::envelope::topic_for;
 
 /// Bounds beyond which the process reports itself not ready.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +50,24 @@ pub struct LagReport {
     pub measured_at: Option<Instant>,
 }
 
+/// Where a projector's stored offsets are kept.
+#[derive(Clone)]
+pub enum OffsetSource {
+    /// The `projector_offsets` table, under this projector name.
+    Table(String),
+    /// The commit payload of the search index.
+    Search(Arc<SearchIndex>),
+}
+
+impl OffsetSource {
+    fn name(&self) -> &str {
+        match self {
+            Self::Table(name) => name,
+            Self::Search(_) => SEARCH,
+        }
+    }
+}
+
 /// Measures lag every `interval`.
 pub struct LagMonitor {
     latest: Mutex<LagReport>,
@@ -59,7 +79,7 @@ impl LagMonitor {
     pub fn start(
         pool: PgPool,
         kafka: Option<KafkaSettings>,
-        projectors: Vec<String>,
+        projectors: Vec<OffsetSource>,
         relay_name: String,
         bounds: LagBounds,
         interval: Duration,
@@ -145,7 +165,7 @@ async fn measure(
     pool: &PgPool,
     kafka: Option<&KafkaSettings>,
     consumer: Option<Arc<BaseConsumer>>,
-    projectors: &[String],
+    projectors: &[OffsetSource],
     relay_name: &str,
 ) -> LagReport {
     let mut report = LagReport {
@@ -164,23 +184,13 @@ async fn measure(
     let (Some(kafka), Some(consumer)) = (kafka, consumer) else {
         return report;
     };
-    let stored: Vec<(String, String, i32, i64)> = match sqlx::query_as(
-        "SELECT projector, topic, partition, next_offset FROM projector_offsets WHERE projector = ANY($1)",
-    )
-    .bind(projectors)
-    .fetch_all(pool)
-    .await
-    {
-        Ok(rows) => rows,
+    let stored = match stored_offsets(pool, projectors).await {
+        Ok(stored) => stored,
         Err(error) => {
-            report.errors.push(format!("database: {error}"));
+            report.errors.push(error);
             return report;
         }
     };
-    let stored: HashMap<(String, String, i32), i64> = stored
-        .into_iter()
-        .map(|(p, t, n, o)| ((p, t, n), o))
-        .collect();
     let timeout = kafka.admin_timeout.min(Duration::from_secs(3));
     let topics = kafka.topics();
     let ends =
@@ -196,8 +206,14 @@ async fn measure(
             return report;
         }
     };
-    for projector in projectors {
+    let booking_topic = topic_for(&kafka.topic_prefix, "Booking");
+    for source in projectors {
+        let projector = source.name().to_owned();
+        let projector = &projector;
         for ((topic, partition), end) in &ends {
+            if matches!(source, OffsetSource::Search(_)) && *topic != booking_topic {
+                continue;
+            }
             let next = stored
                 .get(&(projector.clone(), topic.clone(), *partition))
                 .copied()
@@ -212,6 +228,43 @@ async fn measure(
         }
     }
     report
+}
+
+async fn stored_offsets(
+    pool: &PgPool,
+    sources: &[OffsetSource],
+) -> Result<HashMap<(String, String, i32), i64>, String> {
+    let names: Vec<String> = sources
+        .iter()
+        .filter_map(|s| match s {
+            OffsetSource::Table(name) => Some(name.clone()),
+            OffsetSource::Search(_) => None,
+        })
+        .collect();
+    let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "SELECT projector, topic, partition, next_offset FROM projector_offsets WHERE projector = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("database: {e}"))?;
+    let mut stored: HashMap<_, _> = rows
+        .into_iter()
+        .map(|(p, t, n, o)| ((p, t, n), o))
+        .collect();
+    for source in sources {
+        if let OffsetSource::Search(index) = source {
+            let offsets = index
+                .committed_offsets()
+                .map_err(|e| format!("search index: {e}"))?;
+            stored.extend(
+                offsets
+                    .into_iter()
+                    .map(|((t, n), o)| ((SEARCH.to_owned(), t, n), o)),
+            );
+        }
+    }
+    Ok(stored)
 }
 
 fn high_watermarks(

@@ -136,14 +136,14 @@ struct BookingRow {
 }
 
 /// An amount in a currency.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct MoneyView {
     pub amount: i64,
     pub currency: String,
 }
 
 /// A booking's guest.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GuestView {
     pub name: String,
     pub email: String,

@@ -121,6 +121,7 @@ pub struct TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.settings.search_dir);
     }
 }
 
@@ -144,6 +145,9 @@ pub fn test_settings(options: &AppOptions) -> Settings {
     settings.kafka.partitions = 3;
     settings.projector = options.projector.clone();
     settings.relay.poll_interval = Duration::from_millis(200);
+    settings.search_dir =
+        std::env::temp_dir().join(format!("chronicle-test-search-{}", Uuid::new_v4().simple()));
+    settings.search.commit_interval = Duration::from_millis(100);
     settings
 }
 
@@ -233,7 +237,7 @@ pub async fn spawn_with_settings(db: Arc<TestDb>, settings: Settings, read_side:
     init_logging();
     let pool = db.pool(16).await;
     let shutdown = CancellationToken::new();
-    let state = roles::app_state(&settings, pool.clone(), &shutdown);
+    let state = roles::app_state(&settings, pool.clone(), &shutdown).expect("app state");
     let (keys, commands) = (state.keys.clone(), state.commands.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
@@ -285,6 +289,37 @@ impl TestApp {
         tokio::spawn(async move {
             roles::project(&settings, pool, shutdown).await.ok();
         })
+    }
+
+    /// Runs only the read-model projector until the app is dropped.
+    pub fn start_projector_only_read_models(&self) -> tokio::task::JoinHandle<()> {
+        let projector = chronicle_projections::Projector::new(
+            Arc::new(chronicle_projections::read_models::ReadModels::new(
+                self.pool.clone(),
+            )),
+            self.settings.kafka.clone(),
+            self.settings.projector.clone(),
+        );
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move { projector.run(shutdown).await })
+    }
+
+    /// Runs only the search projector until the app is dropped (or the task is aborted).
+    /// Waits for the index writer if a previous projector still holds it.
+    pub async fn start_search_projector(&self) -> tokio::task::JoinHandle<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let projector = loop {
+            match roles::search_projector(&self.settings) {
+                Ok(projector) => break projector,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("search projector: {error:#}"),
+            }
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move { projector.run(shutdown).await })
     }
 
     /// A valid token for `subject` with `roles`.

@@ -5,6 +5,7 @@ pub mod bookings;
 pub mod ops;
 pub mod payments;
 pub mod reads;
+pub mod search;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

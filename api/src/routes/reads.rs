@@ -47,7 +47,7 @@ pub struct BookingListParams {
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-fn limit(requested: Option<i64>) -> Result<i64, AppError> {
+pub(crate) fn limit(requested: Option<i64>) -> Result<i64, AppError> {
     match requested.unwrap_or(DEFAULT_LIMIT) {
         n if (1..=MAX_LIMIT).contains(&n) => Ok(n),
         _ => Err(validation(
@@ -57,7 +57,7 @@ fn limit(requested: Option<i64>) -> Result<i64, AppError> {
     }
 }
 
-fn validation(field: &'static str, reason: String) -> AppError {
+pub(crate) fn validation(field: &'static str, reason: String) -> AppError {
     let mut error = AppError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
@@ -67,7 +67,7 @@ fn validation(field: &'static str, reason: String) -> AppError {
     error
 }
 
-fn invalid_cursor() -> AppError {
+pub(crate) fn invalid_cursor() -> AppError {
     AppError::bad_request("invalid_cursor", "the cursor was not issued by this server")
 }
 
@@ -77,12 +77,15 @@ fn may_read(actor: &Actor, owner: &str) -> bool {
     actor.subject == owner || actor.has(Role::Admin) || actor.has(Role::Auditor)
 }
 
-fn sees_everything(actor: &Actor) -> bool {
+pub(crate) fn sees_everything(actor: &Actor) -> bool {
     actor.has(Role::Admin) || actor.has(Role::Auditor)
 }
 
 /// Waits until the read models have applied `min_position`, or answers 503.
-async fn read_your_writes(state: &AppState, min_position: Option<i64>) -> Result<(), AppError> {
+pub(crate) async fn read_your_writes(
+    state: &AppState,
+    min_position: Option<i64>,
+) -> Result<(), AppError> {
     let Some(position) = min_position else {
         return Ok(());
     };
@@ -94,16 +97,21 @@ async fn read_your_writes(state: &AppState, min_position: Option<i64>) -> Result
     if applied {
         return Ok(());
     }
+    Err(not_yet_applied(position))
+}
+
+/// 503: the read model behind a query has not applied `position` in time.
+pub(crate) fn not_yet_applied(position: i64) -> AppError {
     let mut error = AppError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "position_not_yet_applied",
         format!("the read models have not applied position {position} yet; retry shortly"),
     );
     error.retry_after = Some(1);
-    Err(error)
+    error
 }
 
-fn database(error: sqlx::Error) -> AppError {
+pub(crate) fn database(error: sqlx::Error) -> AppError {
     if chronicle_eventstore::error::is_unavailable(&error) {
         AppError::unavailable(&error)
     } else {

@@ -1,0 +1,262 @@
+//! The search index: schema, analyzer, documents, and what its commits record.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tantivy::collector::TopDocs;
+use tantivy::query::TermQuery;
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
+    TextOptions, Value,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
+};
+use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use uuid::Uuid;
+
+use crate::consumer::PartitionKey;
+use crate::queries::{GuestView, MoneyView};
+
+/// The analyzer of every full-text field: words, lower-cased, accents folded
+/// ("Zoë" and "ZOE" both index as "zoe").
+pub const ANALYZER: &str = "chronicle_text";
+
+/// A booking as the index stores and returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchBooking {
+    pub booking_id: Uuid,
+    pub account_id: Uuid,
+    pub owner: String,
+    pub resource_id: String,
+    pub seats: Vec<String>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub price: MoneyView,
+    pub guest: GuestView,
+    pub notes: Option<String>,
+    pub status: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_position: i64,
+}
+
+impl SearchBooking {
+    /// The keyset of the `starts_at` order: seconds in the high bits, a hash of the id in
+    /// the low 30, so bookings that start together still have distinct keys.
+    pub fn sort_key(&self) -> u64 {
+        let seconds = self.starts_at.timestamp().max(0) as u64;
+        let tiebreak = (self.booking_id.as_u128() as u64) & ((1 << 30) - 1);
+        (seconds << 30) | tiebreak
+    }
+}
+
+/// The fields of the schema.
+#[derive(Clone, Copy, Debug)]
+pub struct Fields {
+    pub booking_id: Field,
+    pub owner: Field,
+    pub account_id: Field,
+    pub resource_id: Field,
+    pub status: Field,
+    pub name: Field,
+    pub email: Field,
+    pub notes: Field,
+    pub resource_text: Field,
+    pub starts_at: Field,
+    pub sort_key: Field,
+    pub document: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        booking_id: builder.add_text_field("booking_id", STRING),
+        owner: builder.add_text_field("owner", STRING),
+        account_id: builder.add_text_field("account_id", STRING),
+        resource_id: builder.add_text_field("resource_id", STRING),
+        status: builder.add_text_field("status", STRING),
+        name: builder.add_text_field("name", text.clone()),
+        email: builder.add_text_field("email", text.clone()),
+        notes: builder.add_text_field("notes", text.clone()),
+        resource_text: builder.add_text_field("resource", text),
+        starts_at: builder.add_i64_field("starts_at", INDEXED | FAST),
+        sort_key: builder.add_u64_field("sort_key", INDEXED | FAST),
+        document: builder.add_text_field("document", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// The analyzer used for indexing and for queries alike.
+pub fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(64))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
+/// The index on disk, and a reader over its latest commit.
+pub struct SearchIndex {
+    pub(crate) index: Index,
+    pub(crate) reader: IndexReader,
+    pub(crate) fields: Fields,
+    dir: PathBuf,
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, creating it (or recreating it, when the schema
+    /// changed: it is derived data and rebuilds from the topics).
+    pub fn open(dir: &Path) -> tantivy::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (schema, fields) = schema();
+        let index = match Index::open_in_dir(dir) {
+            Ok(index) if index.schema() == schema => index,
+            Ok(_) => {
+                tracing::warn!(dir = %dir.display(), "search index schema changed; rebuilding from the topics");
+                for entry in std::fs::read_dir(dir)? {
+                    let path = entry?.path();
+                    if path.is_dir() {
+                        std::fs::remove_dir_all(&path)?;
+                    } else {
+                        std::fs::remove_file(&path)?;
+                    }
+                }
+                Index::create_in_dir(dir, schema)?
+            }
+            // Another process (or role) may be creating it at the same moment.
+            Err(_) => Index::create_in_dir(dir, schema).or_else(|_| Index::open_in_dir(dir))?,
+        };
+        index.tokenizers().register(ANALYZER, analyzer());
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            .try_into()?;
+        Ok(Self {
+            index,
+            reader,
+            fields,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Where the index lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Picks up the latest commit now rather than after the reload delay.
+    pub fn refresh(&self) -> tantivy::Result<()> {
+        self.reader.reload()
+    }
+
+    /// The offsets recorded by the last commit.
+    pub fn committed_offsets(&self) -> tantivy::Result<HashMap<PartitionKey, i64>> {
+        let payload = self.index.load_metas()?.payload;
+        Ok(payload
+            .and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok())
+            .map(|p| p.offsets())
+            .unwrap_or_default())
+    }
+
+    /// The indexed booking `id`, as of the latest commit the reader sees.
+    pub fn get(&self, id: Uuid) -> tantivy::Result<Option<SearchBooking>> {
+        let searcher = self.reader.searcher();
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.booking_id, &id.to_string()),
+            IndexRecordOption::Basic,
+        );
+        let top = searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?;
+        match top.first() {
+            Some((_, address)) => Ok(self.booking_at(&searcher.doc(*address)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// How many documents the index holds for booking `id` (exactly one once indexed).
+    pub fn copies(&self, id: Uuid) -> tantivy::Result<usize> {
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.booking_id, &id.to_string()),
+            IndexRecordOption::Basic,
+        );
+        self.reader
+            .searcher()
+            .search(&query, &tantivy::collector::Count)
+    }
+
+    /// How many bookings the index holds.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Whether the index holds no booking.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn booking_at(&self, doc: &TantivyDocument) -> Option<SearchBooking> {
+        doc.get_first(self.fields.document)
+            .and_then(|v| v.as_str())
+            .and_then(|json| serde_json::from_str(json).ok())
+    }
+
+    /// The Tantivy document of a booking.
+    pub(crate) fn document(&self, booking: &SearchBooking) -> TantivyDocument {
+        let f = &self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.booking_id, booking.booking_id.to_string());
+        doc.add_text(f.owner, &booking.owner);
+        doc.add_text(f.account_id, booking.account_id.to_string());
+        doc.add_text(f.resource_id, &booking.resource_id);
+        doc.add_text(f.status, &booking.status);
+        doc.add_text(f.name, &booking.guest.name);
+        doc.add_text(f.email, &booking.guest.email);
+        if let Some(notes) = &booking.notes {
+            doc.add_text(f.notes, notes);
+        }
+        doc.add_text(f.resource_text, &booking.resource_id);
+        doc.add_i64(f.starts_at, booking.starts_at.timestamp_micros());
+        doc.add_u64(f.sort_key, booking.sort_key());
+        doc.add_text(
+            f.document,
+            serde_json::to_string(booking).unwrap_or_default(),
+        );
+        doc
+    }
+}
+
+/// What a commit records besides the documents: the next offset of each partition.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct CommitPayload {
+    /// "topic/partition" → next offset.
+    pub offsets: HashMap<String, i64>,
+}
+
+impl CommitPayload {
+    pub(crate) fn from_offsets(offsets: &HashMap<PartitionKey, i64>) -> Self {
+        Self {
+            offsets: offsets
+                .iter()
+                .map(|((topic, partition), next)| (format!("{topic}/{partition}"), *next))
+                .collect(),
+        }
+    }
+
+    fn offsets(self) -> HashMap<PartitionKey, i64> {
+        self.offsets
+            .into_iter()
+            .filter_map(|(key, next)| {
+                let (topic, partition) = key.rsplit_once('/')?;
+                Some(((topic.to_owned(), partition.parse().ok()?), next))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,303 @@
+//! The search projector: applies booking events to the index.
+//!
+//! Changes gather in memory and go to the index in one commit once enough documents
+//! changed or enough time passed (`CHRONICLE_SEARCH_COMMIT_DOCS`,
+//! `CHRONICLE_SEARCH_COMMIT_MS`). The commit carries the next offset of each partition as
+//! its payload, so what is indexed and what was consumed can never disagree; a crash
+//! loses only uncommitted work, which the topics deliver again. Each booking's document
+//! carries its version: a redelivered or stale event changes nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chronicle_domain::BookingEvent;
+use chronicle_eventstore::envelope::{Envelope, topic_for};
+use chronicle_eventstore::kafka::KafkaSettings;
+use tantivy::{IndexWriter, Term};
+use uuid::Uuid;
+
+use super::index::{CommitPayload, SearchBooking, SearchIndex};
+use crate::consumer::{Delivered, PartitionKey, Projection, ProjectionError};
+use crate::metrics;
+use crate::queries::{GuestView, MoneyView};
+
+/// The search projector's name (consumer group, metrics).
+pub const SEARCH: &str = "search";
+
+/// When the search projector commits.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchSettings {
+    /// Commit once this many bookings changed.
+    pub commit_docs: usize,
+    /// Commit at least this often while changes are pending.
+    pub commit_interval: Duration,
+    /// Memory for the index writer.
+    pub writer_memory: usize,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            commit_docs: 10_000,
+            commit_interval: Duration::from_millis(500),
+            writer_memory: 64 * 1024 * 1024,
+        }
+    }
+}
+
+struct Pending {
+    writer: IndexWriter,
+    /// Changed bookings not yet committed, by id.
+    changed: HashMap<Uuid, SearchBooking>,
+    /// Next offset per partition, including what is pending.
+    offsets: HashMap<PartitionKey, i64>,
+    since: Instant,
+}
+
+/// The search projection.
+pub struct SearchProjection {
+    index: Arc<SearchIndex>,
+    settings: SearchSettings,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl SearchProjection {
+    /// Takes the index's writer (one per index directory).
+    pub fn new(index: Arc<SearchIndex>, settings: SearchSettings) -> tantivy::Result<Self> {
+        let writer = index.index.writer(settings.writer_memory)?;
+        let offsets = index.committed_offsets()?;
+        Ok(Self {
+            pending: Arc::new(Mutex::new(Pending {
+                writer,
+                changed: HashMap::new(),
+                offsets,
+                since: Instant::now(),
+            })),
+            index,
+            settings,
+        })
+    }
+
+    /// Runs `work` on the pending state off the async runtime (indexing and commits are
+    /// blocking I/O).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&SearchIndex, &SearchSettings, &mut Pending) -> Result<T, ProjectionError>
+        + Send
+        + 'static,
+    ) -> Result<T, ProjectionError> {
+        let (index, settings, pending) = (self.index.clone(), self.settings, self.pending.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut pending = pending
+                .lock()
+                .map_err(|_| ProjectionError::Other("search writer poisoned".into()))?;
+            work(&index, &settings, &mut pending)
+        })
+        .await
+        .map_err(|e| ProjectionError::Other(format!("search task: {e}")))?
+    }
+}
+
+impl Projection for SearchProjection {
+    fn name(&self) -> &str {
+        SEARCH
+    }
+
+    fn topics(&self, kafka: &KafkaSettings) -> Vec<String> {
+        vec![topic_for(&kafka.topic_prefix, "Booking")]
+    }
+
+    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
+        self.index.committed_offsets().map_err(search_error)
+    }
+
+    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
+        let batch = batch.to_vec();
+        self.blocking(move |index, settings, pending| {
+            for delivered in &batch {
+                apply(index, pending, delivered)?;
+                pending.offsets.insert(
+                    (delivered.topic.clone(), delivered.partition),
+                    delivered.offset + 1,
+                );
+            }
+            if pending.changed.len() >= settings.commit_docs
+                || pending.since.elapsed() >= settings.commit_interval
+            {
+                commit(index, pending)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idle(&self) -> Result<(), ProjectionError> {
+        self.blocking(|index, settings, pending| {
+            if !pending.changed.is_empty() && pending.since.elapsed() >= settings.commit_interval {
+                commit(index, pending)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), ProjectionError> {
+        self.blocking(|index, _, pending| commit(index, pending))
+            .await
+    }
+}
+
+fn search_error(error: tantivy::TantivyError) -> ProjectionError {
+    ProjectionError::Other(format!("search index: {error}"))
+}
+
+/// Writes every pending booking (delete by id, then add) and commits with the offsets.
+fn commit(index: &SearchIndex, pending: &mut Pending) -> Result<(), ProjectionError> {
+    let started = Instant::now();
+    let changed = pending.changed.len();
+    let result = (|| {
+        for booking in pending.changed.values() {
+            pending.writer.delete_term(Term::from_field_text(
+                index.fields.booking_id,
+                &booking.booking_id.to_string(),
+            ));
+            pending.writer.add_document(index.document(booking))?;
+        }
+        let payload = serde_json::to_string(&CommitPayload::from_offsets(&pending.offsets))
+            .map_err(|e| tantivy::TantivyError::InternalError(e.to_string()))?;
+        let mut prepared = pending.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        index.refresh()
+    })();
+    pending.since = Instant::now();
+    match result {
+        Ok(()) => {
+            pending.changed.clear();
+            metrics::SEARCH_DOCUMENTS.set(index.len() as i64);
+            metrics::PROJECTOR_BATCH_SECONDS
+                .with_label_values(&["search-commit"])
+                .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(changed, "search index committed");
+            Ok(())
+        }
+        Err(error) => {
+            // Start over from the last commit; the topics deliver the rest again.
+            pending.writer.rollback().ok();
+            pending.changed.clear();
+            pending.offsets = index.committed_offsets().unwrap_or_default();
+            Err(search_error(error))
+        }
+    }
+}
+
+fn apply(
+    index: &SearchIndex,
+    pending: &mut Pending,
+    delivered: &Delivered,
+) -> Result<(), ProjectionError> {
+    let Some(envelope) = delivered
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
+    else {
+        tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped");
+        metrics::PROJECTOR_DEAD_LETTERS
+            .with_label_values(&[SEARCH])
+            .inc();
+        return Ok(());
+    };
+    if envelope.aggregate_type != "Booking" {
+        return Ok(());
+    }
+    let (Ok(id), Ok(event)) = (
+        Uuid::parse_str(&envelope.aggregate_id),
+        serde_json::from_value::<BookingEvent>(envelope.payload.clone()),
+    ) else {
+        tracing::error!(
+            position = envelope.global_position,
+            "unreadable booking event; skipped"
+        );
+        metrics::PROJECTOR_DEAD_LETTERS
+            .with_label_values(&[SEARCH])
+            .inc();
+        return Ok(());
+    };
+    let current = match pending.changed.get(&id) {
+        Some(booking) => Some(booking.clone()),
+        None => index.get(id).map_err(search_error)?,
+    };
+    if current
+        .as_ref()
+        .is_some_and(|b| b.version >= envelope.sequence)
+    {
+        metrics::PROJECTOR_DUPLICATE_EVENTS
+            .with_label_values(&[SEARCH])
+            .inc();
+        return Ok(());
+    }
+    if let Some(next) = evolve(current, id, &envelope, event) {
+        pending.changed.insert(id, next);
+    }
+    Ok(())
+}
+
+/// The booking after `event`.
+fn evolve(
+    current: Option<SearchBooking>,
+    id: Uuid,
+    envelope: &Envelope,
+    event: BookingEvent,
+) -> Option<SearchBooking> {
+    let (status, at) = match event {
+        BookingEvent::BookingRequested {
+            account_id,
+            owner,
+            resource_id,
+            seats,
+            starts_at,
+            ends_at,
+            price,
+            guest,
+            notes,
+            ..
+        } => {
+            return Some(SearchBooking {
+                booking_id: id,
+                account_id,
+                owner,
+                resource_id,
+                seats,
+                starts_at,
+                ends_at,
+                price: MoneyView {
+                    amount: price.amount,
+                    currency: price.currency.to_string(),
+                },
+                guest: GuestView {
+                    name: guest.name,
+                    email: guest.email,
+                },
+                notes,
+                status: "pending".to_owned(),
+                version: envelope.sequence,
+                created_at: envelope.recorded_at,
+                updated_at: envelope.recorded_at,
+                last_position: envelope.global_position,
+            });
+        }
+        BookingEvent::BookingConfirmed { .. } => ("confirmed", envelope.recorded_at),
+        BookingEvent::BookingRejected { .. } => ("rejected", envelope.recorded_at),
+        BookingEvent::BookingCancelled { .. } => ("cancelled", envelope.recorded_at),
+        BookingEvent::BookingExpired { .. } => ("expired", envelope.recorded_at),
+    };
+    // A status change for a booking the index never saw (its request was lost to a
+    // failed message) has nothing to update.
+    let mut booking = current?;
+    booking.status = status.to_owned();
+    booking.version = envelope.sequence;
+    booking.updated_at = at;
+    booking.last_position = envelope.global_position;
+    Some(booking)
+}
