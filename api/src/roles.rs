@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chronicle_commands::CommandService;
+use chronicle_commands::process::ProcessManager;
 use chronicle_eventstore::kafka::ensure_topics;
 use chronicle_eventstore::relay::Relay;
 use chronicle_projections::Projector;
@@ -107,13 +108,14 @@ pub async fn relay(
     Ok(())
 }
 
-/// Runs the projectors until shutdown.
+/// Runs the projectors (read models and search) and the process manager until
+/// shutdown.
 pub async fn project(
     settings: &Settings,
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Projectors subscribe to the topics; make sure they exist even before a relay ran.
+    // Consumers subscribe to the topics; make sure they exist even before a relay ran.
     while let Err(error) = ensure_topics(&settings.kafka).await {
         tracing::warn!(%error, "cannot create topics yet; retrying");
         tokio::select! {
@@ -121,14 +123,30 @@ pub async fn project(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-    let read_models = Projector::new(
+    let read_models = read_model_projector(settings, pool.clone());
+    let search = search_projector(settings)?;
+    let process = process_manager(settings, pool);
+    tokio::join!(
+        read_models.run(shutdown.clone()),
+        search.run(shutdown.clone()),
+        process.run(settings.kafka.clone(), settings.projector.clone(), shutdown),
+    );
+    Ok(())
+}
+
+/// The read-model projector.
+pub fn read_model_projector(settings: &Settings, pool: PgPool) -> Projector<ReadModels> {
+    Projector::new(
         Arc::new(ReadModels::new(pool)),
         settings.kafka.clone(),
         settings.projector.clone(),
-    );
-    let search = search_projector(settings)?;
-    tokio::join!(read_models.run(shutdown.clone()), search.run(shutdown));
-    Ok(())
+    )
+}
+
+/// The process manager, with a command service of its own.
+pub fn process_manager(settings: &Settings, pool: PgPool) -> Arc<ProcessManager> {
+    let commands = Arc::new(CommandService::new(pool, settings.commands.clone()));
+    Arc::new(ProcessManager::new(commands, settings.process))
 }
 
 /// The search projector over the index of `settings` (which it takes the writer of).

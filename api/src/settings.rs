@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chronicle_commands::CommandSettings;
+use chronicle_commands::process::ProcessSettings;
 use chronicle_eventstore::DatabaseSettings;
 use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_eventstore::relay::RelaySettings;
@@ -88,6 +89,7 @@ pub struct Settings {
     /// `CHRONICLE_SEARCH_DIR`: the search index (default `$CHRONICLE_DATA_DIR/search`).
     pub search_dir: PathBuf,
     pub search: SearchSettings,
+    pub process: ProcessSettings,
     pub ready: LagBounds,
     /// `CHRONICLE_LAG_INTERVAL_MS`: how often relay and projector lag are measured.
     pub lag_interval: Duration,
@@ -141,6 +143,7 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| data_dir.join("search")),
             search: search()?,
+            process: process()?,
             data_dir,
             database: database()?,
             commands: commands()?,
@@ -280,6 +283,26 @@ fn search() -> Result<SearchSettings, ConfigError> {
         )?,
         commit_interval: millis("CHRONICLE_SEARCH_COMMIT_MS", defaults.commit_interval)?,
         ..defaults
+    })
+}
+
+fn process() -> Result<ProcessSettings, ConfigError> {
+    let defaults = ProcessSettings::default();
+    let seconds = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        let value: u64 = parsed(name, default.as_secs())?;
+        Ok(Duration::from_secs(value))
+    };
+    Ok(ProcessSettings {
+        booking_hold: seconds("CHRONICLE_BOOKING_HOLD_SECONDS", defaults.booking_hold)?,
+        charge_max_attempts: positive(
+            "CHRONICLE_CHARGE_MAX_ATTEMPTS",
+            parsed(
+                "CHRONICLE_CHARGE_MAX_ATTEMPTS",
+                defaults.charge_max_attempts,
+            )?,
+        )?,
+        charge_retry: seconds("CHRONICLE_CHARGE_RETRY_SECONDS", defaults.charge_retry)?,
+        tick: millis("CHRONICLE_SCHEDULER_TICK_MS", defaults.tick)?,
     })
 }
 

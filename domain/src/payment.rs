@@ -1,6 +1,6 @@
 //! The Payment aggregate: a one-time or recurring charge on an account, and its refunds.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -26,6 +26,14 @@ pub enum PaymentCommand {
     },
     FailPayment {
         reason: Note,
+    },
+    /// Records that attempt `attempt` of recurring charge `charge` failed. With a
+    /// `retry_at` the charge will be tried again then; without, the payment is suspended.
+    FailCharge {
+        charge: u32,
+        attempt: u32,
+        reason: Note,
+        retry_at: Option<DateTime<Utc>>,
     },
     RefundPayment {
         refund_id: Uuid,
@@ -131,6 +139,17 @@ pub enum PaymentEvent {
         amount: i64,
         refunded_at: DateTime<Utc>,
     },
+    ChargeFailed {
+        charge: u32,
+        attempt: u32,
+        reason: String,
+        retry_at: Option<DateTime<Utc>>,
+        failed_at: DateTime<Utc>,
+    },
+    PaymentSuspended {
+        reason: String,
+        suspended_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for PaymentEvent {
@@ -140,6 +159,8 @@ impl DomainEvent for PaymentEvent {
             Self::PaymentCaptured { .. } => "PaymentCaptured",
             Self::PaymentFailed { .. } => "PaymentFailed",
             Self::PaymentRefunded { .. } => "PaymentRefunded",
+            Self::ChargeFailed { .. } => "ChargeFailed",
+            Self::PaymentSuspended { .. } => "PaymentSuspended",
         }
         .to_owned()
     }
@@ -165,6 +186,8 @@ pub enum PaymentStatus {
     Active,
     /// A recurring payment whose schedule has run out.
     Completed,
+    /// A recurring payment whose charge kept failing; no more charges are tried.
+    Suspended,
 }
 
 impl PaymentStatus {
@@ -177,6 +200,7 @@ impl PaymentStatus {
             Self::Refunded => "refunded",
             Self::Active => "active",
             Self::Completed => "completed",
+            Self::Suspended => "suspended",
         }
     }
 }
@@ -203,7 +227,10 @@ pub struct PaymentState {
     pub charges_captured: u32,
     pub captured_total: i64,
     pub refunded_total: i64,
-    pub refund_ids: BTreeSet<Uuid>,
+    /// Refunds by id, with their amounts.
+    pub refunds: BTreeMap<Uuid, i64>,
+    /// Failed attempts per recurring charge.
+    pub failed_attempts: BTreeMap<u32, u32>,
 }
 
 impl PaymentState {
@@ -239,6 +266,59 @@ impl PaymentState {
         }])
     }
 
+    fn fail_charge(
+        &self,
+        charge: u32,
+        attempt: u32,
+        reason: &Note,
+        retry_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PaymentEvent>, DomainError> {
+        let recorded = self.failed_attempts.get(&charge).copied().unwrap_or(0);
+        if attempt <= recorded || charge <= self.charges_captured {
+            return Ok(vec![]);
+        }
+        if self.kind != PaymentKind::Recurring || self.status != PaymentStatus::Active {
+            return Err(DomainError::InvalidTransition {
+                status: self.status.as_str(),
+                action: "fail a charge",
+            });
+        }
+        if charge != self.charges_captured + 1 {
+            return Err(DomainError::invalid(
+                "charge",
+                format!("the next charge is number {}", self.charges_captured + 1),
+            ));
+        }
+        let mut events = vec![PaymentEvent::ChargeFailed {
+            charge,
+            attempt,
+            reason: reason.as_str().to_owned(),
+            retry_at,
+            failed_at: at,
+        }];
+        if retry_at.is_none() {
+            events.push(PaymentEvent::PaymentSuspended {
+                reason: format!(
+                    "charge {charge} failed {attempt} times: {}",
+                    reason.as_str()
+                ),
+                suspended_at: at,
+            });
+        }
+        Ok(events)
+    }
+
+    /// How much of refund `refund_id` was recorded, if it was.
+    pub fn refund_amount(&self, refund_id: Uuid) -> Option<i64> {
+        self.refunds.get(&refund_id).copied()
+    }
+
+    /// What may still be refunded.
+    pub fn refundable_amount(&self) -> i64 {
+        self.refundable()
+    }
+
     fn decide(&self, issued: &Issued<PaymentCommand>) -> Result<Vec<PaymentEvent>, DomainError> {
         let at = issued.at;
         match &issued.command {
@@ -259,8 +339,14 @@ impl PaymentState {
                     failed_at: at,
                 }])
             }
+            PaymentCommand::FailCharge {
+                charge,
+                attempt,
+                reason,
+                retry_at,
+            } => self.fail_charge(*charge, *attempt, reason, *retry_at, at),
             PaymentCommand::RefundPayment { refund_id, amount } => {
-                if self.refund_ids.contains(refund_id) {
+                if self.refunds.contains_key(refund_id) {
                     return Ok(vec![]);
                 }
                 if amount.get() > self.refundable() {
@@ -283,6 +369,7 @@ impl PaymentState {
             kind: self.kind,
             status: self.status,
             schedule: self.schedule.as_ref(),
+            initiated_at: self.initiated_at,
             charges_captured: self.charges_captured,
             captured_total: self.captured_total,
             refunded_total: self.refunded_total,
@@ -297,6 +384,8 @@ pub struct PaymentTotals<'a> {
     /// The status before the latest event.
     pub status: PaymentStatus,
     pub schedule: Option<&'a Schedule>,
+    /// When the schedule started (the first charge falls due then).
+    pub initiated_at: DateTime<Utc>,
     pub charges_captured: u32,
     pub captured_total: i64,
     pub refunded_total: i64,
@@ -306,15 +395,16 @@ impl PaymentStatus {
     /// The status after a capture or refund, from the totals; shared by the aggregate
     /// and the read model so the two cannot disagree.
     pub fn derive(totals: &PaymentTotals<'_>) -> Self {
-        use PaymentStatus::{Active, Captured, Completed, Failed, Refunded};
+        use PaymentStatus::{Active, Captured, Completed, Failed, Refunded, Suspended};
         let fully_refunded =
             totals.captured_total > 0 && totals.refunded_total >= totals.captured_total;
         let schedule_done = totals.schedule.is_some_and(|s| {
-            s.count
-                .is_some_and(|count| totals.charges_captured >= count)
+            s.due_at(totals.initiated_at, totals.charges_captured + 1)
+                .is_none()
         });
         match (totals.kind, totals.status) {
             (_, Failed) => Failed,
+            (_, Suspended) => Suspended,
             (PaymentKind::OneTime, _) if fully_refunded => Refunded,
             (PaymentKind::OneTime, _) if totals.charges_captured > 0 => Captured,
             (PaymentKind::Recurring, Active) if schedule_done => Completed,
@@ -331,6 +421,7 @@ impl PaymentStatus {
             Self::Refunded,
             Self::Active,
             Self::Completed,
+            Self::Suspended,
         ]
         .into_iter()
         .find(|status| status.as_str() == text)
@@ -448,7 +539,8 @@ impl Aggregate for Payment {
                 charges_captured: 0,
                 captured_total: 0,
                 refunded_total: 0,
-                refund_ids: BTreeSet::new(),
+                refunds: BTreeMap::new(),
+                failed_attempts: BTreeMap::new(),
             });
             return;
         }
@@ -466,8 +558,14 @@ impl Aggregate for Payment {
                 refund_id, amount, ..
             } => {
                 state.refunded_total += amount;
-                state.refund_ids.insert(refund_id);
+                state.refunds.insert(refund_id, amount);
             }
+            PaymentEvent::ChargeFailed {
+                charge, attempt, ..
+            } => {
+                state.failed_attempts.insert(charge, attempt);
+            }
+            PaymentEvent::PaymentSuspended { .. } => state.status = PaymentStatus::Suspended,
         }
         state.settle_status();
     }

@@ -307,3 +307,88 @@ proptest! {
         prop_assert_eq!(replayed, payment);
     }
 }
+
+fn fail_charge(charge: u32, attempt: u32, retry: bool) -> PaymentCommand {
+    PaymentCommand::FailCharge {
+        charge,
+        attempt,
+        reason: Note::parse("reason", "insufficient_funds").unwrap(),
+        retry_at: retry.then(|| now() + Duration::seconds(30)),
+    }
+}
+
+#[test]
+fn a_failed_charge_is_retried_then_the_payment_is_suspended() {
+    let given = vec![
+        initiated(PaymentKind::Recurring, Some(monthly(3))),
+        captured(1),
+    ];
+    PaymentTest::with(())
+        .given(given.clone())
+        .when(by_system(fail_charge(2, 1, true)))
+        .then_expect_events(vec![PaymentEvent::ChargeFailed {
+            charge: 2,
+            attempt: 1,
+            reason: "insufficient_funds".into(),
+            retry_at: Some(now() + Duration::seconds(30)),
+            failed_at: now(),
+        }]);
+    let first_failure = PaymentEvent::ChargeFailed {
+        charge: 2,
+        attempt: 1,
+        reason: "insufficient_funds".into(),
+        retry_at: Some(now() + Duration::seconds(30)),
+        failed_at: now(),
+    };
+    // The same attempt again is a no-op; the last attempt suspends.
+    PaymentTest::with(())
+        .given([given.clone(), vec![first_failure.clone()]].concat())
+        .when(by_system(fail_charge(2, 1, true)))
+        .then_expect_events(vec![]);
+    let result = PaymentTest::with(())
+        .given([given.clone(), vec![first_failure.clone()]].concat())
+        .when(by_system(fail_charge(2, 2, false)))
+        .inspect_result()
+        .unwrap();
+    assert!(
+        matches!(result.last(), Some(PaymentEvent::PaymentSuspended { .. })),
+        "{result:?}"
+    );
+    let mut payment = Payment::default();
+    for event in [given, vec![first_failure], result].concat() {
+        payment.apply(event);
+    }
+    assert_eq!(payment.state().unwrap().status, PaymentStatus::Suspended);
+    PaymentTest::with(())
+        .given(vec![
+            initiated(PaymentKind::Recurring, Some(monthly(3))),
+            PaymentEvent::PaymentSuspended {
+                reason: "x".into(),
+                suspended_at: now(),
+            },
+        ])
+        .when(by_system(PaymentCommand::CapturePayment { charge: 1 }))
+        .then_expect_error(DomainError::InvalidTransition {
+            status: "suspended",
+            action: "capture",
+        });
+}
+
+#[test]
+fn a_schedule_until_a_date_completes_when_no_charge_is_left() {
+    let schedule = Schedule {
+        interval_seconds: 3600,
+        count: None,
+        until: Some(now() + Duration::minutes(90)),
+    };
+    let mut payment = Payment::default();
+    for event in [
+        initiated(PaymentKind::Recurring, Some(schedule)),
+        captured(1),
+    ] {
+        payment.apply(event);
+    }
+    assert_eq!(payment.state().unwrap().status, PaymentStatus::Active);
+    payment.apply(captured(2));
+    assert_eq!(payment.state().unwrap().status, PaymentStatus::Completed);
+}

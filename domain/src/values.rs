@@ -176,6 +176,10 @@ impl Note {
         }
         Ok(Self(text.to_owned()))
     }
+    /// A note from text the caller controls (a reason code), cut to the maximum length.
+    pub fn reason(text: &str) -> Self {
+        Self(text.chars().take(2000).collect())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

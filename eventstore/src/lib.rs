@@ -7,6 +7,7 @@
 //! relay publishes the store to Kafka in commit order; see `docs/adr/0005`.
 
 pub mod chain;
+pub mod consumer;
 pub mod db;
 pub mod envelope;
 pub mod error;

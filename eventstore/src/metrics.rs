@@ -1,10 +1,11 @@
-//! The relay's Prometheus metrics (default registry; `/metrics` exposes them).
+//! Metrics of the relay and of the consumer loop (default registry; `/metrics` exposes
+//! them).
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Gauge, Histogram, IntCounter, IntGauge, register_gauge, register_histogram,
-    register_int_counter, register_int_gauge,
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, histogram_opts, opts,
+    register_gauge, register_histogram, register_int_counter, register_int_gauge,
 };
 
 fn or_unregistered<T>(metric: prometheus::Result<T>, fallback: impl FnOnce() -> T) -> T {
@@ -79,5 +80,61 @@ pub static OLDEST_TRANSACTION_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
             "Age of the oldest open transaction holding an xid in the cluster"
         ),
         || Gauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+    if let Err(error) = prometheus::register(Box::new(metric.clone())) {
+        tracing::error!(%error, "metric registration failed");
+    }
+    metric
+}
+
+pub static PROJECTOR_APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            opts!(
+                "chronicle_projector_applied_total",
+                "Messages applied by a projector"
+            ),
+            &["projector"],
+        )
+        .expect("valid metric"),
+    )
+});
+pub static PROJECTOR_SKIPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            opts!(
+                "chronicle_projector_redeliveries_total",
+                "Messages dropped because their offset was applied already"
+            ),
+            &["projector"],
+        )
+        .expect("valid metric"),
+    )
+});
+pub static PROJECTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            opts!(
+                "chronicle_projector_restarts_total",
+                "Projector loops restarted after a failure"
+            ),
+            &["projector"],
+        )
+        .expect("valid metric"),
+    )
+});
+pub static PROJECTOR_BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            histogram_opts!(
+                "chronicle_projector_batch_seconds",
+                "Time to apply and commit one batch"
+            ),
+            &["projector"],
+        )
+        .expect("valid metric"),
     )
 });

@@ -1,8 +1,8 @@
 //! Chronicle's read side: projectors that consume the event topics and maintain read
 //! models, and the readers queries use.
 //!
-//! - [`consumer`]: the partition-aware consumer loop every projector shares. It does not
-//!   trust Kafka's committed offsets: each projection stores its own per partition,
+//! - [`consumer`] (from the event store crate): the partition-aware consumer loop. It does
+//!   not trust Kafka's committed offsets: each projection stores its own per partition,
 //!   atomically with its effects, and the loop seeks to them and drops what they say
 //!   was applied already.
 //! - [`read_models`]: the PostgreSQL projection (accounts, ledger, bookings, payments).
@@ -11,7 +11,7 @@
 //! - [`watch`]: read-your-writes (`min_position`).
 //! - [`monitor`]: relay and projector lag for `/metrics` and `/readyz`.
 
-pub mod consumer;
+pub use chronicle_eventstore::consumer;
 pub mod metrics;
 pub mod monitor;
 pub mod queries;

@@ -1,8 +1,13 @@
-//! Projector metrics (default registry).
+//! Projection metrics (default registry); the consumer loop's own live in
+//! `chronicle_eventstore::metrics`.
+
+pub use chronicle_eventstore::metrics::{
+    PROJECTOR_APPLIED, PROJECTOR_BATCH_SECONDS, PROJECTOR_RESTARTS, PROJECTOR_SKIPPED,
+};
 
 use std::sync::LazyLock;
 
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, histogram_opts, opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, opts};
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
     if let Err(error) = prometheus::register(Box::new(metric.clone())) {
@@ -10,32 +15,6 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
     }
     metric
 }
-
-pub static PROJECTOR_APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            opts!(
-                "chronicle_projector_applied_total",
-                "Messages applied by a projector"
-            ),
-            &["projector"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-pub static PROJECTOR_SKIPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            opts!(
-                "chronicle_projector_redeliveries_total",
-                "Messages dropped because their offset was applied already"
-            ),
-            &["projector"],
-        )
-        .expect("valid metric"),
-    )
-});
 
 pub static PROJECTOR_DUPLICATE_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
@@ -56,32 +35,6 @@ pub static PROJECTOR_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
             opts!(
                 "chronicle_projector_dead_letters_total",
                 "Messages a projector could not read and set aside"
-            ),
-            &["projector"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-pub static PROJECTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            opts!(
-                "chronicle_projector_restarts_total",
-                "Projector loops restarted after a failure"
-            ),
-            &["projector"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-pub static PROJECTOR_BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            histogram_opts!(
-                "chronicle_projector_batch_seconds",
-                "Time to apply and commit one batch"
             ),
             &["projector"],
         )

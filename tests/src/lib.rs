@@ -148,6 +148,7 @@ pub fn test_settings(options: &AppOptions) -> Settings {
     settings.search_dir =
         std::env::temp_dir().join(format!("chronicle-test-search-{}", Uuid::new_v4().simple()));
     settings.search.commit_interval = Duration::from_millis(100);
+    settings.process.tick = Duration::from_millis(100);
     settings
 }
 
@@ -182,8 +183,10 @@ pub struct AppOptions {
     pub commands: CommandSettings,
     pub limits: HttpLimits,
     pub projector: ProjectorSettings,
-    /// Run the relay and the read-model projector too (needs the test broker).
+    /// Run the relay and the projectors too (needs the test broker).
     pub read_side: bool,
+    /// Run the process manager too (with `read_side`).
+    pub process_manager: bool,
 }
 
 impl AppOptions {
@@ -191,6 +194,15 @@ impl AppOptions {
     pub fn with_read_side() -> Self {
         Self {
             read_side: true,
+            ..Self::default()
+        }
+    }
+
+    /// Options with the read side and the process manager running.
+    pub fn with_process_manager() -> Self {
+        Self {
+            read_side: true,
+            process_manager: true,
             ..Self::default()
         }
     }
@@ -229,7 +241,11 @@ pub async fn spawn_full_app() -> TestApp {
 /// Serves another Chronicle process on `db` (for tests of several writers).
 pub async fn spawn_on(db: Arc<TestDb>, options: AppOptions) -> TestApp {
     let settings = test_settings(&options);
-    spawn_with_settings(db, settings, options.read_side).await
+    let app = spawn_with_settings(db, settings, options.read_side).await;
+    if options.process_manager {
+        app.start_process_manager();
+    }
+    app
 }
 
 /// Serves Chronicle on `db` with exactly these settings.
@@ -279,16 +295,26 @@ impl TestApp {
         })
     }
 
-    /// Runs the read-model projector until the app is dropped (or the task is aborted).
+    /// Runs the read-model and search projectors until the app is dropped (or the task
+    /// is aborted).
     pub fn start_projector(&self) -> tokio::task::JoinHandle<()> {
-        let (settings, pool, shutdown) = (
-            self.settings.clone(),
-            self.pool.clone(),
+        let read_models = roles::read_model_projector(&self.settings, self.pool.clone());
+        let search = roles::search_projector(&self.settings).expect("search projector");
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::join!(read_models.run(shutdown.clone()), search.run(shutdown));
+        })
+    }
+
+    /// Runs the process manager until the app is dropped (or the task is aborted).
+    pub fn start_process_manager(&self) -> tokio::task::JoinHandle<()> {
+        let process = roles::process_manager(&self.settings, self.pool.clone());
+        let (kafka, projector, shutdown) = (
+            self.settings.kafka.clone(),
+            self.settings.projector.clone(),
             self.shutdown.clone(),
         );
-        tokio::spawn(async move {
-            roles::project(&settings, pool, shutdown).await.ok();
-        })
+        tokio::spawn(async move { process.run(kafka, projector, shutdown).await })
     }
 
     /// Runs only the read-model projector until the app is dropped.

@@ -1,4 +1,5 @@
-//! The consumer loop every projector shares.
+//! The consumer loop every Kafka consumer of Chronicle shares (projectors and the
+//! process manager).
 //!
 //! Correctness never rests on Kafka's committed offsets or on group balancing (tansu
 //! 0.6 hands every member all partitions). Each projection stores, per partition, the
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chronicle_eventstore::kafka::KafkaSettings;
+use crate::kafka::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;

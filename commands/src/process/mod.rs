@@ -1,0 +1,184 @@
+//! The process manager: the workflow that ties Booking, Payment and Account together.
+//!
+//! - A requested booking is charged: a one-time payment is initiated, the account is
+//!   debited with the payment id as reference, the payment captured and the booking
+//!   confirmed; insufficient funds (or a closed account) fail the payment and reject the
+//!   booking, which releases its seats. A booking that left `pending` meanwhile gets its
+//!   money back.
+//! - A cancelled confirmed booking is refunded and the account credited with the refund
+//!   id as reference.
+//! - A one-time payment a client initiated is charged the same way.
+//! - Recurring payments are charged when due (found in the `payment_schedules` read
+//!   model), retried with backoff, and suspended after the last failed attempt.
+//! - Pending bookings older than the hold time expire.
+//!
+//! Every command it issues is idempotent and named after the event that caused it, so a
+//! redelivered event, a crash between two steps, or a second instance can never move
+//! money twice. Its offsets and the state of its flows live in PostgreSQL.
+
+mod booking;
+mod flow;
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle_eventstore::consumer::{
+    Delivered, PartitionKey, Projection, ProjectionError, Projector, ProjectorSettings,
+};
+use chronicle_eventstore::envelope::{Envelope, topic_for};
+use chronicle_eventstore::kafka::KafkaSettings;
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::CommandService;
+pub use flow::ProcessError;
+
+/// The process manager's name (offsets, consumer group, actor).
+pub const PROCESS_MANAGER: &str = "process-manager";
+
+/// Tunables of the process manager.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessSettings {
+    /// `CHRONICLE_BOOKING_HOLD_SECONDS`: a booking still pending after this expires.
+    pub booking_hold: Duration,
+    /// `CHRONICLE_CHARGE_MAX_ATTEMPTS`: attempts of a recurring charge before the payment
+    /// is suspended.
+    pub charge_max_attempts: u32,
+    /// `CHRONICLE_CHARGE_RETRY_SECONDS`: wait before the second attempt; doubled for each
+    /// later one.
+    pub charge_retry: Duration,
+    /// `CHRONICLE_SCHEDULER_TICK_MS`: how often due charges and expired holds are looked
+    /// for.
+    pub tick: Duration,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        Self {
+            booking_hold: Duration::from_secs(15 * 60),
+            charge_max_attempts: 3,
+            charge_retry: Duration::from_secs(60),
+            tick: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Watches the steps of flows; tests use it to stop the process manager between two.
+pub trait StepObserver: Send + Sync {
+    /// Called after `step` of a flow completed.
+    fn after_step(&self, step: &str) -> BoxFuture<'_, ()>;
+}
+
+/// The process manager.
+pub struct ProcessManager {
+    pub(crate) commands: Arc<CommandService>,
+    pub(crate) pool: PgPool,
+    pub(crate) settings: ProcessSettings,
+    pub(crate) observer: Option<Arc<dyn StepObserver>>,
+}
+
+impl ProcessManager {
+    pub fn new(commands: Arc<CommandService>, settings: ProcessSettings) -> Self {
+        Self {
+            pool: commands.pool().clone(),
+            commands,
+            settings,
+            observer: None,
+        }
+    }
+
+    /// Lets `observer` watch every step.
+    #[must_use]
+    pub fn observed_by(mut self, observer: Arc<dyn StepObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Runs the event-driven flows (a consumer of the booking and payment topics) and the
+    /// timed ones until shutdown.
+    pub async fn run(
+        self: Arc<Self>,
+        kafka: KafkaSettings,
+        projector: ProjectorSettings,
+        shutdown: CancellationToken,
+    ) {
+        let consumer = Projector::new(self.clone(), kafka, projector);
+        tokio::join!(consumer.run(shutdown.clone()), self.run_schedules(shutdown));
+    }
+
+    async fn handle(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+        match (
+            envelope.aggregate_type.as_str(),
+            envelope.event_type.as_str(),
+        ) {
+            ("Booking", "BookingRequested") => self.charge_booking(envelope).await,
+            ("Booking", "BookingCancelled") => self.refund_booking(envelope).await,
+            ("Payment", "PaymentInitiated") => self.charge_client_payment(envelope).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn store_offset(&self, delivered: &Delivered) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO projector_offsets (projector, topic, partition, next_offset) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (projector, topic, partition) DO UPDATE \
+             SET next_offset = greatest(projector_offsets.next_offset, EXCLUDED.next_offset), \
+                 updated_at = now()",
+        )
+        .bind(PROCESS_MANAGER)
+        .bind(&delivered.topic)
+        .bind(delivered.partition)
+        .bind(delivered.offset + 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Projection for ProcessManager {
+    fn name(&self) -> &str {
+        PROCESS_MANAGER
+    }
+
+    fn topics(&self, kafka: &KafkaSettings) -> Vec<String> {
+        vec![
+            topic_for(&kafka.topic_prefix, "Booking"),
+            topic_for(&kafka.topic_prefix, "Payment"),
+        ]
+    }
+
+    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
+        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT topic, partition, next_offset FROM projector_offsets WHERE projector = $1",
+        )
+        .bind(PROCESS_MANAGER)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+    }
+
+    /// Handles each message completely, then stores its offset: a crash redoes at most
+    /// the message in hand, whose steps are all idempotent.
+    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
+        for delivered in batch {
+            match delivered
+                .payload
+                .as_deref()
+                .map(serde_json::from_slice::<Envelope>)
+            {
+                Some(Ok(envelope)) => self
+                    .handle(&envelope)
+                    .await
+                    .map_err(|e| ProjectionError::Other(e.to_string()))?,
+                _ => {
+                    tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped")
+                }
+            }
+            self.store_offset(delivered).await?;
+        }
+        Ok(())
+    }
+}

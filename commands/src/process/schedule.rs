@@ -1,0 +1,183 @@
+//! The timed side of the process manager: recurring charges that fall due, and pending
+//! bookings whose hold has run out. Both find their work in read models and act through
+//! idempotent commands, so two instances never charge twice; `SKIP LOCKED` only keeps
+//! them from doing the same work at once.
+
+use chronicle_domain::values::Note;
+use chronicle_domain::{BookingCommand, Currency, Issued, Money, PaymentCommand, PaymentStatus};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::ProcessManager;
+use super::flow::{ProcessError, Step};
+
+#[derive(Debug, sqlx::FromRow)]
+struct DueCharge {
+    payment_id: Uuid,
+    account_id: Uuid,
+    amount: i64,
+    currency: String,
+    next_charge: i32,
+    attempts: i32,
+}
+
+fn issued<C>(command: C) -> Issued<C> {
+    Issued::new(ProcessManager::actor(), Utc::now(), command)
+}
+
+impl ProcessManager {
+    /// Charges what is due and expires stale holds every tick, until shutdown.
+    pub async fn run_schedules(&self, shutdown: CancellationToken) {
+        loop {
+            if let Err(error) = self.charge_due().await {
+                tracing::warn!(%error, "charging due payments failed; retrying next tick");
+            }
+            if let Err(error) = self.expire_holds().await {
+                tracing::warn!(%error, "expiring bookings failed; retrying next tick");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.tick) => {}
+            }
+        }
+    }
+
+    /// Charges every recurring payment whose next charge is due.
+    pub async fn charge_due(&self) -> Result<usize, ProcessError> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<DueCharge> = sqlx::query_as(
+            "SELECT payment_id, account_id, amount, currency, next_charge, attempts \
+               FROM payment_schedules \
+              WHERE status = 'active' AND next_due_at <= now() \
+              ORDER BY next_due_at LIMIT 50 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for charge in &due {
+            self.charge(charge).await?;
+        }
+        tx.commit().await?;
+        Ok(due.len())
+    }
+
+    async fn charge(&self, due: &DueCharge) -> Result<(), ProcessError> {
+        let n = due.next_charge as u32;
+        let payment = self.commands.load_payment(due.payment_id).await?;
+        let Some(state) = payment.state() else {
+            return Ok(());
+        };
+        // The read model may lag behind the payment: ask the aggregate.
+        if state.status != PaymentStatus::Active || state.charges_captured >= n {
+            return Ok(());
+        }
+        let flow_id = Uuid::new_v5(&due.payment_id, format!("charge/{n}").as_bytes());
+        let flow = self
+            .flow(flow_id, "recurring-charge", due.payment_id)
+            .await?;
+        let Ok(currency) = Currency::try_from(due.currency.clone()) else {
+            return flow
+                .finish("stuck", Some(format!("currency {:?}", due.currency)))
+                .await;
+        };
+        let money = Money {
+            amount: due.amount,
+            currency,
+        };
+        match self
+            .debit(&flow, due.account_id, money, flow_id, "withdraw")
+            .await?
+        {
+            Step::Done => {
+                let captured = flow
+                    .step("capture", |m| async move {
+                        self.commands
+                            .payment(
+                                due.payment_id,
+                                issued(PaymentCommand::CapturePayment { charge: n }),
+                                &m,
+                            )
+                            .await
+                    })
+                    .await?;
+                match captured {
+                    Step::Done => flow.finish("captured", None).await,
+                    Step::Refused(refusal) => flow.finish("stuck", Some(refusal.to_string())).await,
+                }
+            }
+            Step::Refused(refusal) => {
+                let attempt = state
+                    .failed_attempts
+                    .get(&n)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(due.attempts as u32)
+                    + 1;
+                let retry_at = self.retry_at(attempt);
+                let command = PaymentCommand::FailCharge {
+                    charge: n,
+                    attempt,
+                    reason: Note::reason(refusal.code()),
+                    retry_at,
+                };
+                let step = format!("fail-{attempt}");
+                flow.step(&step, |m| async move {
+                    self.commands
+                        .payment(due.payment_id, issued(command), &m)
+                        .await
+                })
+                .await?;
+                let status = if retry_at.is_some() {
+                    "retrying"
+                } else {
+                    "suspended"
+                };
+                flow.finish(
+                    status,
+                    Some(format!("attempt {attempt}: {}", refusal.code())),
+                )
+                .await
+            }
+        }
+    }
+
+    /// When attempt `attempt + 1` is due, or `None` when `attempt` was the last.
+    fn retry_at(&self, attempt: u32) -> Option<DateTime<Utc>> {
+        if attempt >= self.settings.charge_max_attempts {
+            return None;
+        }
+        let wait = self.settings.charge_retry * 2u32.saturating_pow(attempt.saturating_sub(1));
+        Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+    }
+
+    /// Expires pending bookings older than the hold time; their seats are released.
+    pub async fn expire_holds(&self) -> Result<usize, ProcessError> {
+        let hold = self.settings.booking_hold.as_secs_f64();
+        let stale: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT booking_id FROM bookings \
+              WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) \
+              ORDER BY created_at LIMIT 100",
+        )
+        .bind(hold)
+        .fetch_all(&self.pool)
+        .await?;
+        for booking_id in &stale {
+            let flow_id = Uuid::new_v5(booking_id, b"expire");
+            let flow = self.flow(flow_id, "booking-expiry", *booking_id).await?;
+            let booking_id = *booking_id;
+            match flow
+                .step("expire", |m| async move {
+                    self.commands
+                        .booking(booking_id, issued(BookingCommand::ExpireBooking), &m)
+                        .await
+                })
+                .await?
+            {
+                Step::Done => flow.finish("expired", None).await?,
+                // Confirmed or rejected since the read model last looked.
+                Step::Refused(refusal) => flow.finish("skipped", Some(refusal.to_string())).await?,
+            }
+        }
+        Ok(stale.len())
+    }
+}

@@ -1,0 +1,407 @@
+//! The process manager end to end, through HTTP and the real broker: bookings charged,
+//! rejected, refunded; recurring charges; expiry; redelivery and a crash between two
+//! steps moving no money twice.
+
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronicle_commands::process::{ProcessManager, StepObserver};
+use chronicle_commands::{CommandService, CommandSettings};
+use chronicle_tests::{
+    AppOptions, Reply, TestApp, TestDb, read_models_snapshot, spawn_app_with, spawn_with_settings,
+    test_settings,
+};
+use futures::future::BoxFuture;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const PRICE: i64 = 2_500;
+
+/// Polls `path` until `done` holds for its body.
+async fn eventually(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = app.get(path, token).await;
+        if reply.status == StatusCode::OK && done(&reply.body) {
+            return reply.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never got there: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn settled(app: &TestApp, token: &str, booking: Uuid) -> Value {
+    eventually(app, token, &format!("/v1/bookings/{booking}"), |b| {
+        b["status"] != "pending"
+    })
+    .await
+}
+
+async fn balance(app: &TestApp, token: &str, account: Uuid, expected: i64) {
+    eventually(app, token, &format!("/v1/accounts/{account}"), |a| {
+        a["balance"] == expected
+    })
+    .await;
+}
+
+async fn book(app: &TestApp, token: &str, account: Uuid, seat: &str) -> Reply {
+    let mut body = TestApp::booking_body(account, "theatre", &[seat], 10, 0);
+    body["price"] = json!({ "amount": PRICE, "currency": "EUR" });
+    let reply = app.post("/v1/bookings", Some(token), &[], &body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    reply
+}
+
+async fn withdrawals(app: &TestApp, account: Uuid) -> Vec<Value> {
+    app.stream("Account", account)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "FundsWithdrawn")
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bookings_are_charged_rejected_and_refunded() {
+    let app = spawn_app_with(AppOptions::with_process_manager()).await;
+    let token = app.client_token("alice");
+
+    // Funded: confirmed, and the balance drops by the price.
+    let rich = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, rich, 10_000).await;
+    let booking = book(&app, &token, rich, "A1").await.id("booking_id");
+    let confirmed = settled(&app, &token, booking).await;
+    assert_eq!(confirmed["status"], "confirmed", "{confirmed}");
+    balance(&app, &token, rich, 10_000 - PRICE).await;
+    let payment_id = confirmed["payment_id"].as_str().unwrap().to_owned();
+    let payment = eventually(&app, &token, &format!("/v1/payments/{payment_id}"), |p| {
+        p["status"] == "captured"
+    })
+    .await;
+    assert_eq!(
+        (
+            payment["captured_total"].as_i64(),
+            payment["booking_id"].as_str()
+        ),
+        (Some(PRICE), Some(booking.to_string().as_str()))
+    );
+    let debits = withdrawals(&app, rich).await;
+    assert_eq!(debits.len(), 1);
+    assert_eq!(
+        debits[0]["reference"],
+        payment_id.as_str(),
+        "the payment id is the reference"
+    );
+
+    // Unfunded: rejected, the seat released for the next booking.
+    let poor = app.open_account(&token, "EUR", 0).await;
+    let refused = book(&app, &token, poor, "B7").await.id("booking_id");
+    let rejected = settled(&app, &token, refused).await;
+    assert_eq!(
+        (
+            rejected["status"].as_str(),
+            rejected["status_reason"].as_str()
+        ),
+        (Some("rejected"), Some("insufficient_funds"))
+    );
+    let failed = app
+        .get(
+            &format!("/v1/bookings?status=rejected&account_id={poor}"),
+            &token,
+        )
+        .await;
+    assert_eq!(failed.body["items"].as_array().unwrap().len(), 1);
+    let next = book(&app, &token, rich, "B7").await.id("booking_id");
+    assert_eq!(settled(&app, &token, next).await["status"], "confirmed");
+    balance(&app, &token, rich, 10_000 - 2 * PRICE).await;
+    assert!(withdrawals(&app, poor).await.is_empty());
+
+    // Confirmed, then cancelled: refunded and the balance restored.
+    let cancel = app
+        .post(
+            &format!("/v1/bookings/{booking}/cancel"),
+            Some(&token),
+            &[],
+            &json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{cancel:?}");
+    balance(&app, &token, rich, 10_000 - PRICE).await;
+    let refunded = eventually(&app, &token, &format!("/v1/payments/{payment_id}"), |p| {
+        p["status"] == "refunded"
+    })
+    .await;
+    assert_eq!(refunded["refunded_total"].as_i64(), Some(PRICE));
+    let deposits: Vec<_> = app
+        .stream("Account", rich)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "FundsDeposited")
+        .collect();
+    assert_eq!(deposits.len(), 2, "the opening deposit and the refund");
+
+    // Every command of a flow names its cause and its booking.
+    let (metadata,): (Value,) = sqlx::query_as(
+        "SELECT metadata FROM events WHERE aggregate_type = 'Booking' AND aggregate_id = $1 AND event_type = 'BookingConfirmed'",
+    )
+    .bind(booking.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(metadata["correlation_id"], booking.to_string());
+    assert_eq!(metadata["actor"], "system:process-manager");
+    let requested_id = chronicle_eventstore::envelope::event_id("Booking", &booking.to_string(), 1);
+    assert_eq!(metadata["causation_id"], requested_id.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recurring_payments_charge_each_due_time_exactly_once_even_with_two_schedulers() {
+    let app = spawn_app_with(AppOptions::with_process_manager()).await;
+    app.start_process_manager(); // a second instance: same events, same schedule
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 1_000).await;
+    let body = json!({
+        "account_id": account, "amount": 150, "currency": "EUR", "kind": "recurring",
+        "schedule": { "interval_seconds": 1, "count": 3 }
+    });
+    let created = app.post("/v1/payments", Some(&token), &[], &body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let payment = created.id("payment_id");
+    let done = eventually(&app, &token, &format!("/v1/payments/{payment}"), |p| {
+        p["status"] == "completed"
+    })
+    .await;
+    assert_eq!(
+        (
+            done["charges_captured"].as_i64(),
+            done["captured_total"].as_i64()
+        ),
+        (Some(3), Some(450))
+    );
+    balance(&app, &token, account, 1_000 - 450).await;
+    // Give the schedulers time to do anything extra they would, then count.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let debits = withdrawals(&app, account).await;
+    assert_eq!(debits.len(), 3, "{debits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recurring_charge_that_keeps_failing_is_retried_then_suspended() {
+    let mut settings = test_settings(&AppOptions::with_process_manager());
+    settings.process.charge_retry = Duration::from_secs(1);
+    settings.process.charge_max_attempts = 2;
+    let app = spawn_with_settings(Arc::new(TestDb::create().await), settings, true).await;
+    app.start_process_manager();
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 100).await;
+    let body = json!({
+        "account_id": account, "amount": 80, "currency": "EUR", "kind": "recurring",
+        "schedule": { "interval_seconds": 1, "count": 5 }
+    });
+    let payment = app
+        .post("/v1/payments", Some(&token), &[], &body)
+        .await
+        .id("payment_id");
+    let suspended = eventually(&app, &token, &format!("/v1/payments/{payment}"), |p| {
+        p["status"] == "suspended"
+    })
+    .await;
+    assert_eq!(
+        suspended["charges_captured"].as_i64(),
+        Some(1),
+        "the first charge went through"
+    );
+    let failures: Vec<_> = app
+        .stream("Payment", payment)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "ChargeFailed")
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures[0].1["retry_at"].is_string() && failures[1].1["retry_at"].is_null());
+    assert_eq!(withdrawals(&app, account).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivering_every_event_to_the_process_manager_changes_nothing() {
+    let app = spawn_app_with(AppOptions::with_process_manager()).await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 6_000).await;
+    let kept = book(&app, &token, account, "C1").await.id("booking_id");
+    let cancelled = book(&app, &token, account, "C2").await.id("booking_id");
+    let unpaid = book(&app, &token, account, "C3").await.id("booking_id");
+    for booking in [kept, cancelled, unpaid] {
+        settled(&app, &token, booking).await;
+    }
+    app.post(
+        &format!("/v1/bookings/{cancelled}/cancel"),
+        Some(&token),
+        &[],
+        &json!({}),
+    )
+    .await;
+    balance(&app, &token, account, 6_000 - 2 * PRICE + PRICE).await;
+    app.wait_until_projected().await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let before = read_models_snapshot(&app.pool).await;
+
+    // Forget the process manager's offsets and recorded steps: every event is handled
+    // again and every command issued again.
+    sqlx::query("DELETE FROM projector_offsets WHERE projector = 'process-manager'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM pm_steps")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let again = app.start_process_manager();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let handled: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(next_offset)::bigint FROM projector_offsets WHERE projector = 'process-manager'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM pm_steps")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let booking_and_payment: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_type IN ('Booking', 'Payment')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if handled == Some(booking_and_payment) && steps > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the process manager did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again.abort();
+    app.wait_until_projected().await;
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        after, events,
+        "no command appended anything the second time"
+    );
+    assert_eq!(read_models_snapshot(&app.pool).await, before);
+}
+
+/// Holds the process manager forever right after a step.
+struct StopAfter {
+    step: &'static str,
+    reached: Arc<Notify>,
+}
+
+impl StepObserver for StopAfter {
+    fn after_step(&self, step: &str) -> BoxFuture<'_, ()> {
+        let stop = step == self.step;
+        Box::pin(async move {
+            if stop {
+                self.reached.notify_one();
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_withdrawn_and_captured_resumes_with_one_withdrawal() {
+    let app = spawn_app_with(AppOptions::with_read_side()).await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 5_000).await;
+
+    let reached = Arc::new(Notify::new());
+    let commands = Arc::new(CommandService::new(
+        app.pool.clone(),
+        CommandSettings::default(),
+    ));
+    let doomed = Arc::new(
+        ProcessManager::new(commands, app.settings.process).observed_by(Arc::new(StopAfter {
+            step: "withdraw",
+            reached: reached.clone(),
+        })),
+    );
+    let (kafka, projector) = (app.settings.kafka.clone(), app.settings.projector.clone());
+    let shutdown = app.shutdown.clone();
+    let task = tokio::spawn(async move { doomed.run(kafka, projector, shutdown).await });
+    let booking = book(&app, &token, account, "D4").await.id("booking_id");
+    tokio::time::timeout(Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the withdrawal happened");
+    task.abort();
+    let _ = task.await;
+    assert_eq!(withdrawals(&app, account).await.len(), 1);
+    let payment_status: String = sqlx::query_scalar(
+        "SELECT payload->>'type' FROM events WHERE aggregate_type = 'Payment' ORDER BY global_position DESC LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        payment_status, "PaymentInitiated",
+        "killed before the capture"
+    );
+    // As if the crash came before the step was even recorded: the reference alone must
+    // keep the withdrawal single.
+    sqlx::query("DELETE FROM pm_steps WHERE step = 'withdraw'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    app.start_process_manager();
+    assert_eq!(settled(&app, &token, booking).await["status"], "confirmed");
+    balance(&app, &token, account, 5_000 - PRICE).await;
+    assert_eq!(withdrawals(&app, account).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_pending_past_its_hold_expires_and_frees_its_seats() {
+    let mut settings = test_settings(&AppOptions::with_read_side());
+    settings.process.booking_hold = Duration::from_secs(4);
+    let app = spawn_with_settings(Arc::new(TestDb::create().await), settings, true).await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    // No process manager consumer runs: nothing charges the booking.
+    let booking = book(&app, &token, account, "E5").await.id("booking_id");
+    app.wait_until_projected().await;
+    let process = chronicle_api::roles::process_manager(&app.settings, app.pool.clone());
+    assert_eq!(process.expire_holds().await.unwrap(), 0, "not yet");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(process.expire_holds().await.unwrap(), 1);
+    let expired = eventually(&app, &token, &format!("/v1/bookings/{booking}"), |b| {
+        b["status"] == "expired"
+    })
+    .await;
+    assert_eq!(expired["status"], "expired");
+    let again = book(&app, &token, account, "E5").await;
+    assert_eq!(again.status, StatusCode::CREATED);
+}
