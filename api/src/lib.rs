@@ -94,11 +94,12 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The whole HTTP API.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
-    use routes::{accounts, bookings, ops, payments, reads, search};
+    use routes::{accounts, bookings, ops, payments, reads, search, temporal};
     Router::new()
         .route("/v1/accounts", post(accounts::open))
         .route("/v1/accounts/{id}", get(reads::account))
         .route("/v1/accounts/{id}/transactions", get(reads::transactions))
+        .route("/v1/accounts/{id}/balance", get(temporal::balance))
         .route("/v1/accounts/{id}/deposits", post(accounts::deposit))
         .route("/v1/accounts/{id}/withdrawals", post(accounts::withdraw))
         .route("/v1/accounts/{id}/close", post(accounts::close))
@@ -109,6 +110,12 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/v1/payments/{id}", get(reads::payment))
         .route("/v1/payments/{id}/refund", post(payments::refund))
         .route("/v1/search/bookings", get(search::bookings))
+        .route("/v1/analytics/revenue", get(temporal::revenue))
+        .route("/v1/analytics/occupancy", get(temporal::occupancy))
+        .route(
+            "/v1/audit/{aggregate_type}/{id}/events",
+            get(temporal::audit),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

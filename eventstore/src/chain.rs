@@ -68,6 +68,40 @@ pub enum ChainBreak {
         head_sequence: i64,
         last_sequence: i64,
     },
+    /// Events exist but the stream has no recorded head.
+    MissingHead { last_sequence: i64 },
+}
+
+impl std::fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SequenceGap { expected, found } => {
+                write!(
+                    f,
+                    "sequence {found} where {expected} was expected (events missing)"
+                )
+            }
+            Self::HashMismatch { sequence } => {
+                write!(
+                    f,
+                    "sequence {sequence}: hash does not match its content and predecessor (altered)"
+                )
+            }
+            Self::HeadMismatch {
+                head_sequence,
+                last_sequence,
+            } => write!(
+                f,
+                "head records sequence {head_sequence} but the last stored is {last_sequence} (events removed from the end)"
+            ),
+            Self::MissingHead { last_sequence } => {
+                write!(
+                    f,
+                    "events up to sequence {last_sequence} but no recorded head"
+                )
+            }
+        }
+    }
 }
 
 /// Checks one stream's events, in sequence order, link by link.
@@ -112,13 +146,17 @@ impl ChainCheck {
     /// break found.
     pub fn finish(mut self, head_sequence: Option<i64>) -> Vec<ChainBreak> {
         let last_sequence = self.expected - 1;
-        if let Some(head_sequence) = head_sequence
-            && head_sequence != last_sequence
-        {
-            self.breaks.push(ChainBreak::HeadMismatch {
-                head_sequence,
-                last_sequence,
-            });
+        match head_sequence {
+            Some(head_sequence) if head_sequence != last_sequence => {
+                self.breaks.push(ChainBreak::HeadMismatch {
+                    head_sequence,
+                    last_sequence,
+                });
+            }
+            None if last_sequence > 0 => {
+                self.breaks.push(ChainBreak::MissingHead { last_sequence })
+            }
+            _ => {}
         }
         self.breaks
     }

@@ -2,6 +2,7 @@
 //! aggregate id, on one topic per aggregate type.
 
 use chrono::{DateTime, Utc};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -75,6 +76,66 @@ pub struct Envelope {
     pub recorded_at: DateTime<Utc>,
     pub payload: Value,
     pub metadata: EnvelopeMetadata,
+}
+
+/// An event row as stored, with the columns the relay and the replay tool read.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub global_position: i64,
+    /// The appending transaction's id (`xid8`, as text).
+    pub tx_id: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The columns of [`StoredEvent`]; append `FROM events` and conditions.
+pub const STORED_COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, payload, metadata, global_position, tx_id::text AS tx_id, recorded_at";
+
+impl StoredEvent {
+    /// The event upcast to its current version (the stored row is never changed).
+    pub fn upcast(&self, upcasters: &[Box<dyn EventUpcaster>]) -> SerializedEvent {
+        let stored = SerializedEvent::new(
+            self.aggregate_id.clone(),
+            usize::try_from(self.sequence).unwrap_or_default(),
+            self.aggregate_type.clone(),
+            self.event_type.clone(),
+            self.event_version.clone(),
+            self.payload.clone(),
+            self.metadata.clone(),
+        );
+        upcasters.iter().fold(stored, |event, upcaster| {
+            if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                upcaster.upcast(event)
+            } else {
+                event
+            }
+        })
+    }
+
+    /// The envelope published for this event: current version, deterministic id, the
+    /// public part of the metadata.
+    pub fn to_envelope(&self, upcasters: &[Box<dyn EventUpcaster>]) -> Envelope {
+        let current = self.upcast(upcasters);
+        Envelope {
+            event_id: event_id(&self.aggregate_type, &self.aggregate_id, self.sequence),
+            global_position: self.global_position,
+            aggregate_type: current.aggregate_type,
+            aggregate_id: current.aggregate_id,
+            sequence: self.sequence,
+            event_type: current.event_type,
+            event_version: current.event_version,
+            recorded_at: self.recorded_at,
+            payload: current.payload,
+            metadata: EnvelopeMetadata::from_stored(&self.metadata),
+        }
+    }
 }
 
 #[cfg(test)]

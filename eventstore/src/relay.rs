@@ -9,16 +9,14 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use cqrs_es::persist::EventUpcaster;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{Envelope, EnvelopeMetadata, event_id, topic_for};
+use crate::envelope::{StoredEvent, topic_for};
 use crate::kafka::{KafkaSettings, ensure_topics};
 use crate::metrics;
 
@@ -62,21 +60,6 @@ pub enum RelayError {
     Kafka(#[from] KafkaError),
     #[error("event {position} cannot be published: {reason}")]
     Unpublishable { position: i64, reason: String },
-}
-
-/// A committed event as the relay reads it.
-#[derive(Debug, sqlx::FromRow)]
-struct EventRow {
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    metadata: Value,
-    global_position: i64,
-    tx_id: String,
-    recorded_at: DateTime<Utc>,
 }
 
 const SELECT_PUBLISHABLE: &str = "\
@@ -263,7 +246,7 @@ impl ActiveRelay<'_> {
     /// checkpoint past it.
     pub async fn publish_batch(&mut self) -> Result<usize, RelayError> {
         let started = Instant::now();
-        let rows: Vec<EventRow> = sqlx::query_as(SELECT_PUBLISHABLE)
+        let rows: Vec<StoredEvent> = sqlx::query_as(SELECT_PUBLISHABLE)
             .bind(&self.checkpoint.tx_id)
             .bind(self.checkpoint.global_position)
             .bind(self.relay.settings.batch_size)
@@ -308,8 +291,8 @@ impl ActiveRelay<'_> {
         Ok(rows.len())
     }
 
-    async fn send(&self, row: &EventRow) -> Result<DeliveryFuture, RelayError> {
-        let envelope = self.envelope(row);
+    async fn send(&self, row: &StoredEvent) -> Result<DeliveryFuture, RelayError> {
+        let envelope = row.to_envelope(&self.relay.upcasters);
         let payload = serde_json::to_vec(&envelope).map_err(|e| RelayError::Unpublishable {
             position: row.global_position,
             reason: e.to_string(),
@@ -326,38 +309,6 @@ impl ActiveRelay<'_> {
                 }
                 Err((error, _)) => return Err(error.into()),
             }
-        }
-    }
-
-    /// The envelope of a stored event, upcast to its current version.
-    fn envelope(&self, row: &EventRow) -> Envelope {
-        let stored = SerializedEvent::new(
-            row.aggregate_id.clone(),
-            usize::try_from(row.sequence).unwrap_or_default(),
-            row.aggregate_type.clone(),
-            row.event_type.clone(),
-            row.event_version.clone(),
-            row.payload.clone(),
-            row.metadata.clone(),
-        );
-        let current = self.relay.upcasters.iter().fold(stored, |event, upcaster| {
-            if upcaster.can_upcast(&event.event_type, &event.event_version) {
-                upcaster.upcast(event)
-            } else {
-                event
-            }
-        });
-        Envelope {
-            event_id: event_id(&row.aggregate_type, &row.aggregate_id, row.sequence),
-            global_position: row.global_position,
-            aggregate_type: current.aggregate_type,
-            aggregate_id: current.aggregate_id,
-            sequence: row.sequence,
-            event_type: current.event_type,
-            event_version: current.event_version,
-            recorded_at: row.recorded_at,
-            payload: current.payload,
-            metadata: EnvelopeMetadata::from_stored(&row.metadata),
         }
     }
 }

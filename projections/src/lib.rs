@@ -8,6 +8,7 @@
 //! - [`read_models`]: the PostgreSQL projection (accounts, ledger, bookings, payments).
 //! - [`search`]: the Tantivy projection of bookings and its queries.
 //! - [`queries`]: what the API reads, with keyset cursors.
+//! - [`temporal`]: as-of lookups and time buckets over the temporal read models.
 //! - [`watch`]: read-your-writes (`min_position`).
 //! - [`monitor`]: relay and projector lag for `/metrics` and `/readyz`.
 
@@ -17,6 +18,7 @@ pub mod monitor;
 pub mod queries;
 pub mod read_models;
 pub mod search;
+pub mod temporal;
 pub mod watch;
 
 pub use consumer::{

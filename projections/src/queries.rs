@@ -24,7 +24,7 @@ fn encode_cursor(key: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("k{key}"))
 }
 
-fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, InvalidCursor> {
+pub(crate) fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, InvalidCursor> {
     let Some(cursor) = cursor else {
         return Ok(None);
     };
@@ -37,7 +37,7 @@ fn decode_cursor(cursor: Option<&str>) -> Result<Option<i64>, InvalidCursor> {
 }
 
 /// Builds a page from `limit + 1` rows fetched in keyset order.
-fn page<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) -> Page<T> {
+pub(crate) fn page<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) -> Page<T> {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = if more {

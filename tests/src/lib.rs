@@ -6,6 +6,8 @@
 //! only to create and drop `chronicle_test_*` databases).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod seed;
+
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -29,12 +31,15 @@ use uuid::Uuid;
 /// The signing key of every test server.
 pub const TEST_JWT_SECRET: &[u8] = b"chronicle-test-secret-0123456789abcdef";
 
+fn admin_url() -> String {
+    std::env::var("CHRONICLE_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("CHRONICLE_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
 /// The server login used to create and drop test databases.
 fn admin_options() -> PgConnectOptions {
-    let url = std::env::var("CHRONICLE_TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("CHRONICLE_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    PgConnectOptions::from_str(&url)
+    PgConnectOptions::from_str(&admin_url())
         .expect("CHRONICLE_TEST_DATABASE_URL is not a postgres URL")
         .database("postgres")
 }
@@ -69,6 +74,24 @@ impl TestDb {
         chronicle_eventstore::migrate(&pool).await.expect("migrate");
         pool.close().await;
         Self { name, options }
+    }
+
+    /// A URL of this database (the admin URL with the database replaced), for tools
+    /// that take one.
+    pub fn url(&self) -> String {
+        let admin = admin_url();
+        let (base, query) = admin
+            .split_once('?')
+            .map_or((admin.as_str(), ""), |(b, q)| (b, q));
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let host_end = base[scheme_end..]
+            .find('/')
+            .map_or(base.len(), |i| scheme_end + i);
+        let mut url = format!("{}/{}", &base[..host_end], self.name);
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        url
     }
 
     /// A pool on this database.
@@ -536,6 +559,20 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// GETs `path` with `token` and query parameters (encoded properly).
+    pub async fn get_query(&self, path: &str, token: &str, query: &[(&str, String)]) -> Reply {
+        read(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .query(query)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request sent"),
+        )
+        .await
     }
 
     /// GETs `path` with `token`.

@@ -6,6 +6,7 @@ pub mod ops;
 pub mod payments;
 pub mod reads;
 pub mod search;
+pub mod temporal;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

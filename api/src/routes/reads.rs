@@ -73,7 +73,7 @@ pub(crate) fn invalid_cursor() -> AppError {
 
 /// Whether `actor` may read something owned by `owner`: its own, or any for admins and
 /// auditors.
-fn may_read(actor: &Actor, owner: &str) -> bool {
+pub(crate) fn may_read(actor: &Actor, owner: &str) -> bool {
     actor.subject == owner || actor.has(Role::Admin) || actor.has(Role::Auditor)
 }
 
@@ -152,14 +152,27 @@ pub async fn transactions(
         .map_err(|_| invalid_cursor())
 }
 
+/// `GET /v1/bookings/{id}` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingParams {
+    pub min_position: Option<i64>,
+    /// Transaction time: the booking as Chronicle knew it then.
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub async fn booking(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiQuery(params): ApiQuery<ReadParams>,
+    ApiQuery(params): ApiQuery<BookingParams>,
 ) -> Result<Json<BookingView>, AppError> {
     read_your_writes(&state, params.min_position).await?;
-    let booking = queries::booking(&state.pool, id).await.map_err(database)?;
+    let booking = match params.as_of {
+        None => queries::booking(&state.pool, id).await,
+        Some(at) => chronicle_projections::temporal::booking_as_of(&state.pool, id, at).await,
+    }
+    .map_err(database)?;
     booking
         .filter(|b| may_read(&principal.0, &b.owner))
         .map(Json)

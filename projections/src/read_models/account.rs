@@ -4,12 +4,31 @@ use chronicle_domain::AccountEvent;
 use chronicle_eventstore::envelope::Envelope;
 use uuid::Uuid;
 
-use super::{ApplyResult, Tx, changed, event_of};
+use super::{ApplyResult, Tx, changed, event_of, history};
 
 pub(crate) async fn apply(tx: &mut Tx<'_>, envelope: &Envelope) -> ApplyResult {
     let event: AccountEvent = event_of(envelope)?;
     let id = Uuid::parse_str(&envelope.aggregate_id).unwrap_or_default();
-    Ok(apply_event(tx, envelope, id, event).await)
+    let effective_at = match &event {
+        AccountEvent::AccountOpened { opened_at, .. } => *opened_at,
+        AccountEvent::FundsDeposited { occurred_at, .. }
+        | AccountEvent::FundsWithdrawn { occurred_at, .. } => *occurred_at,
+        AccountEvent::AccountClosed { closed_at } => *closed_at,
+    };
+    let applied = apply_event(tx, envelope, id, event).await;
+    if let Ok(super::Applied::Changed) = applied
+        && let Err(error) = history::account(
+            tx,
+            id,
+            envelope.sequence,
+            effective_at,
+            envelope.recorded_at,
+        )
+        .await
+    {
+        return Ok(Err(error));
+    }
+    Ok(applied)
 }
 
 async fn apply_event(

@@ -4,12 +4,18 @@ use chronicle_domain::BookingEvent;
 use chronicle_eventstore::envelope::Envelope;
 use uuid::Uuid;
 
-use super::{Applied, ApplyResult, Tx, changed, event_of};
+use super::{Applied, ApplyResult, Tx, changed, event_of, history};
 
 pub(crate) async fn apply(tx: &mut Tx<'_>, envelope: &Envelope) -> ApplyResult {
     let event: BookingEvent = event_of(envelope)?;
     let id = Uuid::parse_str(&envelope.aggregate_id).unwrap_or_default();
-    Ok(apply_event(tx, envelope, id, event).await)
+    let applied = apply_event(tx, envelope, id, event).await;
+    if let Ok(Applied::Changed) = applied
+        && let Err(error) = history::booking(tx, id, envelope.sequence, envelope.recorded_at).await
+    {
+        return Ok(Err(error));
+    }
+    Ok(applied)
 }
 
 async fn apply_event(

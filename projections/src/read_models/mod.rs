@@ -7,6 +7,7 @@
 
 mod account;
 mod booking;
+mod history;
 mod payment;
 
 use std::collections::HashMap;
@@ -25,7 +26,8 @@ pub const PROJECTED_CHANNEL: &str = "chronicle_projected";
 /// The read-model projector's name (offsets, consumer group, metrics).
 pub const READ_MODELS: &str = "read-models";
 
-pub(crate) type Tx<'a> = Transaction<'a, Postgres>;
+/// A transaction on the read models' database.
+pub type Tx<'a> = Transaction<'a, Postgres>;
 
 /// Observes a batch being applied; tests use it to stop a projector mid-batch.
 pub trait ApplyObserver: Send + Sync {
@@ -124,53 +126,88 @@ impl Projection for ReadModels {
     }
 }
 
+/// What applying one envelope did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The read models changed.
+    Applied,
+    /// The event was applied before (journal or version guard): nothing changed.
+    Duplicate,
+}
+
+/// Why an envelope could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Not an event these read models can read; nothing was changed.
+    #[error("unreadable event: {0}")]
+    Unreadable(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies one event to the read models inside `tx`: the journal row, the tables and
+/// the temporal history. Shared by the projector and by `chronicle-replay rebuild`,
+/// which runs it against fresh tables.
+pub async fn apply_envelope(tx: &mut Tx<'_>, envelope: &Envelope) -> Result<Outcome, ApplyError> {
+    let aggregate_id = Uuid::parse_str(&envelope.aggregate_id).map_err(|e| {
+        ApplyError::Unreadable(format!("aggregate id {:?}: {e}", envelope.aggregate_id))
+    })?;
+    let first_time = sqlx::query(
+        "INSERT INTO rm_applied_events \
+         (global_position, aggregate_type, aggregate_id, sequence, event_type, recorded_at, \
+          event_version, payload, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (global_position) DO NOTHING",
+    )
+    .bind(envelope.global_position)
+    .bind(&envelope.aggregate_type)
+    .bind(aggregate_id)
+    .bind(envelope.sequence)
+    .bind(&envelope.event_type)
+    .bind(envelope.recorded_at)
+    .bind(&envelope.event_version)
+    .bind(&envelope.payload)
+    .bind(serde_json::to_value(&envelope.metadata).unwrap_or_default())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !first_time {
+        return Ok(Outcome::Duplicate);
+    }
+    let applied = match envelope.aggregate_type.as_str() {
+        "Account" => account::apply(tx, envelope).await,
+        "Booking" => booking::apply(tx, envelope).await,
+        "Payment" => payment::apply(tx, envelope).await,
+        other => Err(Unreadable(format!("unknown aggregate type {other:?}"))),
+    };
+    match applied {
+        Ok(Ok(Applied::Changed)) => Ok(Outcome::Applied),
+        Ok(Ok(Applied::Stale)) => Ok(Outcome::Duplicate),
+        Ok(Err(error)) => Err(ApplyError::Database(error)),
+        Err(Unreadable(reason)) => Err(ApplyError::Unreadable(reason)),
+    }
+}
+
 impl ReadModels {
     async fn apply_one(
         &self,
         tx: &mut Tx<'_>,
         delivered: &Delivered,
     ) -> Result<(), ProjectionError> {
-        let (envelope, aggregate_id) = match parse(delivered) {
-            Ok(parsed) => parsed,
+        let envelope = match parse(delivered) {
+            Ok(envelope) => envelope,
             Err(reason) => return self.dead_letter(tx, delivered, &reason).await,
         };
-        let first_time = sqlx::query(
-            "INSERT INTO rm_applied_events \
-             (global_position, aggregate_type, aggregate_id, sequence, event_type, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (global_position) DO NOTHING",
-        )
-        .bind(envelope.global_position)
-        .bind(&envelope.aggregate_type)
-        .bind(aggregate_id)
-        .bind(envelope.sequence)
-        .bind(&envelope.event_type)
-        .bind(envelope.recorded_at)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !first_time {
-            metrics::PROJECTOR_DUPLICATE_EVENTS
-                .with_label_values(&[&self.name])
-                .inc();
-            return Ok(());
-        }
-        let applied = match envelope.aggregate_type.as_str() {
-            "Account" => account::apply(tx, &envelope).await,
-            "Booking" => booking::apply(tx, &envelope).await,
-            "Payment" => payment::apply(tx, &envelope).await,
-            other => Err(Unreadable(format!("unknown aggregate type {other:?}"))),
-        };
-        match applied {
-            Ok(Ok(Applied::Changed)) => Ok(()),
-            Ok(Ok(Applied::Stale)) => {
+        match apply_envelope(tx, &envelope).await {
+            Ok(Outcome::Applied) => Ok(()),
+            Ok(Outcome::Duplicate) => {
                 metrics::PROJECTOR_DUPLICATE_EVENTS
                     .with_label_values(&[&self.name])
                     .inc();
                 Ok(())
             }
-            Ok(Err(error)) => Err(error.into()),
-            Err(Unreadable(reason)) => self.dead_letter(tx, delivered, &reason).await,
+            Err(ApplyError::Database(error)) => Err(error.into()),
+            Err(ApplyError::Unreadable(reason)) => self.dead_letter(tx, delivered, &reason).await,
         }
     }
 
@@ -206,13 +243,9 @@ pub(crate) struct Unreadable(pub String);
 /// The outcome of applying one event: unreadable (set aside), or the database's answer.
 pub(crate) type ApplyResult = Result<Result<Applied, sqlx::Error>, Unreadable>;
 
-fn parse(delivered: &Delivered) -> Result<(Envelope, Uuid), String> {
+fn parse(delivered: &Delivered) -> Result<Envelope, String> {
     let payload = delivered.payload.as_deref().ok_or("empty message")?;
-    let envelope: Envelope =
-        serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))?;
-    let id = Uuid::parse_str(&envelope.aggregate_id)
-        .map_err(|e| format!("aggregate id {:?}: {e}", envelope.aggregate_id))?;
-    Ok((envelope, id))
+    serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))
 }
 
 /// Reads an envelope's payload as the aggregate's event type.

@@ -8,7 +8,7 @@ use chronicle_eventstore::envelope::Envelope;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Applied, ApplyResult, Tx, Unreadable, changed, event_of};
+use super::{Applied, ApplyResult, Tx, Unreadable, changed, event_of, history};
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -143,6 +143,7 @@ async fn update(
     );
     let mut failure = None;
     let mut next_due: Option<NextDue> = None;
+    let mut money: Option<(&str, i64)> = None;
     let status = match event {
         PaymentEvent::PaymentInitiated { .. } => return Ok(Ok(Applied::Stale)),
         PaymentEvent::PaymentFailed { reason, .. } => {
@@ -152,11 +153,13 @@ async fn update(
         PaymentEvent::PaymentCaptured { charge, amount, .. } => {
             charges = charge;
             captured += amount;
+            money = Some(("capture", amount));
             next_due = Some(NextDue::After(charge));
             status
         }
         PaymentEvent::PaymentRefunded { amount, .. } => {
             refunded += amount;
+            money = Some(("refund", amount));
             status
         }
         PaymentEvent::ChargeFailed {
@@ -201,6 +204,19 @@ async fn update(
     .execute(&mut **tx)
     .await
     .map(changed);
+    if let (Some((kind, amount)), Ok(Applied::Changed)) = (money, &applied)
+        && let Err(error) = history::payment_money(
+            tx,
+            id,
+            envelope.sequence,
+            kind,
+            amount,
+            envelope.recorded_at,
+        )
+        .await
+    {
+        return Ok(Err(error));
+    }
     if let (Some(next_due), Some(schedule), Ok(Applied::Changed)) = (next_due, &schedule, &applied)
         && let Err(error) = reschedule(tx, id, envelope.sequence, next_due, schedule, started).await
     {

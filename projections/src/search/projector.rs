@@ -99,6 +99,30 @@ impl SearchProjection {
     }
 }
 
+impl SearchProjection {
+    /// Applies events read straight from the event store (`chronicle-replay rebuild`)
+    /// and sets what the next commit records as offsets to `progress`; commits when
+    /// `commit` is true.
+    pub async fn apply_envelopes(
+        &self,
+        envelopes: Vec<Envelope>,
+        progress: HashMap<PartitionKey, i64>,
+        commit_now: bool,
+    ) -> Result<(), ProjectionError> {
+        self.blocking(move |index, _, pending| {
+            for envelope in &envelopes {
+                apply_envelope(index, pending, envelope)?;
+            }
+            pending.offsets = progress;
+            if commit_now {
+                commit(index, pending)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
 impl Projection for SearchProjection {
     fn name(&self) -> &str {
         SEARCH
@@ -197,17 +221,27 @@ fn apply(
     pending: &mut Pending,
     delivered: &Delivered,
 ) -> Result<(), ProjectionError> {
-    let Some(envelope) = delivered
+    match delivered
         .payload
         .as_deref()
         .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-    else {
-        tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped");
-        metrics::PROJECTOR_DEAD_LETTERS
-            .with_label_values(&[SEARCH])
-            .inc();
-        return Ok(());
-    };
+    {
+        Some(envelope) => apply_envelope(index, pending, &envelope),
+        None => {
+            tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped");
+            metrics::PROJECTOR_DEAD_LETTERS
+                .with_label_values(&[SEARCH])
+                .inc();
+            Ok(())
+        }
+    }
+}
+
+fn apply_envelope(
+    index: &SearchIndex,
+    pending: &mut Pending,
+    envelope: &Envelope,
+) -> Result<(), ProjectionError> {
     if envelope.aggregate_type != "Booking" {
         return Ok(());
     }
@@ -237,7 +271,7 @@ fn apply(
             .inc();
         return Ok(());
     }
-    if let Some(next) = evolve(current, id, &envelope, event) {
+    if let Some(next) = evolve(current, id, envelope, event) {
         pending.changed.insert(id, next);
     }
     Ok(())

@@ -1,0 +1,174 @@
+//! Temporal and analytic queries, and the audit trail: served from the temporal read
+//! models by indexed lookups, never from the event store.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chronicle_domain::Role;
+use chronicle_projections::queries::Page;
+use chronicle_projections::temporal::{
+    self, AuditEvent, BalanceAsOf, Bucket, Occupancy, RevenueBucket,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::reads::{database, invalid_cursor, limit, may_read, read_your_writes, validation};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::extract::{ApiQuery, IdPath};
+use crate::problem::AppError;
+
+/// `?as_of=&min_position=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsOfParams {
+    /// Transaction time; now when absent.
+    pub as_of: Option<DateTime<Utc>>,
+    pub min_position: Option<i64>,
+}
+
+pub async fn balance(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiQuery(params): ApiQuery<AsOfParams>,
+) -> Result<Json<BalanceAsOf>, AppError> {
+    read_your_writes(&state, params.min_position).await?;
+    let at = params.as_of.unwrap_or_else(Utc::now);
+    let balance = temporal::balance_as_of(&state.pool, id, at)
+        .await
+        .map_err(database)?;
+    balance
+        .filter(|b| may_read(&principal.0, &b.owner) || principal.0.has(Role::Analyst))
+        .map(Json)
+        .ok_or_else(AppError::not_found)
+}
+
+/// `GET /v1/analytics/revenue` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevenueParams {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub bucket: String,
+    pub min_position: Option<i64>,
+}
+
+/// Revenue per bucket.
+#[derive(Debug, Serialize)]
+pub struct Revenue {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub bucket: String,
+    pub buckets: Vec<RevenueBucket>,
+}
+
+/// The most buckets one request may span.
+const MAX_BUCKETS: i64 = 10_000;
+
+pub async fn revenue(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<RevenueParams>,
+) -> Result<Json<Revenue>, AppError> {
+    principal.require_any(&[Role::Analyst, Role::Admin])?;
+    let bucket = Bucket::parse(&params.bucket)
+        .ok_or_else(|| validation("bucket", "must be hour, day or month".into()))?;
+    if params.to <= params.from {
+        return Err(validation("to", "must be after from".into()));
+    }
+    let span = params.to - params.from;
+    let buckets = match bucket {
+        Bucket::Hour => span.num_hours(),
+        Bucket::Day => span.num_days(),
+        Bucket::Month => span.num_days() / 28,
+    };
+    if buckets > MAX_BUCKETS {
+        return Err(validation(
+            "to",
+            format!("the range spans more than {MAX_BUCKETS} buckets"),
+        ));
+    }
+    read_your_writes(&state, params.min_position).await?;
+    let rows = temporal::revenue(&state.pool, params.from, params.to, bucket)
+        .await
+        .map_err(database)?;
+    Ok(Json(Revenue {
+        from: params.from,
+        to: params.to,
+        bucket: params.bucket,
+        buckets: rows,
+    }))
+}
+
+/// `GET /v1/analytics/occupancy` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OccupancyParams {
+    pub resource_id: String,
+    /// The business instant; now when absent.
+    pub as_of: Option<DateTime<Utc>>,
+    /// What was known at this transaction time; now when absent.
+    pub known_at: Option<DateTime<Utc>>,
+    pub min_position: Option<i64>,
+}
+
+pub async fn occupancy(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<OccupancyParams>,
+) -> Result<Json<Occupancy>, AppError> {
+    principal.require_any(&[Role::Analyst, Role::Admin])?;
+    read_your_writes(&state, params.min_position).await?;
+    let now = Utc::now();
+    let occupancy = temporal::occupancy(
+        &state.pool,
+        &params.resource_id,
+        params.as_of.unwrap_or(now),
+        params.known_at.unwrap_or(now),
+    )
+    .await
+    .map_err(database)?;
+    Ok(Json(occupancy))
+}
+
+/// `GET /v1/audit/{type}/{id}/events` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+    pub min_position: Option<i64>,
+}
+
+pub async fn audit(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((aggregate_type, id)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Json<Page<AuditEvent>>, AppError> {
+    principal.require_any(&[Role::Auditor, Role::Admin])?;
+    let aggregate_type = match aggregate_type.to_ascii_lowercase().as_str() {
+        "account" => "Account",
+        "booking" => "Booking",
+        "payment" => "Payment",
+        _ => return Err(AppError::not_found()),
+    };
+    let id = Uuid::parse_str(&id).map_err(|_| AppError::not_found())?;
+    let limit = limit(params.limit)?;
+    read_your_writes(&state, params.min_position).await?;
+    let page = temporal::audit_events(
+        &state.pool,
+        aggregate_type,
+        id,
+        params.cursor.as_deref(),
+        limit,
+    )
+    .await
+    .map_err(database)?
+    .map_err(|_| invalid_cursor())?;
+    if page.items.is_empty() && params.cursor.is_none() {
+        return Err(AppError::not_found());
+    }
+    Ok(Json(page))
+}

@@ -1,0 +1,99 @@
+//! Replay benchmark: seeds a fresh store with N events (default 200,000), then times
+//! `chronicle-replay rebuild read-models`, `diff read-models` and `verify` against a raw
+//! sequential scan of `events`; then grows the store to M events (default 1,000,000) and
+//! exports it, reporting the exporter's peak RSS.
+//!
+//! `cargo build --release -p chronicle-replay && cargo run --release -p chronicle-bench --bin replay -- [N] [M]`
+#![allow(clippy::print_stdout)]
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use chronicle_bench::machine;
+use chronicle_tests::TestDb;
+use chronicle_tests::seed::seed;
+
+async fn tool(url: &str, args: &[&str]) -> anyhow::Result<(bool, String, f64)> {
+    let binary = std::env::var("CHRONICLE_REPLAY_BIN")
+        .unwrap_or_else(|_| "target/release/chronicle-replay".into());
+    let started = Instant::now();
+    let output = tokio::process::Command::new(&binary)
+        .env("CHRONICLE_DATABASE_URL", url)
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run {binary} (build it with cargo build --release -p chronicle-replay): {e}"
+            )
+        })?;
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    Ok((
+        output.status.success(),
+        stderr,
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let events: u64 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(200_000);
+    let export_events: u64 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    println!("machine: {}", machine());
+    let db = TestDb::create().await;
+    let pool = db.pool(4).await;
+    let url = db.url();
+
+    let started = Instant::now();
+    let seeded = seed(&pool, events, 0).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "seed: {seeded} events through the append triggers in {seconds:.1} s ({:.0} events/s)",
+        seeded as f64 / seconds
+    );
+
+    let started = Instant::now();
+    let (rows, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(length(payload::text) + length(metadata::text))::bigint FROM events",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let scan = started.elapsed().as_secs_f64();
+    println!(
+        "baseline, raw sequential scan of events: {rows} rows, {} MiB of JSON in {scan:.2} s ({:.0} events/s)",
+        bytes / (1 << 20),
+        rows as f64 / scan
+    );
+
+    let (ok, report, seconds) = tool(&url, &["rebuild", "read-models"]).await?;
+    println!("rebuild read-models: {report} [ok: {ok}, wall {seconds:.1} s]");
+    let (ok, report, seconds) = tool(&url, &["diff", "read-models"]).await?;
+    println!("diff read-models: {report} [zero discrepancies: {ok}, wall {seconds:.1} s]");
+    let (ok, report, seconds) = tool(&url, &["verify"]).await?;
+    println!("verify: {report} [ok: {ok}, wall {seconds:.1} s]");
+
+    if export_events > seeded {
+        let started = Instant::now();
+        let more = seed(&pool, export_events - seeded, 1_000_000).await?;
+        println!(
+            "seed: {more} more events in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let (ok, report, seconds) = tool(&url, &["export", "--format", "jsonl", "--stats"]).await?;
+    println!("export jsonl: {report} [ok: {ok}, wall {seconds:.1} s]");
+    let (ok, report, seconds) = tool(&url, &["export", "--format", "csv", "--stats"]).await?;
+    println!("export csv: {report} [ok: {ok}, wall {seconds:.1} s]");
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! `chronicle-replay`: the auditor's CLI. Exits 0 on success, 1 when `verify` or `diff`
+//! found something, 2 on a usage or configuration error.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chronicle_replay::export::{Format, Selection};
+use chronicle_replay::fold::Kind;
+use chronicle_replay::history::Until;
+use chronicle_replay::{db, diff, export, history, rebuild, verify};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "chronicle-replay",
+    version,
+    about = "Audit Chronicle's event store: history, state, verification, rebuild, diff, export"
+)]
+struct Cli {
+    /// The event store.
+    #[arg(
+        long,
+        env = "CHRONICLE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chronicle",
+        hide_env_values = true
+    )]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Projection {
+    ReadModels,
+    Search,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every event of a stream with its metadata and the aggregate's state after it.
+    History {
+        /// account, booking or payment.
+        aggregate_type: String,
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The aggregate rebuilt by the domain's own `apply`, now or as of a time or version.
+    State {
+        aggregate_type: String,
+        id: String,
+        /// Transaction time: only events recorded at or before it.
+        #[arg(long, conflicts_with = "version")]
+        as_of: Option<DateTime<Utc>>,
+        /// Only events up to this sequence.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Recompute every hash chain and check sequences and stream heads.
+    Verify {
+        #[arg(long = "type")]
+        aggregate_type: Option<String>,
+        #[arg(long, requires = "aggregate_type")]
+        id: Option<String>,
+    },
+    /// Rebuild a read model from the event store and swap it in.
+    Rebuild {
+        projection: Projection,
+        /// Discard an interrupted rebuild instead of resuming it.
+        #[arg(long)]
+        fresh: bool,
+        /// The search index (for `search`).
+        #[arg(long, env = "CHRONICLE_SEARCH_DIR")]
+        search_dir: Option<PathBuf>,
+    },
+    /// Replay the event store in memory and compare it with a live read model.
+    Diff {
+        projection: Projection,
+        #[arg(long, env = "CHRONICLE_SEARCH_DIR")]
+        search_dir: Option<PathBuf>,
+    },
+    /// Stream events out as JSON lines or CSV.
+    Export {
+        #[arg(long = "type")]
+        aggregate_type: Option<String>,
+        /// Recorded at or after.
+        #[arg(long)]
+        from: Option<DateTime<Utc>>,
+        /// Recorded before.
+        #[arg(long)]
+        to: Option<DateTime<Utc>>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Print count, rate and peak memory to stderr at the end.
+        #[arg(long)]
+        stats: bool,
+    },
+}
+
+fn kind(text: &str) -> anyhow::Result<Kind> {
+    Kind::parse(text).ok_or_else(|| {
+        anyhow::anyhow!("unknown aggregate type {text:?}; use account, booking or payment")
+    })
+}
+
+fn search_dir(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| {
+        let data = std::env::var("CHRONICLE_DATA_DIR").unwrap_or_else(|_| "./data".into());
+        PathBuf::from(data).join("search")
+    })
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("chronicle-replay: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let url = cli.database_url;
+    let interactive = std::io::stderr().is_terminal();
+    match cli.command {
+        Command::History {
+            aggregate_type,
+            id,
+            json,
+        } => {
+            let pool = db::read_only(&url).await?;
+            let kind = kind(&aggregate_type)?;
+            let events = history::stream(&pool, kind, &id).await?;
+            if events.is_empty() {
+                anyhow::bail!("no {} with id {id}", kind.name());
+            }
+            let lines = history::history(kind, &events)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &lines)?;
+                writeln!(out)?;
+            } else {
+                history::print_table(&lines, &mut out)?;
+            }
+        }
+        Command::State {
+            aggregate_type,
+            id,
+            as_of,
+            version,
+        } => {
+            let pool = db::read_only(&url).await?;
+            let kind = kind(&aggregate_type)?;
+            let events = history::stream(&pool, kind, &id).await?;
+            let until = match (as_of, version) {
+                (Some(at), _) => Until::AsOf(at),
+                (_, Some(v)) => Until::Version(v),
+                _ => Until::Now,
+            };
+            match history::state(kind, &events, until)? {
+                Some((version, state)) => {
+                    let body = serde_json::json!({ "aggregate_type": kind.name(), "id": id, "version": version, "state": state });
+                    println!("{}", serde_json::to_string_pretty(&body)?);
+                }
+                None => anyhow::bail!("no {} with id {id} at that point", kind.name()),
+            }
+        }
+        Command::Verify { aggregate_type, id } => {
+            let pool = db::read_only(&url).await?;
+            let kind = aggregate_type.as_deref().map(kind).transpose()?;
+            let started = std::time::Instant::now();
+            let report = verify::verify(&pool, kind, id.as_deref()).await?;
+            for ((t, i), found) in &report.breaks {
+                println!("BROKEN {t} {i}: {found}");
+            }
+            eprintln!(
+                "verified {} streams, {} events in {:.1} s: {} problem(s)",
+                report.streams,
+                report.events,
+                started.elapsed().as_secs_f64(),
+                report.breaks.len()
+            );
+            if !report.breaks.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Rebuild {
+            projection,
+            fresh,
+            search_dir: dir,
+        } => {
+            let pool = db::writable(&url).await?;
+            let summary = match projection {
+                Projection::ReadModels => rebuild::read_models(&pool, fresh, interactive).await?,
+                Projection::Search => {
+                    rebuild::search(&pool, &search_dir(dir), fresh, interactive).await?
+                }
+            };
+            eprintln!(
+                "rebuilt from {} events in {:.1} s: {:.0} events/s{}",
+                summary.events,
+                summary.seconds,
+                summary.rate(),
+                if summary.resumed { " (resumed)" } else { "" }
+            );
+        }
+        Command::Diff {
+            projection,
+            search_dir: dir,
+        } => {
+            let pool = db::read_only(&url).await?;
+            let started = std::time::Instant::now();
+            let expected = diff::replay_store(&pool, interactive).await?;
+            let found = match projection {
+                Projection::ReadModels => diff::diff_read_models(&pool, &expected).await?,
+                Projection::Search => {
+                    let index = chronicle_projections::search::SearchIndex::open(&search_dir(dir))?;
+                    diff::diff_search(&index, &expected)?
+                }
+            };
+            for discrepancy in &found {
+                println!("DIFF {discrepancy}");
+            }
+            eprintln!(
+                "replayed {} events in {:.1} s: {} discrepanc{}",
+                expected.events,
+                started.elapsed().as_secs_f64(),
+                found.len(),
+                if found.len() == 1 { "y" } else { "ies" }
+            );
+            if !found.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Export {
+            aggregate_type,
+            from,
+            to,
+            format,
+            stats,
+        } => {
+            let pool = db::read_only(&url).await?;
+            let selection = Selection {
+                kind: aggregate_type.as_deref().map(kind).transpose()?,
+                from,
+                to,
+            };
+            let format = match format {
+                ExportFormat::Jsonl => Format::JsonLines,
+                ExportFormat::Csv => Format::Csv,
+            };
+            let started = std::time::Instant::now();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            let count = export::export(&pool, &selection, format, &mut out).await?;
+            if stats {
+                let seconds = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "exported {count} events in {seconds:.1} s ({:.0} events/s), peak RSS {} MiB",
+                    count as f64 / seconds.max(1e-9),
+                    peak_rss_kib().map(|k| k / 1024).unwrap_or(0)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,380 @@
+//! `rebuild`: a read model rebuilt straight from the event store into fresh tables (or a
+//! fresh index directory), then swapped in atomically. Progress is stored with the data,
+//! so an interrupted rebuild resumes where it stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use chronicle_eventstore::envelope::{STORED_COLUMNS, StoredEvent};
+use chronicle_projections::Projection;
+use chronicle_projections::read_models::{ApplyError, apply_envelope};
+use chronicle_projections::search::{SearchIndex, SearchProjection, SearchSettings};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::fold::Replayer;
+use crate::progress::Progress;
+
+/// The schema fresh read-model tables are built in.
+const REBUILD_SCHEMA: &str = "chronicle_rebuild";
+/// Where the replaced tables go (kept until the next rebuild, for inspection).
+const PREVIOUS_SCHEMA: &str = "chronicle_previous";
+
+/// Every table the read-model projector maintains.
+pub const READ_MODEL_TABLES: [&str; 9] = [
+    "accounts",
+    "account_ledger",
+    "account_balance_history",
+    "bookings",
+    "booking_status_history",
+    "payments",
+    "payment_schedules",
+    "payment_ledger",
+    "rm_applied_events",
+];
+
+const BATCH: i64 = 2_000;
+
+/// How a rebuild went.
+#[derive(Debug)]
+pub struct Summary {
+    pub events: u64,
+    pub seconds: f64,
+    pub resumed: bool,
+}
+
+impl Summary {
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// The next commit-safe events after `(tx_id, position)`, in commit order: the relay's
+/// reading rule, so a rebuild never skips a transaction that commits late.
+async fn next_batch(
+    conn: &mut sqlx::PgConnection,
+    tx_id: &str,
+    position: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {STORED_COLUMNS} FROM events \
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+          ORDER BY tx_id, global_position LIMIT $3"
+    ))
+    .bind(tx_id)
+    .bind(position)
+    .bind(BATCH)
+    .fetch_all(conn)
+    .await
+}
+
+/// Rebuilds the PostgreSQL read models. With `fresh`, an interrupted earlier rebuild is
+/// discarded instead of resumed.
+pub async fn read_models(
+    pool: &PgPool,
+    fresh: bool,
+    show_progress: bool,
+) -> anyhow::Result<Summary> {
+    let resumed = prepare_schema(pool, fresh).await?;
+    let (mut tx_id, mut position, applied): (String, i64, i64) = sqlx::query_as(&format!(
+        "SELECT tx_id::text, global_position, applied FROM {REBUILD_SCHEMA}.rebuild_progress"
+    ))
+    .fetch_one(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let mut progress = Progress::new(
+        "rebuild read-models",
+        total.max(applied) as u64,
+        show_progress,
+    );
+    progress.advance(applied as u64);
+    let replayer = Replayer::default();
+    loop {
+        let mut tx = pool.begin().await?;
+        let applied = apply_batch(&mut tx, &replayer, &mut tx_id, &mut position).await?;
+        tx.commit().await?;
+        progress.advance(applied);
+        if applied == 0 {
+            break;
+        }
+    }
+    swap_in(pool, &replayer, &mut tx_id, &mut position).await?;
+    progress.finish();
+    Ok(Summary {
+        events: progress.done(),
+        seconds: progress.elapsed().as_secs_f64(),
+        resumed: resumed && applied > 0,
+    })
+}
+
+/// Creates the rebuild schema with empty copies of the tables, unless a rebuild to
+/// resume is there. Returns whether it resumes.
+async fn prepare_schema(pool: &PgPool, fresh: bool) -> anyhow::Result<bool> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'rebuild_progress')",
+    )
+    .bind(REBUILD_SCHEMA)
+    .fetch_one(pool)
+    .await?;
+    if exists && !fresh {
+        return Ok(true);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {REBUILD_SCHEMA}"))
+        .execute(&mut *tx)
+        .await?;
+    for table in READ_MODEL_TABLES {
+        sqlx::query(&format!(
+            "CREATE TABLE {REBUILD_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(&format!(
+        "CREATE TABLE {REBUILD_SCHEMA}.rebuild_progress (tx_id xid8 NOT NULL, global_position bigint NOT NULL, applied bigint NOT NULL)"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {REBUILD_SCHEMA}.rebuild_progress VALUES ('0', 0, 0)"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(false)
+}
+
+/// Applies one batch to the rebuild tables and records the progress, in `tx`.
+async fn apply_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    replayer: &Replayer,
+    tx_id: &mut String,
+    position: &mut i64,
+) -> anyhow::Result<u64> {
+    sqlx::query(&format!(
+        "SET LOCAL search_path TO {REBUILD_SCHEMA}, public"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    let events = next_batch(tx, tx_id, *position).await?;
+    let Some(last) = events.last() else {
+        return Ok(0);
+    };
+    for event in &events {
+        match apply_envelope(tx, &event.to_envelope(replayer.upcasters())).await {
+            Ok(_) => {}
+            Err(ApplyError::Database(error)) => return Err(error.into()),
+            Err(ApplyError::Unreadable(reason)) => {
+                anyhow::bail!(
+                    "event {} cannot be applied: {reason}",
+                    event.global_position
+                )
+            }
+        }
+    }
+    (*tx_id, *position) = (last.tx_id.clone(), last.global_position);
+    sqlx::query(&format!(
+        "UPDATE {REBUILD_SCHEMA}.rebuild_progress SET tx_id = $1::text::xid8, global_position = $2, applied = applied + $3"
+    ))
+    .bind(&*tx_id)
+    .bind(*position)
+    .bind(events.len() as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(events.len() as u64)
+}
+
+/// In one transaction: stop the live projector (locks), apply what it may have applied
+/// since, and exchange the tables. Afterwards the projector continues on the new tables;
+/// its offsets stay valid because every event it meets again is recognised there.
+async fn swap_in(
+    pool: &PgPool,
+    replayer: &Replayer,
+    tx_id: &mut String,
+    position: &mut i64,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '30s'")
+        .execute(&mut *tx)
+        .await?;
+    let live: Vec<String> = READ_MODEL_TABLES
+        .iter()
+        .map(|t| format!("public.{t}"))
+        .collect();
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        live.join(", ")
+    ))
+    .execute(&mut *tx)
+    .await?;
+    while apply_batch(&mut tx, replayer, tx_id, position).await? > 0 {}
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {PREVIOUS_SCHEMA}"))
+        .execute(&mut *tx)
+        .await?;
+    for table in READ_MODEL_TABLES {
+        sqlx::query(&format!(
+            "ALTER TABLE public.{table} SET SCHEMA {PREVIOUS_SCHEMA}"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "ALTER TABLE {REBUILD_SCHEMA}.{table} SET SCHEMA public"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        restore_index_names(&mut tx, table).await?;
+    }
+    sqlx::query(&format!("DROP SCHEMA {REBUILD_SCHEMA} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `CREATE TABLE … (LIKE … INCLUDING ALL)` names indexes after their columns; give the
+/// new table's indexes the names the migrations gave the old ones.
+async fn restore_index_names(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &str,
+) -> anyhow::Result<()> {
+    let pairs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT new.indexname, old.indexname FROM pg_indexes new \
+           JOIN pg_indexes old \
+             ON regexp_replace(new.indexdef, '^CREATE (UNIQUE )?INDEX \\S+ ON \\S+ ', '') \
+              = regexp_replace(old.indexdef, '^CREATE (UNIQUE )?INDEX \\S+ ON \\S+ ', '') \
+          WHERE new.schemaname = 'public' AND new.tablename = $1 \
+            AND old.schemaname = $2 AND old.tablename = $1 AND new.indexname <> old.indexname",
+    )
+    .bind(table)
+    .bind(PREVIOUS_SCHEMA)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (new, old) in pairs {
+        sqlx::query(&format!("ALTER INDEX public.\"{new}\" RENAME TO \"{old}\""))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Rebuilds the search index next to `dir`, then exchanges the two directories in one
+/// `renameat2(RENAME_EXCHANGE)`. The swap needs the live index's writer lock, so it is
+/// refused while a search projector runs; stop it first (it rebuilds its offsets from
+/// the topics, skipping what the new index has).
+pub async fn search(
+    pool: &PgPool,
+    dir: &Path,
+    fresh: bool,
+    show_progress: bool,
+) -> anyhow::Result<Summary> {
+    let rebuild_dir = sibling(dir, ".rebuild");
+    if fresh && rebuild_dir.exists() {
+        std::fs::remove_dir_all(&rebuild_dir)?;
+    }
+    let index = std::sync::Arc::new(SearchIndex::open(&rebuild_dir)?);
+    let settings = SearchSettings {
+        commit_docs: usize::MAX,
+        commit_interval: std::time::Duration::MAX,
+        ..SearchSettings::default()
+    };
+    let projection = SearchProjection::new(index.clone(), settings)?;
+    let stored = projection
+        .stored_offsets()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut tx_id = stored
+        .get(&("rebuild".to_owned(), 0))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "0".into());
+    let mut position = stored.get(&("rebuild".to_owned(), 1)).copied().unwrap_or(0);
+    let applied = stored.get(&("rebuild".to_owned(), 2)).copied().unwrap_or(0);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let mut progress = Progress::new("rebuild search", total.max(applied) as u64, show_progress);
+    progress.advance(applied as u64);
+    let replayer = Replayer::default();
+    let mut conn = pool.acquire().await?;
+    let mut since_commit = 0;
+    loop {
+        let events = next_batch(&mut conn, &tx_id, position).await?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        (tx_id, position) = (last.tx_id.clone(), last.global_position);
+        progress.advance(events.len() as u64);
+        since_commit += events.len();
+        let marker = HashMap::from([
+            (("rebuild".to_owned(), 0), tx_id.parse::<i64>().unwrap_or(0)),
+            (("rebuild".to_owned(), 1), position),
+            (("rebuild".to_owned(), 2), progress.done() as i64),
+        ]);
+        let envelopes = events
+            .iter()
+            .map(|e| e.to_envelope(replayer.upcasters()))
+            .collect();
+        let commit = since_commit >= 50_000;
+        projection
+            .apply_envelopes(envelopes, marker, commit)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if commit {
+            since_commit = 0;
+        }
+    }
+    // The finished index records no offsets: the live projector reads its topic from
+    // the start once and finds every document already at its version.
+    projection
+        .apply_envelopes(Vec::new(), HashMap::new(), true)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(projection);
+    progress.finish();
+    exchange(dir, &rebuild_dir)?;
+    Ok(Summary {
+        events: progress.done(),
+        seconds: progress.elapsed().as_secs_f64(),
+        resumed: applied > 0,
+    })
+}
+
+fn exchange(live: &Path, rebuilt: &Path) -> anyhow::Result<()> {
+    let live_index = std::sync::Arc::new(SearchIndex::open(live)?);
+    // Holding the live writer proves no projector writes there during the exchange.
+    let _writer = SearchProjection::new(live_index, SearchSettings::default()).map_err(|e| {
+        anyhow::anyhow!(
+            "the search index in {} is in use ({e}); stop the search projector and run again",
+            live.display()
+        )
+    })?;
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        rebuilt,
+        rustix::fs::CWD,
+        live,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )?;
+    let previous = sibling(live, ".previous");
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous)?;
+    }
+    std::fs::rename(rebuilt, &previous)?;
+    Ok(())
+}
