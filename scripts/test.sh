@@ -22,15 +22,18 @@ if command -v psql >/dev/null 2>&1; then
     while read -r db; do psql "$CHRONICLE_TEST_DATABASE_URL" -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true; done
 fi
 
-# An independent Kafka client (kafka-python) for the envelope interoperability test.
-if [ -z "${CHRONICLE_TEST_PYTHON:-}" ]; then
-  if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import kafka' 2>/dev/null; then
-    say "preparing a Python environment with kafka-python"
-    python3 -m venv target/pyenv && target/pyenv/bin/pip install --quiet 'kafka-python==3.0.12' ||
-      die "could not install kafka-python from PyPI"
-  fi
-  export CHRONICLE_TEST_PYTHON="$PWD/target/pyenv/bin/python"
+# Python tools from PyPI, in a virtual environment of the test run's own: an
+# independent Kafka client (kafka-python) for the envelope interoperability test, and
+# schemathesis for the schema-driven fuzz run against the OpenAPI document.
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import kafka' 2>/dev/null ||
+   [ ! -x target/pyenv/bin/schemathesis ]; then
+  say "preparing a Python environment with kafka-python and schemathesis"
+  python3 -m venv target/pyenv &&
+    target/pyenv/bin/pip install --quiet 'kafka-python==3.0.12' 'schemathesis==4.32.5' ||
+    die "could not install kafka-python and schemathesis from PyPI"
 fi
+export CHRONICLE_TEST_PYTHON="${CHRONICLE_TEST_PYTHON:-$PWD/target/pyenv/bin/python}"
+export CHRONICLE_TEST_SCHEMATHESIS="${CHRONICLE_TEST_SCHEMATHESIS:-$PWD/target/pyenv/bin/schemathesis}"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -129,6 +129,7 @@ where
             })?;
         let keys = Arc::<JwtKeys>::from_ref(state);
         let actor = keys.verify(token)?;
+        tracing::Span::current().record("principal", actor.subject.as_str());
         Ok(Self(actor))
     }
 }

@@ -4,11 +4,15 @@
 
 pub mod auth;
 pub mod command;
+pub mod docs;
 pub mod extract;
+pub mod limits;
+mod metrics;
 pub mod problem;
 pub mod roles;
 mod routes;
 pub mod settings;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -24,7 +28,7 @@ use chronicle_projections::search::SearchIndex;
 use chronicle_projections::watch::ProjectionWatch;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use uuid::Uuid;
 
 use crate::auth::JwtKeys;
@@ -43,6 +47,8 @@ pub struct AppState {
     pub monitor: Arc<LagMonitor>,
     /// The search index (read side).
     pub search: Arc<SearchIndex>,
+    /// Rate limits, timeouts and the bound on commands in flight.
+    pub limiter: Arc<limits::RateLimiter>,
     pub reads: ReadSettings,
 }
 
@@ -88,12 +94,42 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// The OpenAPI document (served at `/openapi.json`, browsed at `/docs`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    docs::ApiDoc::openapi()
+}
+
+/// The span of a request: its id, its correlation id, and (recorded by the `Principal`
+/// extractor) who made it. Commands and appends run inside it.
+fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.to_string())
+        .unwrap_or_default();
+    let correlation_id = request
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+        correlation_id = %correlation_id,
+        principal = tracing::field::Empty,
+    )
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     AppError::internal(&"a handler panicked").into_response()
 }
 
 /// The whole HTTP API.
-pub fn router(state: AppState, limits: HttpLimits) -> Router {
+pub fn router(state: AppState, http: HttpLimits) -> Router {
+    let limits = http;
     use routes::{accounts, bookings, ops, payments, reads, search, temporal};
     Router::new()
         .route("/v1/accounts", post(accounts::open))
@@ -119,6 +155,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        .route_layer(middleware::from_fn(metrics::track))
         .fallback(|| async { AppError::not_found() })
         .method_not_allowed_fallback(|| async {
             AppError::new(
@@ -128,8 +166,24 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limits.body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::inflight,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::rate_limit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::timeout,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }

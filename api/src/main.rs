@@ -1,14 +1,12 @@
 //! `chronicle`: one binary, several roles.
 
-use std::io::IsTerminal;
-
 use chronicle_api::auth::JwtKeys;
 use chronicle_api::roles;
-use chronicle_api::settings::Settings;
+use chronicle_api::settings::{Settings, Source};
+use chronicle_api::telemetry;
 use chronicle_domain::Role;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +15,9 @@ use tracing_subscriber::EnvFilter;
     about = "Event-sourced booking platform backend"
 )]
 struct Cli {
+    /// A TOML file of settings (the CHRONICLE_* names); the environment overrides it.
+    #[arg(long, env = "CHRONICLE_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     role: RoleCommand,
 }
@@ -47,24 +48,9 @@ enum RoleCommand {
     },
 }
 
-fn init_tracing() {
-    let filter = EnvFilter::try_from_env("CHRONICLE_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    init_tracing();
     if let Err(error) = run(cli).await {
         eprintln!("chronicle: {error:#}");
         std::process::exit(1);
@@ -72,7 +58,15 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
+    let source = match &cli.config {
+        Some(path) => Source::with_file(path)?,
+        None => Source::env(),
+    };
+    let settings = Settings::load(&source)?;
+    let _telemetry = telemetry::init(
+        std::env::var("CHRONICLE_LOG").ok().as_deref(),
+        settings.otlp_endpoint.as_deref(),
+    )?;
     let role = match cli.role {
         RoleCommand::Token {
             sub,
@@ -92,9 +86,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
+        let bound = settings.shutdown_timeout;
         async move {
             shutdown_signal().await;
             shutdown.cancel();
+            // Work that cannot finish in time is cut short, loudly.
+            tokio::time::sleep(bound).await;
+            tracing::error!(
+                seconds = bound.as_secs(),
+                "shutdown did not finish in time; exiting"
+            );
+            std::process::exit(2);
         }
     });
     let result = match role {

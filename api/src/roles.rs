@@ -72,6 +72,7 @@ pub fn app_state(
         watch: ProjectionWatch::start(pool.clone(), shutdown.clone()),
         monitor,
         search,
+        limiter: Arc::new(crate::limits::RateLimiter::new(settings.protection)),
         reads: settings.reads,
         keys: Arc::new(JwtKeys::hs256(settings.jwt_secret.expose().as_bytes())),
         pool,
@@ -89,9 +90,13 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
     tracing::info!(addr = %settings.http_addr, "serving the HTTP API");
-    axum::serve(listener, router(state, settings.limits))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        router(state, settings.limits)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
     tracing::info!("HTTP API stopped");
     Ok(())
 }

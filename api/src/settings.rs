@@ -2,9 +2,10 @@
 //! from `CHRONICLE_*` environment variables with local defaults. Invalid values fail
 //! fast, naming the variable; secrets are never printed.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use chronicle_projections::search::SearchSettings;
 use chronicle_projections::{Assignment, ProjectorSettings};
 
 use crate::HttpLimits;
+use crate::limits::LimitSettings;
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,32 +95,137 @@ pub struct Settings {
     pub ready: LagBounds,
     /// `CHRONICLE_LAG_INTERVAL_MS`: how often relay and projector lag are measured.
     pub lag_interval: Duration,
+    pub protection: LimitSettings,
+    /// `CHRONICLE_SHUTDOWN_TIMEOUT_SECONDS`: after SIGTERM, the process exits within this
+    /// (non-zero if it had to cut work short).
+    pub shutdown_timeout: Duration,
+    /// `CHRONICLE_OTLP_ENDPOINT`: export traces over OTLP/HTTP when set.
+    pub otlp_endpoint: Option<String>,
     /// `CHRONICLE_JWT_SECRET`.
     pub jwt_secret: Secret,
     /// Whether the development key is in use (and a warning is due).
     pub jwt_secret_is_default: bool,
 }
 
-fn var(name: &'static str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// Where settings come from: the environment, then an optional file (`CHRONICLE_CONFIG`
+/// or `--config`) of the same names, e.g. `CHRONICLE_HTTP_ADDR = "0.0.0.0:8080"`.
+#[derive(Default)]
+pub struct Source {
+    file: HashMap<String, String>,
 }
 
-fn parsed<T: FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
-where
-    T::Err: fmt::Display,
-{
-    match var(name) {
-        None => Ok(default),
-        Some(text) => text.trim().parse().map_err(|e| ConfigError {
-            name,
-            reason: format!("cannot parse {text:?}: {e}"),
-        }),
+/// Every setting Chronicle reads; a file naming anything else is refused.
+pub const KNOWN: &[&str] = &[
+    "CHRONICLE_HTTP_ADDR",
+    "CHRONICLE_DATA_DIR",
+    "CHRONICLE_SEARCH_DIR",
+    "CHRONICLE_DATABASE_URL",
+    "CHRONICLE_DB_MAX_CONNECTIONS",
+    "CHRONICLE_SNAPSHOT_EVERY",
+    "CHRONICLE_COMMAND_MAX_ATTEMPTS",
+    "CHRONICLE_BODY_LIMIT_BYTES",
+    "CHRONICLE_MIN_POSITION_TIMEOUT_MS",
+    "CHRONICLE_KAFKA_BROKERS",
+    "CHRONICLE_TOPIC_PREFIX",
+    "CHRONICLE_KAFKA_PARTITIONS",
+    "CHRONICLE_KAFKA_REPLICATION",
+    "CHRONICLE_RELAY_BATCH",
+    "CHRONICLE_RELAY_POLL_MS",
+    "CHRONICLE_PROJECTOR_INSTANCES",
+    "CHRONICLE_PROJECTOR_INSTANCE",
+    "CHRONICLE_PROJECTOR_BATCH",
+    "CHRONICLE_PROJECTOR_BATCH_WAIT_MS",
+    "CHRONICLE_SEARCH_COMMIT_DOCS",
+    "CHRONICLE_SEARCH_COMMIT_MS",
+    "CHRONICLE_BOOKING_HOLD_SECONDS",
+    "CHRONICLE_CHARGE_MAX_ATTEMPTS",
+    "CHRONICLE_CHARGE_RETRY_SECONDS",
+    "CHRONICLE_SCHEDULER_TICK_MS",
+    "CHRONICLE_READY_MAX_RELAY_LAG",
+    "CHRONICLE_READY_MAX_PROJECTOR_LAG",
+    "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
+    "CHRONICLE_LAG_INTERVAL_MS",
+    "CHRONICLE_JWT_SECRET",
+    "CHRONICLE_RATE_LIMIT_PER_SECOND",
+    "CHRONICLE_RATE_LIMIT_BURST",
+    "CHRONICLE_REQUEST_TIMEOUT_MS",
+    "CHRONICLE_MAX_INFLIGHT_COMMANDS",
+    "CHRONICLE_SHUTDOWN_TIMEOUT_SECONDS",
+    "CHRONICLE_OTLP_ENDPOINT",
+    "CHRONICLE_LOG",
+];
+
+impl Source {
+    /// The environment alone.
+    pub fn env() -> Self {
+        Self::default()
     }
-}
 
-fn millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    let ms: u64 = parsed(name, default.as_millis() as u64)?;
-    Ok(Duration::from_millis(ms))
+    /// The environment over the TOML file at `path` (flat `NAME = value` pairs).
+    pub fn with_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            name: "CHRONICLE_CONFIG",
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let table: toml::Table = text.parse().map_err(|e| ConfigError {
+            name: "CHRONICLE_CONFIG",
+            reason: format!("{} is not valid TOML: {e}", path.display()),
+        })?;
+        let mut file = HashMap::new();
+        for (key, value) in table {
+            let name = key.to_ascii_uppercase();
+            let name = if name.starts_with("CHRONICLE_") {
+                name
+            } else {
+                format!("CHRONICLE_{name}")
+            };
+            if !KNOWN.contains(&name.as_str()) {
+                return Err(ConfigError {
+                    name: "CHRONICLE_CONFIG",
+                    reason: format!("{} names an unknown setting {key:?}", path.display()),
+                });
+            }
+            let value = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigError {
+                        name: "CHRONICLE_CONFIG",
+                        reason: format!("{key} must be a string or a number, not {other}"),
+                    });
+                }
+            };
+            file.insert(name, value);
+        }
+        Ok(Self { file })
+    }
+
+    fn var(&self, name: &'static str) -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .or_else(|| self.file.get(name).cloned())
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    fn parsed<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.var(name) {
+            None => Ok(default),
+            Some(text) => text.trim().parse().map_err(|e| ConfigError {
+                name,
+                reason: format!("cannot parse {text:?}: {e}"),
+            }),
+        }
+    }
+
+    fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let ms: u64 = self.parsed(name, default.as_millis() as u64)?;
+        Ok(Duration::from_millis(ms))
+    }
 }
 
 fn positive<T: PartialOrd + Default>(name: &'static str, value: T) -> Result<T, ConfigError> {
@@ -132,50 +239,65 @@ fn positive<T: PartialOrd + Default>(name: &'static str, value: T) -> Result<T, 
 impl Settings {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let (jwt_secret, jwt_secret_is_default) = jwt_secret()?;
-        let data_dir = PathBuf::from(var("CHRONICLE_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        Self::load(&Source::env())
+    }
+
+    /// Reads `src`.
+    pub fn load(src: &Source) -> Result<Self, ConfigError> {
+        let (jwt_secret, jwt_secret_is_default) = jwt_secret(src)?;
+        let data_dir = PathBuf::from(
+            src.var("CHRONICLE_DATA_DIR")
+                .unwrap_or_else(|| "./data".into()),
+        );
         Ok(Self {
-            http_addr: parsed(
+            http_addr: src.parsed(
                 "CHRONICLE_HTTP_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 8080)),
             )?,
-            search_dir: var("CHRONICLE_SEARCH_DIR")
+            search_dir: src
+                .var("CHRONICLE_SEARCH_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| data_dir.join("search")),
-            search: search()?,
-            process: process()?,
+            search: search(src)?,
+            process: process(src)?,
             data_dir,
-            database: database()?,
-            commands: commands()?,
+            database: database(src)?,
+            commands: commands(src)?,
             limits: HttpLimits {
                 body_limit: positive(
                     "CHRONICLE_BODY_LIMIT_BYTES",
-                    parsed(
+                    src.parsed(
                         "CHRONICLE_BODY_LIMIT_BYTES",
                         HttpLimits::default().body_limit,
                     )?,
                 )?,
             },
             reads: ReadSettings {
-                min_position_timeout: millis(
+                min_position_timeout: src.millis(
                     "CHRONICLE_MIN_POSITION_TIMEOUT_MS",
                     ReadSettings::default().min_position_timeout,
                 )?,
             },
-            kafka: kafka()?,
-            relay: relay()?,
-            projector: projector()?,
-            ready: ready()?,
-            lag_interval: millis("CHRONICLE_LAG_INTERVAL_MS", Duration::from_secs(5))?,
+            kafka: kafka(src)?,
+            relay: relay(src)?,
+            projector: projector(src)?,
+            ready: ready(src)?,
+            lag_interval: src.millis("CHRONICLE_LAG_INTERVAL_MS", Duration::from_secs(5))?,
+            protection: protection(src)?,
+            shutdown_timeout: Duration::from_secs(
+                src.parsed("CHRONICLE_SHUTDOWN_TIMEOUT_SECONDS", 30)?,
+            ),
+            otlp_endpoint: src.var("CHRONICLE_OTLP_ENDPOINT"),
             jwt_secret: Secret(jwt_secret),
             jwt_secret_is_default,
         })
     }
 }
 
-fn database() -> Result<DatabaseSettings, ConfigError> {
+fn database(src: &Source) -> Result<DatabaseSettings, ConfigError> {
     let mut database = DatabaseSettings::new(
-        var("CHRONICLE_DATABASE_URL").unwrap_or_else(|| DatabaseSettings::DEFAULT_URL.to_owned()),
+        src.var("CHRONICLE_DATABASE_URL")
+            .unwrap_or_else(|| DatabaseSettings::DEFAULT_URL.to_owned()),
     );
     if !database.url.starts_with("postgres://") && !database.url.starts_with("postgresql://") {
         return Err(invalid(
@@ -185,30 +307,31 @@ fn database() -> Result<DatabaseSettings, ConfigError> {
     }
     database.max_connections = positive(
         "CHRONICLE_DB_MAX_CONNECTIONS",
-        parsed("CHRONICLE_DB_MAX_CONNECTIONS", database.max_connections)?,
+        src.parsed("CHRONICLE_DB_MAX_CONNECTIONS", database.max_connections)?,
     )?;
     Ok(database)
 }
 
-fn commands() -> Result<CommandSettings, ConfigError> {
+fn commands(src: &Source) -> Result<CommandSettings, ConfigError> {
     let defaults = CommandSettings::default();
     Ok(CommandSettings {
         snapshot_every: positive(
             "CHRONICLE_SNAPSHOT_EVERY",
-            parsed("CHRONICLE_SNAPSHOT_EVERY", defaults.snapshot_every)?,
+            src.parsed("CHRONICLE_SNAPSHOT_EVERY", defaults.snapshot_every)?,
         )?,
         max_attempts: positive(
             "CHRONICLE_COMMAND_MAX_ATTEMPTS",
-            parsed("CHRONICLE_COMMAND_MAX_ATTEMPTS", defaults.max_attempts)?,
+            src.parsed("CHRONICLE_COMMAND_MAX_ATTEMPTS", defaults.max_attempts)?,
         )?,
     })
 }
 
-fn kafka() -> Result<KafkaSettings, ConfigError> {
+fn kafka(src: &Source) -> Result<KafkaSettings, ConfigError> {
     let mut kafka = KafkaSettings::new(
-        var("CHRONICLE_KAFKA_BROKERS").unwrap_or_else(|| KafkaSettings::DEFAULT_BROKERS.to_owned()),
+        src.var("CHRONICLE_KAFKA_BROKERS")
+            .unwrap_or_else(|| KafkaSettings::DEFAULT_BROKERS.to_owned()),
     );
-    kafka.topic_prefix = var("CHRONICLE_TOPIC_PREFIX").unwrap_or_default();
+    kafka.topic_prefix = src.var("CHRONICLE_TOPIC_PREFIX").unwrap_or_default();
     if !kafka
         .topic_prefix
         .bytes()
@@ -221,37 +344,38 @@ fn kafka() -> Result<KafkaSettings, ConfigError> {
     }
     kafka.partitions = positive(
         "CHRONICLE_KAFKA_PARTITIONS",
-        parsed("CHRONICLE_KAFKA_PARTITIONS", kafka.partitions)?,
+        src.parsed("CHRONICLE_KAFKA_PARTITIONS", kafka.partitions)?,
     )?;
     kafka.replication = positive(
         "CHRONICLE_KAFKA_REPLICATION",
-        parsed("CHRONICLE_KAFKA_REPLICATION", kafka.replication)?,
+        src.parsed("CHRONICLE_KAFKA_REPLICATION", kafka.replication)?,
     )?;
     Ok(kafka)
 }
 
-fn relay() -> Result<RelaySettings, ConfigError> {
+fn relay(src: &Source) -> Result<RelaySettings, ConfigError> {
     let defaults = RelaySettings::default();
     Ok(RelaySettings {
         batch_size: positive(
             "CHRONICLE_RELAY_BATCH",
-            parsed("CHRONICLE_RELAY_BATCH", defaults.batch_size)?,
+            src.parsed("CHRONICLE_RELAY_BATCH", defaults.batch_size)?,
         )?,
-        poll_interval: millis("CHRONICLE_RELAY_POLL_MS", defaults.poll_interval)?,
+        poll_interval: src.millis("CHRONICLE_RELAY_POLL_MS", defaults.poll_interval)?,
         ..defaults
     })
 }
 
-fn projector() -> Result<ProjectorSettings, ConfigError> {
+fn projector(src: &Source) -> Result<ProjectorSettings, ConfigError> {
     let defaults = ProjectorSettings::default();
-    let instances: Option<u32> = var("CHRONICLE_PROJECTOR_INSTANCES")
-        .map(|_| parsed("CHRONICLE_PROJECTOR_INSTANCES", 1))
+    let instances: Option<u32> = src
+        .var("CHRONICLE_PROJECTOR_INSTANCES")
+        .map(|_| src.parsed("CHRONICLE_PROJECTOR_INSTANCES", 1))
         .transpose()?;
     let assignment = match instances {
         None => Assignment::Group,
         Some(instances) => {
             let instances = positive("CHRONICLE_PROJECTOR_INSTANCES", instances)?;
-            let instance: u32 = parsed("CHRONICLE_PROJECTOR_INSTANCE", 0)?;
+            let instance: u32 = src.parsed("CHRONICLE_PROJECTOR_INSTANCE", 0)?;
             if instance >= instances {
                 return Err(invalid(
                     "CHRONICLE_PROJECTOR_INSTANCE",
@@ -267,67 +391,131 @@ fn projector() -> Result<ProjectorSettings, ConfigError> {
     Ok(ProjectorSettings {
         batch_max: positive(
             "CHRONICLE_PROJECTOR_BATCH",
-            parsed("CHRONICLE_PROJECTOR_BATCH", defaults.batch_max)?,
+            src.parsed("CHRONICLE_PROJECTOR_BATCH", defaults.batch_max)?,
         )?,
-        batch_wait: millis("CHRONICLE_PROJECTOR_BATCH_WAIT_MS", defaults.batch_wait)?,
+        batch_wait: src.millis("CHRONICLE_PROJECTOR_BATCH_WAIT_MS", defaults.batch_wait)?,
         assignment,
     })
 }
 
-fn search() -> Result<SearchSettings, ConfigError> {
+fn search(src: &Source) -> Result<SearchSettings, ConfigError> {
     let defaults = SearchSettings::default();
     Ok(SearchSettings {
         commit_docs: positive(
             "CHRONICLE_SEARCH_COMMIT_DOCS",
-            parsed("CHRONICLE_SEARCH_COMMIT_DOCS", defaults.commit_docs)?,
+            src.parsed("CHRONICLE_SEARCH_COMMIT_DOCS", defaults.commit_docs)?,
         )?,
-        commit_interval: millis("CHRONICLE_SEARCH_COMMIT_MS", defaults.commit_interval)?,
+        commit_interval: src.millis("CHRONICLE_SEARCH_COMMIT_MS", defaults.commit_interval)?,
         ..defaults
     })
 }
 
-fn process() -> Result<ProcessSettings, ConfigError> {
+fn process(src: &Source) -> Result<ProcessSettings, ConfigError> {
     let defaults = ProcessSettings::default();
     let seconds = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-        let value: u64 = parsed(name, default.as_secs())?;
+        let value: u64 = src.parsed(name, default.as_secs())?;
         Ok(Duration::from_secs(value))
     };
     Ok(ProcessSettings {
         booking_hold: seconds("CHRONICLE_BOOKING_HOLD_SECONDS", defaults.booking_hold)?,
         charge_max_attempts: positive(
             "CHRONICLE_CHARGE_MAX_ATTEMPTS",
-            parsed(
+            src.parsed(
                 "CHRONICLE_CHARGE_MAX_ATTEMPTS",
                 defaults.charge_max_attempts,
             )?,
         )?,
         charge_retry: seconds("CHRONICLE_CHARGE_RETRY_SECONDS", defaults.charge_retry)?,
-        tick: millis("CHRONICLE_SCHEDULER_TICK_MS", defaults.tick)?,
+        tick: src.millis("CHRONICLE_SCHEDULER_TICK_MS", defaults.tick)?,
     })
 }
 
-fn ready() -> Result<LagBounds, ConfigError> {
+fn ready(src: &Source) -> Result<LagBounds, ConfigError> {
     let defaults = LagBounds::default();
     Ok(LagBounds {
-        relay_events: parsed("CHRONICLE_READY_MAX_RELAY_LAG", defaults.relay_events)?,
-        projector_messages: parsed(
+        relay_events: src.parsed("CHRONICLE_READY_MAX_RELAY_LAG", defaults.relay_events)?,
+        projector_messages: src.parsed(
             "CHRONICLE_READY_MAX_PROJECTOR_LAG",
             defaults.projector_messages,
         )?,
-        held_back_seconds: parsed(
+        held_back_seconds: src.parsed(
             "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
             defaults.held_back_seconds,
         )?,
     })
 }
 
-fn jwt_secret() -> Result<(String, bool), ConfigError> {
-    match var("CHRONICLE_JWT_SECRET") {
+fn protection(src: &Source) -> Result<LimitSettings, ConfigError> {
+    let defaults = LimitSettings::default();
+    let settings = LimitSettings {
+        per_second: src.parsed("CHRONICLE_RATE_LIMIT_PER_SECOND", defaults.per_second)?,
+        burst: src.parsed("CHRONICLE_RATE_LIMIT_BURST", defaults.burst)?,
+        request_timeout: src.millis("CHRONICLE_REQUEST_TIMEOUT_MS", defaults.request_timeout)?,
+        max_inflight_commands: positive(
+            "CHRONICLE_MAX_INFLIGHT_COMMANDS",
+            src.parsed(
+                "CHRONICLE_MAX_INFLIGHT_COMMANDS",
+                defaults.max_inflight_commands,
+            )?,
+        )?,
+    };
+    if !settings.per_second.is_finite() || settings.per_second <= 0.0 {
+        return Err(invalid(
+            "CHRONICLE_RATE_LIMIT_PER_SECOND",
+            "must be greater than zero",
+        ));
+    }
+    if !settings.burst.is_finite() || settings.burst < 1.0 {
+        return Err(invalid("CHRONICLE_RATE_LIMIT_BURST", "must be at least 1"));
+    }
+    Ok(settings)
+}
+
+fn jwt_secret(src: &Source) -> Result<(String, bool), ConfigError> {
+    match src.var("CHRONICLE_JWT_SECRET") {
         Some(secret) if secret.len() < 16 => Err(invalid(
             "CHRONICLE_JWT_SECRET",
             "must be at least 16 bytes (32 or more recommended)",
         )),
         Some(secret) => Ok((secret, false)),
         None => Ok((DEV_JWT_SECRET.to_owned(), true)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("chronicle-settings-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_settings_file_is_read_and_unknown_names_are_refused() {
+        let path = file("CHRONICLE_RELAY_BATCH = 77\nscheduler_tick_ms = \"250\"\n");
+        let settings = Settings::load(&Source::with_file(&path).unwrap()).unwrap();
+        assert_eq!(settings.relay.batch_size, 77);
+        assert_eq!(settings.process.tick, Duration::from_millis(250));
+        let wrong = file("CHRONICLE_RELAY_BACTH = 1\n");
+        let error = Source::with_file(&wrong).err().unwrap();
+        assert!(error.to_string().contains("unknown setting"), "{error}");
+        let invalid = file("CHRONICLE_KAFKA_PARTITIONS = \"many\"\n");
+        let error = Settings::load(&Source::with_file(&invalid).unwrap())
+            .err()
+            .unwrap();
+        assert_eq!(error.name, "CHRONICLE_KAFKA_PARTITIONS");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(
+            format!("{:?}", Secret::new("hunter2-hunter2-hunter2")),
+            "<redacted>"
+        );
+        let database = DatabaseSettings::new("postgres://app:s3cret@db:5432/chronicle");
+        assert!(!format!("{database:?}").contains("s3cret"));
     }
 }

@@ -7,6 +7,7 @@
 mod error;
 mod locks;
 mod metadata;
+mod metrics;
 pub mod process;
 mod service;
 

@@ -64,7 +64,7 @@ impl<A: Aggregate<Services = ()>> Handle<A> {
             .with_upcasters(chronicle_domain::upcast::upcasters())
         };
         Self {
-            cqrs: CqrsFramework::new(store(), vec![], ()),
+            cqrs: CqrsFramework::new(store(), vec![Box::new(crate::metrics::CountAppended)], ()),
             store: store(),
         }
     }
@@ -168,12 +168,23 @@ impl CommandService {
                 .await;
             match classify(result) {
                 Ok(()) => break,
+                Err(Failure::Final(error)) => {
+                    crate::metrics::COMMANDS
+                        .with_label_values(&[A::TYPE, error.code()])
+                        .inc();
+                    return Err(error);
+                }
                 Err(Failure::Retry) if attempt < self.settings.max_attempts => {
                     tracing::debug!(attempt, "lost a race for the aggregate; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(Failure::Retry) => return Err(CommandError::Contention { attempts: attempt }),
-                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Retry) => {
+                    let error = CommandError::Contention { attempts: attempt };
+                    crate::metrics::COMMANDS
+                        .with_label_values(&[A::TYPE, error.code()])
+                        .inc();
+                    return Err(error);
+                }
             }
         }
         let request_id = metadata.request_id.to_string();
@@ -203,6 +214,10 @@ impl CommandService {
             appended,
             "command executed"
         );
+        let outcome = if appended { "appended" } else { "no_op" };
+        crate::metrics::COMMANDS
+            .with_label_values(&[A::TYPE, outcome])
+            .inc();
         Ok(CommandOutcome {
             aggregate_id: id,
             version: sequence,

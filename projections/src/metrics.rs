@@ -61,3 +61,13 @@ pub static SEARCH_DOCUMENTS: LazyLock<IntGauge> = LazyLock::new(|| {
             .expect("valid metric"),
     )
 });
+
+pub static SEARCH_INDEX_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "chronicle_search_index_bytes",
+            "Size of the search index on disk",
+        )
+        .expect("valid metric"),
+    )
+});

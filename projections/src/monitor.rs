@@ -184,6 +184,14 @@ async fn measure(
     let (Some(kafka), Some(consumer)) = (kafka, consumer) else {
         return report;
     };
+    for source in projectors {
+        if let OffsetSource::Search(index) = source {
+            let dir = index.dir().to_owned();
+            if let Ok(bytes) = tokio::task::spawn_blocking(move || directory_bytes(&dir)).await {
+                crate::metrics::SEARCH_INDEX_BYTES.set(bytes as i64);
+            }
+        }
+    }
     let stored = match stored_offsets(pool, projectors).await {
         Ok(stored) => stored,
         Err(error) => {
@@ -228,6 +236,20 @@ async fn measure(
         }
     }
     report
+}
+
+/// The bytes of the files in `dir` (one level: Tantivy keeps its segments flat).
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 async fn stored_offsets(

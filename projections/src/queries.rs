@@ -8,7 +8,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 /// A page of a list, with the cursor of the next page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -52,7 +52,7 @@ pub(crate) fn page<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) -> 
 }
 
 /// An account as `GET /v1/accounts/{id}` shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AccountView {
     pub account_id: Uuid,
     pub owner: String,
@@ -76,7 +76,7 @@ pub async fn account(pool: &PgPool, id: Uuid) -> Result<Option<AccountView>, sql
 }
 
 /// One line of an account's ledger.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LedgerLine {
     pub sequence: i64,
     pub kind: String,
@@ -136,21 +136,21 @@ struct BookingRow {
 }
 
 /// An amount in a currency.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MoneyView {
     pub amount: i64,
     pub currency: String,
 }
 
 /// A booking's guest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct GuestView {
     pub name: String,
     pub email: String,
 }
 
 /// A booking as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BookingView {
     pub booking_id: Uuid,
     pub account_id: Uuid,
@@ -169,6 +169,7 @@ pub struct BookingView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(skip)]
+    #[schema(ignore)]
     created_position: i64,
 }
 
@@ -263,7 +264,7 @@ pub async fn bookings(
 }
 
 /// A payment as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PaymentView {
     pub payment_id: Uuid,
     pub account_id: Uuid,
@@ -271,6 +272,7 @@ pub struct PaymentView {
     pub amount: i64,
     pub currency: String,
     pub kind: String,
+    #[schema(value_type = Option<Object>)]
     pub schedule: Option<serde_json::Value>,
     pub booking_id: Option<Uuid>,
     pub status: String,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::queries::{self, BookingView, InvalidCursor, Page};
 
 /// An account's balance as of an instant.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BalanceAsOf {
     pub account_id: Uuid,
     pub owner: String,
@@ -113,7 +113,7 @@ impl Bucket {
 }
 
 /// Money captured and refunded in one bucket, in one currency.
-#[derive(Debug, Serialize, sqlx::FromRow, PartialEq, Eq)]
+#[derive(Debug, Serialize, sqlx::FromRow, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RevenueBucket {
     /// The bucket's start (UTC).
     pub bucket: DateTime<Utc>,
@@ -147,7 +147,7 @@ pub async fn revenue(
 }
 
 /// One seat held at an instant.
-#[derive(Debug, Serialize, sqlx::FromRow, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Serialize, sqlx::FromRow, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema)]
 pub struct HeldSeat {
     pub seat: String,
     pub booking_id: Uuid,
@@ -155,7 +155,7 @@ pub struct HeldSeat {
 }
 
 /// The seats of a resource held at a business instant.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Occupancy {
     pub resource_id: String,
     /// The business instant asked about.
@@ -200,14 +200,16 @@ pub async fn occupancy(
 }
 
 /// One event of a stream, as the audit read model keeps it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub global_position: i64,
     pub sequence: i64,
     pub event_type: String,
     pub event_version: Option<String>,
     pub recorded_at: DateTime<Utc>,
+    #[schema(value_type = Option<Object>)]
     pub payload: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 

@@ -53,6 +53,17 @@ impl ProjectionWatch {
         .await
     }
 
+    /// Whether any event was ever given `position` (positions are handed out by the
+    /// store's identity sequence; a larger one cannot be waited for).
+    pub async fn exists(&self, position: i64) -> Result<bool, sqlx::Error> {
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT pg_sequence_last_value(pg_get_serial_sequence('events', 'global_position'))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(position <= last.unwrap_or(0))
+    }
+
     /// Waits up to `timeout` for `position` to be applied; false when it was not.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> Result<bool, sqlx::Error> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -172,6 +172,9 @@ pub fn test_settings(options: &AppOptions) -> Settings {
         std::env::temp_dir().join(format!("chronicle-test-search-{}", Uuid::new_v4().simple()));
     settings.search.commit_interval = Duration::from_millis(100);
     settings.process.tick = Duration::from_millis(100);
+    // Tests drive many requests from one principal; the rate limit has its own test.
+    settings.protection.per_second = 1_000_000.0;
+    settings.protection.burst = 1_000_000.0;
     settings
 }
 

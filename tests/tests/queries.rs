@@ -293,22 +293,40 @@ async fn lists_page_with_cursors_and_show_only_what_is_yours() {
 }
 
 #[tokio::test]
-async fn a_position_the_read_models_never_reach_answers_503_with_retry_after() {
-    let mut options = chronicle_tests::AppOptions::with_read_side();
-    options.read_side = true;
+async fn a_position_not_applied_in_time_answers_503_and_one_never_given_out_422() {
     let db = std::sync::Arc::new(chronicle_tests::TestDb::create().await);
-    let mut settings = chronicle_tests::test_settings(&options);
+    let mut settings = chronicle_tests::test_settings(&chronicle_tests::AppOptions::default());
     settings.reads.min_position_timeout = std::time::Duration::from_millis(300);
-    let app = chronicle_tests::spawn_with_settings(db, settings, true).await;
+    // No relay or projector runs: nothing will be applied.
+    let app = chronicle_tests::spawn_with_settings(db, settings, false).await;
     let token = app.client_token("alice");
-    let account = app.open_account(&token, "EUR", 0).await;
+    let created = app
+        .post(
+            "/v1/accounts",
+            Some(&token),
+            &[],
+            &json!({ "currency": "EUR" }),
+        )
+        .await;
+    let account = created.id("account_id");
+    let position = position(&created);
     let reply = app
         .get(
-            &format!("/v1/accounts/{account}?min_position=999999"),
+            &format!("/v1/accounts/{account}?min_position={position}"),
             &token,
         )
         .await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.code(), "position_not_yet_applied");
     assert_eq!(reply.headers["retry-after"].to_str().unwrap(), "1");
+    let never = app
+        .get(
+            &format!("/v1/accounts/{account}?min_position=999999"),
+            &token,
+        )
+        .await;
+    assert_eq!(
+        (never.status, never.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
+    );
 }

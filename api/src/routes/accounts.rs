@@ -17,7 +17,7 @@ use crate::extract::{ApiJson, CommandHeaders, IdPath, OptionalJson};
 use crate::problem::AppError;
 
 /// Body of `POST /v1/accounts`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAccountBody {
     /// Chosen by the server when absent.
@@ -25,29 +25,36 @@ pub struct OpenAccountBody {
     /// The owning principal; the caller itself when absent. Only an admin may name
     /// someone else.
     pub owner: Option<String>,
+    /// An active ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    /// How far below zero the balance may go, in minor units.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub overdraft_limit: i64,
 }
 
 /// Body of deposits and withdrawals.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MovementBody {
+    /// Minor units.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
     /// When given, must be the account's currency.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
     /// Makes the movement idempotent on this account.
     pub reference: Option<String>,
 }
 
 /// Body of `POST /v1/accounts/{id}/close` (none is needed).
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloseBody {}
 
 /// The answer to an account command.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccountAccepted {
     pub account_id: Uuid,
     pub version: i64,
@@ -64,6 +71,11 @@ impl From<&Accepted> for AccountAccepted {
     }
 }
 
+/// Opens an account (its owner is the caller unless an admin names another).
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = OpenAccountBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"),),
+    responses((status = 201, description = "Opened", body = AccountAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn open(
     State(state): State<AppState>,
     principal: Principal,
@@ -106,6 +118,11 @@ pub async fn open(
     ))
 }
 
+/// Deposits into an account; a repeated `reference` is a no-op.
+#[utoipa::path(post, path = "/v1/accounts/{id}/deposits", tag = "accounts", request_body = MovementBody,
+    params(("id" = Uuid, Path, description = "The account's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    responses((status = 200, description = "Deposited", body = AccountAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn deposit(
     state: State<AppState>,
     principal: Principal,
@@ -125,6 +142,11 @@ pub async fn deposit(
     .await
 }
 
+/// Withdraws from an account, never below `-overdraft_limit` (422 `insufficient_funds`).
+#[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", tag = "accounts", request_body = MovementBody,
+    params(("id" = Uuid, Path, description = "The account's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    responses((status = 200, description = "Withdrawn", body = AccountAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn withdraw(
     state: State<AppState>,
     principal: Principal,
@@ -181,6 +203,11 @@ async fn movement(
     Ok(ok(&accepted, AccountAccepted::from(&accepted)))
 }
 
+/// Closes an account at a zero balance (otherwise 422 `balance_not_zero`).
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "accounts", request_body(content = Option<CloseBody>, description = "Nothing is needed; an empty body or {}"),
+    params(("id" = Uuid, Path, description = "The account's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    responses((status = 200, description = "Closed", body = AccountAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn close(
     State(state): State<AppState>,
     principal: Principal,

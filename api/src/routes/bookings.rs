@@ -18,15 +18,18 @@ use crate::extract::{ApiJson, CommandHeaders, IdPath, OptionalJson};
 use crate::problem::AppError;
 
 /// An amount in a currency.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoneyBody {
+    /// Minor units.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
 }
 
 /// The guest a booking is for.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestBody {
     pub name: String,
@@ -34,7 +37,7 @@ pub struct GuestBody {
 }
 
 /// Body of `POST /v1/bookings`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestBookingBody {
     /// Chosen by the server when absent.
@@ -43,6 +46,8 @@ pub struct RequestBookingBody {
     pub resource_id: String,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    /// Distinct seat ids.
+    #[schema(min_items = 1, max_items = 100)]
     pub seats: Vec<String>,
     pub price: MoneyBody,
     pub guest: GuestBody,
@@ -50,14 +55,14 @@ pub struct RequestBookingBody {
 }
 
 /// Body of `POST /v1/bookings/{id}/cancel`.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
     pub reason: Option<String>,
 }
 
 /// The answer to a booking command.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BookingAccepted {
     pub booking_id: Uuid,
     pub status: &'static str,
@@ -128,6 +133,12 @@ fn booking_request(
     })
 }
 
+/// Requests a booking; it stays `pending` until the process manager has charged its
+/// account, then becomes `confirmed` or `rejected`.
+#[utoipa::path(post, path = "/v1/bookings", tag = "bookings", request_body = RequestBookingBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"),),
+    responses((status = 201, description = "Requested (pending)", body = BookingAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn request(
     State(state): State<AppState>,
     principal: Principal,
@@ -164,6 +175,12 @@ pub async fn request(
     ))
 }
 
+/// Cancels a booking before it starts (422 `booking_started` after); a confirmed one is
+/// refunded.
+#[utoipa::path(post, path = "/v1/bookings/{id}/cancel", tag = "bookings", request_body(content = Option<CancelBody>),
+    params(("id" = Uuid, Path, description = "The booking's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    responses((status = 200, description = "Cancelled", body = BookingAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,

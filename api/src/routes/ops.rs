@@ -10,12 +10,16 @@ use serde_json::{Value, json};
 use crate::AppState;
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = Object)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// The process can serve: its database answers, and the relay and projectors are within
 /// their lag bounds (see the README's configuration table).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = Object),
+    (status = 503, description = "Not ready; `reasons` says why", body = Object)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut reasons = Vec::new();
     if let Err(e) = sqlx::query_scalar::<_, i32>("SELECT 1")
@@ -49,7 +53,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 }
 
 /// Prometheus text exposition of every registered metric.
-pub async fn metrics() -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::metrics::sample_pool(&state.pool);
     let mut buffer = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(error) = encoder.encode(&prometheus::gather(), &mut buffer) {

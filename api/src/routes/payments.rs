@@ -17,7 +17,7 @@ use crate::extract::{ApiJson, CommandHeaders, IdPath};
 use crate::problem::AppError;
 
 /// When a recurring payment charges.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
     pub interval_seconds: u32,
@@ -26,28 +26,44 @@ pub struct ScheduleBody {
 }
 
 /// Body of `POST /v1/payments`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitiatePaymentBody {
     /// Chosen by the server when absent.
     pub payment_id: Option<Uuid>,
     pub account_id: Uuid,
+    /// Minor units (per charge, for recurring payments).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    #[schema(value_type = KindSchema)]
     pub kind: PaymentKind,
     pub booking_id: Option<Uuid>,
     pub schedule: Option<ScheduleBody>,
 }
 
+/// `one_time` or `recurring` (documentation of the domain's `PaymentKind`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = PaymentKind)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum KindSchema {
+    OneTime,
+    Recurring,
+}
+
 /// Body of `POST /v1/payments/{id}/refund`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
+    /// Minor units.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
 }
 
 /// The answer to a payment command.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PaymentAccepted {
     pub payment_id: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +86,12 @@ impl PaymentAccepted {
     }
 }
 
+/// Initiates a payment; the process manager charges it (recurring ones at each due
+/// time).
+#[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = InitiatePaymentBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"),),
+    responses((status = 201, description = "Initiated", body = PaymentAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn initiate(
     State(state): State<AppState>,
     principal: Principal,
@@ -122,6 +144,11 @@ pub async fn initiate(
     Ok(created(location, &accepted, answer))
 }
 
+/// Refunds part or all of what was captured (422 `refund_exceeds_captured` beyond).
+#[utoipa::path(post, path = "/v1/payments/{id}/refund", tag = "payments", request_body = RefundBody,
+    params(("id" = Uuid, Path, description = "The payment's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    responses((status = 200, description = "Refunded", body = PaymentAccepted), crate::docs::CommandErrors),
+    security(("bearer" = [])))]
 pub async fn refund(
     State(state): State<AppState>,
     principal: Principal,

@@ -17,26 +17,39 @@ use crate::extract::{ApiQuery, IdPath};
 use crate::problem::AppError;
 
 /// `?min_position=`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
 /// `?min_position=&limit=&cursor=`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
+    /// 1 to 500; 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
 
 /// `GET /v1/bookings` parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct BookingListParams {
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
+    /// 1 to 500; 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
     pub account_id: Option<Uuid>,
@@ -89,6 +102,12 @@ pub(crate) async fn read_your_writes(
     let Some(position) = min_position else {
         return Ok(());
     };
+    if !state.watch.exists(position).await.map_err(database)? {
+        return Err(validation(
+            "min_position",
+            format!("no event has position {position}; use the position a command answered"),
+        ));
+    }
     let applied = state
         .watch
         .wait_for(position, state.reads.min_position_timeout)
@@ -119,6 +138,9 @@ pub(crate) fn database(error: sqlx::Error) -> AppError {
     }
 }
 
+/// An account, from the read models.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = Uuid, Path, description = "The account's id"), ReadParams),
+    responses((status = 200, body = AccountView), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn account(
     State(state): State<AppState>,
     principal: Principal,
@@ -133,6 +155,9 @@ pub async fn account(
         .ok_or_else(AppError::not_found)
 }
 
+/// An account's ledger lines in order, keyset-paged.
+#[utoipa::path(get, path = "/v1/accounts/{id}/transactions", tag = "accounts", params(("id" = Uuid, Path, description = "The account's id"), PageParams),
+    responses((status = 200, body = Page<LedgerLine>), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn transactions(
     State(state): State<AppState>,
     principal: Principal,
@@ -153,14 +178,20 @@ pub async fn transactions(
 }
 
 /// `GET /v1/bookings/{id}` parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct BookingParams {
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
     /// Transaction time: the booking as Chronicle knew it then.
     pub as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// A booking now, or as of a transaction time.
+#[utoipa::path(get, path = "/v1/bookings/{id}", tag = "bookings", params(("id" = Uuid, Path, description = "The booking's id"), BookingParams),
+    responses((status = 200, body = BookingView), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn booking(
     State(state): State<AppState>,
     principal: Principal,
@@ -179,6 +210,9 @@ pub async fn booking(
         .ok_or_else(AppError::not_found)
 }
 
+/// Bookings, newest first, filtered; clients see their own.
+#[utoipa::path(get, path = "/v1/bookings", tag = "bookings", params(BookingListParams),
+    responses((status = 200, body = Page<BookingView>), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn bookings(
     State(state): State<AppState>,
     principal: Principal,
@@ -207,6 +241,9 @@ pub async fn bookings(
         .map_err(|_| invalid_cursor())
 }
 
+/// A payment, from the read models.
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", params(("id" = Uuid, Path, description = "The payment's id"), ReadParams),
+    responses((status = 200, body = PaymentView), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn payment(
     State(state): State<AppState>,
     principal: Principal,

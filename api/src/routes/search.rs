@@ -19,8 +19,9 @@ use crate::extract::ApiQuery;
 use crate::problem::AppError;
 
 /// `GET /v1/search/bookings` parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
     pub q: Option<String>,
     pub status: Option<String>,
@@ -32,8 +33,12 @@ pub struct SearchParams {
     pub to: Option<DateTime<Utc>>,
     /// `relevance` (default) or `starts_at`.
     pub sort: Option<String>,
+    /// 1 to 500; 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
@@ -73,6 +78,10 @@ fn request(principal: &Principal, params: SearchParams) -> Result<SearchRequest,
     })
 }
 
+/// Full-text search over bookings: guest name (prefixes too), email, notes, resource;
+/// case- and accent-insensitive, one typo tolerated in words of five letters or more.
+#[utoipa::path(get, path = "/v1/search/bookings", tag = "search", params(SearchParams),
+    responses((status = 200, body = SearchPage), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn bookings(
     State(state): State<AppState>,
     principal: Principal,

@@ -19,14 +19,20 @@ use crate::extract::{ApiQuery, IdPath};
 use crate::problem::AppError;
 
 /// `?as_of=&min_position=`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AsOfParams {
     /// Transaction time; now when absent.
     pub as_of: Option<DateTime<Utc>>,
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
+/// An account's balance as of a transaction time (now when absent).
+#[utoipa::path(get, path = "/v1/accounts/{id}/balance", tag = "accounts", params(("id" = Uuid, Path, description = "The account's id"), AsOfParams),
+    responses((status = 200, body = BalanceAsOf), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn balance(
     State(state): State<AppState>,
     principal: Principal,
@@ -45,17 +51,20 @@ pub async fn balance(
 }
 
 /// `GET /v1/analytics/revenue` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RevenueParams {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub bucket: String,
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
 /// Revenue per bucket.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Revenue {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -66,6 +75,9 @@ pub struct Revenue {
 /// The most buckets one request may span.
 const MAX_BUCKETS: i64 = 10_000;
 
+/// Captured minus refunded per UTC bucket and currency (analyst or admin).
+#[utoipa::path(get, path = "/v1/analytics/revenue", tag = "analytics", params(RevenueParams),
+    responses((status = 200, body = Revenue), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn revenue(
     State(state): State<AppState>,
     principal: Principal,
@@ -102,17 +114,24 @@ pub async fn revenue(
 }
 
 /// `GET /v1/analytics/occupancy` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OccupancyParams {
     pub resource_id: String,
     /// The business instant; now when absent.
     pub as_of: Option<DateTime<Utc>>,
     /// What was known at this transaction time; now when absent.
     pub known_at: Option<DateTime<Utc>>,
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
+/// Seats of a resource held at a business instant, as known at a transaction time
+/// (analyst or admin).
+#[utoipa::path(get, path = "/v1/analytics/occupancy", tag = "analytics", params(OccupancyParams),
+    responses((status = 200, body = Occupancy), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn occupancy(
     State(state): State<AppState>,
     principal: Principal,
@@ -133,14 +152,24 @@ pub async fn occupancy(
 }
 
 /// `GET /v1/audit/{type}/{id}/events` parameters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// 1 to 500; 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
+    /// Wait (bounded) until the read model has applied this position.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
+/// The event history of an aggregate, paged (auditor or admin).
+#[utoipa::path(get, path = "/v1/audit/{aggregate_type}/{id}/events", tag = "audit",
+    params(("aggregate_type" = String, Path, description = "account, booking or payment"),
+           ("id" = Uuid, Path, description = "The aggregate's id"), AuditParams),
+    responses((status = 200, body = Page<AuditEvent>), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn audit(
     State(state): State<AppState>,
     principal: Principal,

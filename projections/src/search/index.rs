@@ -25,7 +25,7 @@ use crate::queries::{GuestView, MoneyView};
 pub const ANALYZER: &str = "chronicle_text";
 
 /// A booking as the index stores and returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchBooking {
     pub booking_id: Uuid,
     pub account_id: Uuid,

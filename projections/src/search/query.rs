@@ -52,8 +52,8 @@ pub struct SearchRequest {
     pub cursor: Option<String>,
 }
 
-/// One hit.
-#[derive(Debug, Serialize)]
+/// One hit: the booking, its score and a highlighted snippet.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchHit {
     #[serde(flatten)]
     pub booking: SearchBooking,
@@ -63,7 +63,7 @@ pub struct SearchHit {
 }
 
 /// A page of hits.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchPage {
     pub items: Vec<SearchHit>,
     pub next_cursor: Option<String>,

@@ -1,0 +1,87 @@
+//! HTTP metrics (requests by route and status, latency) and the gauges sampled when
+//! `/metrics` is scraped (connection pool usage).
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, histogram_opts, opts};
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+    if let Err(error) = prometheus::register(Box::new(metric.clone())) {
+        tracing::error!(%error, "metric registration failed");
+    }
+    metric
+}
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            opts!(
+                "chronicle_http_requests_total",
+                "HTTP requests by route and status"
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            histogram_opts!(
+                "chronicle_http_request_duration_seconds",
+                "HTTP request latency by route",
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+                ]
+            ),
+            &["method", "route"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            opts!(
+                "chronicle_db_pool_connections",
+                "Database pool connections by state"
+            ),
+            &["state"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Counts and times every request by its route template (`/v1/accounts/{id}`), so ids
+/// do not explode the label space.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    LATENCY
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    REQUESTS
+        .with_label_values(&[&method, &route, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Samples the pool before an exposition.
+pub fn sample_pool(pool: &sqlx::PgPool) {
+    let size = i64::from(pool.size());
+    let idle = pool.num_idle() as i64;
+    POOL.with_label_values(&["idle"]).set(idle);
+    POOL.with_label_values(&["in_use"]).set(size - idle);
+}
