@@ -40,6 +40,13 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
+# The fault-injection suite first (about 3 minutes; CHRONICLE_SKIP_FAULTS=1 skips it),
+# so the test runner's summary is the last thing printed.
+if [ "${CHRONICLE_SKIP_FAULTS:-0}" != 1 ]; then
+  say "fault-injection suite (scripts/faults.sh)"
+  ./scripts/faults.sh
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

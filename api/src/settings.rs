@@ -133,6 +133,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_RELAY_POLL_MS",
     "CHRONICLE_PROJECTOR_INSTANCES",
     "CHRONICLE_PROJECTOR_INSTANCE",
+    "CHRONICLE_PROJECTOR_GROUP_ASSIGNMENT",
     "CHRONICLE_PROJECTOR_BATCH",
     "CHRONICLE_PROJECTOR_BATCH_WAIT_MS",
     "CHRONICLE_SEARCH_COMMIT_DOCS",
@@ -371,8 +372,19 @@ fn projector(src: &Source) -> Result<ProjectorSettings, ConfigError> {
         .var("CHRONICLE_PROJECTOR_INSTANCES")
         .map(|_| src.parsed("CHRONICLE_PROJECTOR_INSTANCES", 1))
         .transpose()?;
+    let group: bool = src.parsed("CHRONICLE_PROJECTOR_GROUP_ASSIGNMENT", false)?;
     let assignment = match instances {
-        None => Assignment::Group,
+        None if group => Assignment::Group,
+        None => Assignment::Static {
+            instance: 0,
+            instances: 1,
+        },
+        Some(_) if group => {
+            return Err(invalid(
+                "CHRONICLE_PROJECTOR_GROUP_ASSIGNMENT",
+                "cannot be combined with CHRONICLE_PROJECTOR_INSTANCES",
+            ));
+        }
         Some(instances) => {
             let instances = positive("CHRONICLE_PROJECTOR_INSTANCES", instances)?;
             let instance: u32 = src.parsed("CHRONICLE_PROJECTOR_INSTANCE", 0)?;

@@ -109,7 +109,12 @@ impl Default for ProjectorSettings {
         Self {
             batch_max: 500,
             batch_wait: Duration::from_millis(20),
-            assignment: Assignment::Group,
+            // Explicit assignment by default: every broker honours it, and tansu 0.6's
+            // group protocol can leave members with no partitions at all (ADR 0005).
+            assignment: Assignment::Static {
+                instance: 0,
+                instances: 1,
+            },
         }
     }
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The fault-injection suite: builds Chronicle, then, under load, kills and stops its
+# parts one at a time and checks nothing acknowledged was lost and nothing happened
+# twice. Each scenario runs its own tansu broker (so it can be stopped) and database.
+# Pass --write docs/faults.md to keep the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_postgres
+install_tansu
+export CHRONICLE_TEST_DATABASE_URL="${CHRONICLE_TEST_DATABASE_URL:-$(sed -E 's#/[^/?]*(\?|$)#/postgres\1#' <<<"$CHRONICLE_DATABASE_URL")}"
+say "building the binaries the fault suite drives"
+cargo build --quiet -p chronicle-api -p chronicle-replay -p chronicle-tests --bins
+export TANSU_BIN="$TANSU_BIN" CHRONICLE_BIN="$PWD/target/debug/chronicle" CHRONICLE_REPLAY_BIN="$PWD/target/debug/chronicle-replay"
+exec target/debug/faults "$@"
