@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chronicle_eventstore::envelope::{STORED_COLUMNS, StoredEvent};
 use chronicle_projections::Projection;
-use chronicle_projections::read_models::{ApplyError, apply_envelope};
+use chronicle_projections::read_models::apply_envelopes;
 use chronicle_projections::search::{SearchIndex, SearchProjection, SearchSettings};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -165,17 +165,16 @@ async fn apply_batch(
     let Some(last) = events.last() else {
         return Ok(0);
     };
-    for event in &events {
-        match apply_envelope(tx, &event.to_envelope(replayer.upcasters())).await {
-            Ok(_) => {}
-            Err(ApplyError::Database(error)) => return Err(error.into()),
-            Err(ApplyError::Unreadable(reason)) => {
-                anyhow::bail!(
-                    "event {} cannot be applied: {reason}",
-                    event.global_position
-                )
-            }
-        }
+    let envelopes: Vec<_> = events
+        .iter()
+        .map(|event| event.to_envelope(replayer.upcasters()))
+        .collect();
+    let outcome = apply_envelopes(tx, &envelopes).await?;
+    if let Some((index, reason)) = outcome.unreadable.first() {
+        anyhow::bail!(
+            "event {} cannot be applied: {reason}",
+            envelopes[*index].global_position
+        );
     }
     (*tx_id, *position) = (last.tx_id.clone(), last.global_position);
     sqlx::query(&format!(

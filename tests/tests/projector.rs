@@ -138,17 +138,16 @@ async fn redelivering_every_message_changes_no_read_model() {
     assert_eq!(read_models_snapshot(&app.pool).await, before);
 }
 
-/// Stops the projector for good in the middle of batch `batch`, after `index` events.
+/// Stops the projector for good once batch `batch` is applied, before it commits.
 struct StopMidBatch {
     batch: u64,
-    index: usize,
     reached: Arc<Notify>,
 }
 
 impl ApplyObserver for StopMidBatch {
-    fn after_event(&self, batch: u64, index: usize) -> BoxFuture<'_, ()> {
+    fn before_commit(&self, batch: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if batch == self.batch && index == self.index {
+            if batch == self.batch {
                 self.reached.notify_one();
                 std::future::pending::<()>().await;
             }
@@ -201,7 +200,6 @@ async fn a_projector_killed_mid_batch_resumes_without_loss_or_double_effect() {
     let reached = Arc::new(Notify::new());
     let observer = Arc::new(StopMidBatch {
         batch: 3,
-        index: 2,
         reached: reached.clone(),
     });
     let doomed = projector_on(&app, app.pool.clone(), Some(observer));

@@ -6,16 +6,18 @@
 //! version, so a duplicate or stale event is a no-op.
 
 mod account;
+mod apply;
 mod booking;
 mod history;
 mod payment;
+
+pub use apply::{BatchOutcome, apply_envelopes};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chronicle_eventstore::envelope::Envelope;
 use sqlx::{PgPool, Postgres, Transaction};
-use uuid::Uuid;
 
 use crate::consumer::{Delivered, PartitionKey, Projection, ProjectionError};
 use crate::metrics;
@@ -31,8 +33,8 @@ pub type Tx<'a> = Transaction<'a, Postgres>;
 
 /// Observes a batch being applied; tests use it to stop a projector mid-batch.
 pub trait ApplyObserver: Send + Sync {
-    /// Called after event `index` of batch `batch` was applied, before the commit.
-    fn after_event(&self, batch: u64, index: usize) -> futures::future::BoxFuture<'_, ()>;
+    /// Called once batch number `batch` (from 1) is applied, before it commits.
+    fn before_commit(&self, batch: u64) -> futures::future::BoxFuture<'_, ()>;
 }
 
 /// The read-model projection.
@@ -61,14 +63,6 @@ impl ReadModels {
     }
 }
 
-/// What applying one event did.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Applied {
-    Changed,
-    /// The aggregate's row was already at or past this event.
-    Stale,
-}
-
 impl Projection for ReadModels {
     fn name(&self) -> &str {
         &self.name
@@ -90,16 +84,30 @@ impl Projection for ReadModels {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
         let mut tx = self.pool.begin().await?;
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for (index, delivered) in batch.iter().enumerate() {
-            self.apply_one(&mut tx, delivered).await?;
-            next.insert(
-                (&delivered.topic, delivered.partition),
-                delivered.offset + 1,
-            );
-            if let Some(observer) = &self.observer {
-                observer.after_event(number, index).await;
+        let mut envelopes = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
+        for delivered in batch {
+            match parse(delivered) {
+                Ok(envelope) => {
+                    envelopes.push(envelope);
+                    sources.push(delivered);
+                }
+                Err(reason) => self.dead_letter(&mut tx, delivered, &reason).await?,
             }
+        }
+        let outcome = apply_envelopes(&mut tx, &envelopes).await?;
+        for (index, reason) in &outcome.unreadable {
+            self.dead_letter(&mut tx, sources[*index], reason).await?;
+        }
+        metrics::PROJECTOR_DUPLICATE_EVENTS
+            .with_label_values(&[&self.name])
+            .inc_by(outcome.duplicates as u64);
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for delivered in batch {
+            let offset = next
+                .entry((&delivered.topic, delivered.partition))
+                .or_default();
+            *offset = (*offset).max(delivered.offset + 1);
         }
         for ((topic, partition), offset) in next {
             sqlx::query(
@@ -116,6 +124,9 @@ impl Projection for ReadModels {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(observer) = &self.observer {
+            observer.before_commit(number).await;
+        }
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(PROJECTED_CHANNEL)
             .bind(&self.name)
@@ -126,91 +137,7 @@ impl Projection for ReadModels {
     }
 }
 
-/// What applying one envelope did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The read models changed.
-    Applied,
-    /// The event was applied before (journal or version guard): nothing changed.
-    Duplicate,
-}
-
-/// Why an envelope could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// Not an event these read models can read; nothing was changed.
-    #[error("unreadable event: {0}")]
-    Unreadable(String),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-/// Applies one event to the read models inside `tx`: the journal row, the tables and
-/// the temporal history. Shared by the projector and by `chronicle-replay rebuild`,
-/// which runs it against fresh tables.
-pub async fn apply_envelope(tx: &mut Tx<'_>, envelope: &Envelope) -> Result<Outcome, ApplyError> {
-    let aggregate_id = Uuid::parse_str(&envelope.aggregate_id).map_err(|e| {
-        ApplyError::Unreadable(format!("aggregate id {:?}: {e}", envelope.aggregate_id))
-    })?;
-    let first_time = sqlx::query(
-        "INSERT INTO rm_applied_events \
-         (global_position, aggregate_type, aggregate_id, sequence, event_type, recorded_at, \
-          event_version, payload, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (global_position) DO NOTHING",
-    )
-    .bind(envelope.global_position)
-    .bind(&envelope.aggregate_type)
-    .bind(aggregate_id)
-    .bind(envelope.sequence)
-    .bind(&envelope.event_type)
-    .bind(envelope.recorded_at)
-    .bind(&envelope.event_version)
-    .bind(&envelope.payload)
-    .bind(serde_json::to_value(&envelope.metadata).unwrap_or_default())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !first_time {
-        return Ok(Outcome::Duplicate);
-    }
-    let applied = match envelope.aggregate_type.as_str() {
-        "Account" => account::apply(tx, envelope).await,
-        "Booking" => booking::apply(tx, envelope).await,
-        "Payment" => payment::apply(tx, envelope).await,
-        other => Err(Unreadable(format!("unknown aggregate type {other:?}"))),
-    };
-    match applied {
-        Ok(Ok(Applied::Changed)) => Ok(Outcome::Applied),
-        Ok(Ok(Applied::Stale)) => Ok(Outcome::Duplicate),
-        Ok(Err(error)) => Err(ApplyError::Database(error)),
-        Err(Unreadable(reason)) => Err(ApplyError::Unreadable(reason)),
-    }
-}
-
 impl ReadModels {
-    async fn apply_one(
-        &self,
-        tx: &mut Tx<'_>,
-        delivered: &Delivered,
-    ) -> Result<(), ProjectionError> {
-        let envelope = match parse(delivered) {
-            Ok(envelope) => envelope,
-            Err(reason) => return self.dead_letter(tx, delivered, &reason).await,
-        };
-        match apply_envelope(tx, &envelope).await {
-            Ok(Outcome::Applied) => Ok(()),
-            Ok(Outcome::Duplicate) => {
-                metrics::PROJECTOR_DUPLICATE_EVENTS
-                    .with_label_values(&[&self.name])
-                    .inc();
-                Ok(())
-            }
-            Err(ApplyError::Database(error)) => Err(error.into()),
-            Err(ApplyError::Unreadable(reason)) => self.dead_letter(tx, delivered, &reason).await,
-        }
-    }
-
     async fn dead_letter(
         &self,
         tx: &mut Tx<'_>,
@@ -237,34 +164,7 @@ impl ReadModels {
     }
 }
 
-/// A message that is not an event this projection can read.
-pub(crate) struct Unreadable(pub String);
-
-/// The outcome of applying one event: unreadable (set aside), or the database's answer.
-pub(crate) type ApplyResult = Result<Result<Applied, sqlx::Error>, Unreadable>;
-
 fn parse(delivered: &Delivered) -> Result<Envelope, String> {
     let payload = delivered.payload.as_deref().ok_or("empty message")?;
     serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))
-}
-
-/// Reads an envelope's payload as the aggregate's event type.
-pub(crate) fn event_of<E: serde::de::DeserializeOwned>(
-    envelope: &Envelope,
-) -> Result<E, Unreadable> {
-    serde_json::from_value(envelope.payload.clone()).map_err(|e| {
-        Unreadable(format!(
-            "{} {}: {e}",
-            envelope.aggregate_type, envelope.event_type
-        ))
-    })
-}
-
-/// `Changed` when a guarded statement touched a row, `Stale` when the guard held it back.
-pub(crate) fn changed(result: sqlx::postgres::PgQueryResult) -> Applied {
-    if result.rows_affected() > 0 {
-        Applied::Changed
-    } else {
-        Applied::Stale
-    }
 }
