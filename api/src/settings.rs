@@ -129,6 +129,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_TOPIC_PREFIX",
     "CHRONICLE_KAFKA_PARTITIONS",
     "CHRONICLE_KAFKA_REPLICATION",
+    "CHRONICLE_KAFKA_FETCH_WAIT_MS",
     "CHRONICLE_RELAY_BATCH",
     "CHRONICLE_RELAY_POLL_MS",
     "CHRONICLE_PROJECTOR_INSTANCES",
@@ -351,6 +352,7 @@ fn kafka(src: &Source) -> Result<KafkaSettings, ConfigError> {
         "CHRONICLE_KAFKA_REPLICATION",
         src.parsed("CHRONICLE_KAFKA_REPLICATION", kafka.replication)?,
     )?;
+    kafka.fetch_wait = src.millis("CHRONICLE_KAFKA_FETCH_WAIT_MS", kafka.fetch_wait)?;
     Ok(kafka)
 }
 

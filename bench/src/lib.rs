@@ -2,6 +2,8 @@
 //! starts with, latency summaries, and a small deterministic generator of test data.
 #![allow(clippy::print_stdout)]
 
+pub mod plot;
+
 use std::time::Duration;
 
 /// One line describing this machine: CPU model, cores, memory, kernel.

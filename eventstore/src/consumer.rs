@@ -108,7 +108,9 @@ impl Default for ProjectorSettings {
     fn default() -> Self {
         Self {
             batch_max: 500,
-            batch_wait: Duration::from_millis(20),
+            // Short: under load, batches fill from what queued up while the previous one
+            // was applied; when quiet, every millisecond here is read-your-writes latency.
+            batch_wait: Duration::from_millis(2),
             // Explicit assignment by default: every broker honours it, and tansu 0.6's
             // group protocol can leave members with no partitions at all (ADR 0005).
             assignment: Assignment::Static {
@@ -194,7 +196,10 @@ impl<P: Projection> Projector<P> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "20")
+            .set(
+                "fetch.wait.max.ms",
+                self.kafka.fetch_wait.as_millis().max(1).to_string(),
+            )
             .set("enable.partition.eof", "false")
             .create_with_context(flag)
     }

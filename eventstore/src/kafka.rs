@@ -25,6 +25,10 @@ pub struct KafkaSettings {
     pub replication: i32,
     /// Bound on every admin and metadata call.
     pub admin_timeout: Duration,
+    /// `CHRONICLE_KAFKA_FETCH_WAIT_MS`: consumers' `fetch.wait.max.ms`. Apache Kafka
+    /// answers a fetch as soon as data arrives, so this only bounds idle polling there;
+    /// tansu 0.6 holds every fetch for the whole wait, so there it is added latency.
+    pub fetch_wait: Duration,
 }
 
 impl KafkaSettings {
@@ -39,6 +43,7 @@ impl KafkaSettings {
             partitions: 6,
             replication: 1,
             admin_timeout: Duration::from_secs(10),
+            fetch_wait: Duration::from_millis(5),
         }
     }
 

@@ -7,6 +7,7 @@
 //! every message of a batch. One relay is active per name (a Postgres advisory lock);
 //! others wait as hot standbys. A crash re-publishes at most the unacknowledged tail.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use cqrs_es::persist::EventUpcaster;
@@ -19,6 +20,21 @@ use tokio_util::sync::CancellationToken;
 use crate::envelope::{StoredEvent, topic_for};
 use crate::kafka::{KafkaSettings, ensure_topics};
 use crate::metrics;
+
+/// Batches handed to the producer before the oldest must be acknowledged.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A batch handed to the producer, its acknowledgements outstanding.
+struct InFlight {
+    /// Where the checkpoint moves once every delivery is acknowledged.
+    last: Checkpoint,
+    events: usize,
+    deliveries: Vec<(i64, DeliveryFuture)>,
+    started: Instant,
+}
+
+/// First wait before looking again at events held back by an open transaction.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(2);
 
 /// The channel the append transaction notifies on commit.
 pub const NOTIFY_CHANNEL: &str = "chronicle_events";
@@ -96,7 +112,9 @@ impl Relay {
         }
     }
 
-    fn producer(&self) -> Result<FutureProducer, KafkaError> {
+    /// The producer the relay publishes with (public so that a benchmark can produce
+    /// with exactly these settings).
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
         self.kafka
             .client_config("chronicle-relay")
             .set("enable.idempotence", "true")
@@ -215,12 +233,23 @@ impl ActiveRelay<'_> {
     async fn serve(mut self, shutdown: &CancellationToken) -> Result<(), RelayError> {
         let mut listener = PgListener::connect_with(&self.relay.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
+        let mut retry = HELD_BACK_RETRY;
         loop {
             self.publish_available().await?;
+            // Events committed behind an older, still open transaction are not safe to
+            // publish yet, and that transaction's end sends no notification: look again
+            // soon (backing off) rather than only at the next poll.
+            let wait = if self.held_back().await? {
+                retry = (retry * 2).min(self.relay.settings.poll_interval);
+                retry
+            } else {
+                retry = HELD_BACK_RETRY;
+                self.relay.settings.poll_interval
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 notification = listener.recv() => { notification?; }
-                _ = tokio::time::sleep(self.relay.settings.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         self.producer
@@ -230,13 +259,44 @@ impl ActiveRelay<'_> {
         Ok(())
     }
 
+    /// Whether committed events wait behind an open transaction.
+    async fn held_back(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, global_position) > ($1::text::xid8, $2))",
+        )
+        .bind(&self.checkpoint.tx_id)
+        .bind(self.checkpoint.global_position)
+        .fetch_one(&self.relay.pool)
+        .await
+    }
+
     /// Publishes every event that is committed and commit-safe now; returns how many.
+    ///
+    /// Up to [`BATCHES_IN_FLIGHT`] batches are sent before the oldest must be
+    /// acknowledged, so reading the store and Kafka's round trips overlap. The checkpoint
+    /// only ever moves past a batch whose every delivery was acknowledged, in order; a
+    /// failure leaves it there and the next attempt sends from it again (duplicates are
+    /// dropped downstream by event id and position).
     pub async fn publish_available(&mut self) -> Result<usize, RelayError> {
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut sent_up_to = self.checkpoint.clone();
         let mut total = 0;
         loop {
-            let published = self.publish_batch().await?;
-            total += published;
-            if published < self.relay.settings.batch_size as usize {
+            let full = match self.send_batch(&sent_up_to).await? {
+                Some(batch) => {
+                    let full = batch.events == self.relay.settings.batch_size as usize;
+                    sent_up_to = batch.last.clone();
+                    in_flight.push_back(batch);
+                    full
+                }
+                None => false,
+            };
+            while in_flight.len() >= BATCHES_IN_FLIGHT || (!full && !in_flight.is_empty()) {
+                if let Some(batch) = in_flight.pop_front() {
+                    total += self.acknowledged(batch).await?;
+                }
+            }
+            if !full {
                 return Ok(total);
             }
         }
@@ -245,21 +305,44 @@ impl ActiveRelay<'_> {
     /// Publishes at most one batch and, once all of it is acknowledged, moves the
     /// checkpoint past it.
     pub async fn publish_batch(&mut self) -> Result<usize, RelayError> {
+        let from = self.checkpoint.clone();
+        match self.send_batch(&from).await? {
+            Some(batch) => self.acknowledged(batch).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Reads the next commit-safe batch after `after` and hands it to the producer.
+    async fn send_batch(&self, after: &Checkpoint) -> Result<Option<InFlight>, RelayError> {
         let started = Instant::now();
         let rows: Vec<StoredEvent> = sqlx::query_as(SELECT_PUBLISHABLE)
-            .bind(&self.checkpoint.tx_id)
-            .bind(self.checkpoint.global_position)
+            .bind(&after.tx_id)
+            .bind(after.global_position)
             .bind(self.relay.settings.batch_size)
             .fetch_all(&self.relay.pool)
             .await?;
         let Some(last) = rows.last() else {
-            return Ok(0);
+            return Ok(None);
+        };
+        let last = Checkpoint {
+            tx_id: last.tx_id.clone(),
+            global_position: last.global_position,
         };
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             deliveries.push((row.global_position, self.send(row).await?));
         }
-        for (position, delivery) in deliveries {
+        Ok(Some(InFlight {
+            last,
+            events: rows.len(),
+            deliveries,
+            started,
+        }))
+    }
+
+    /// Waits for every delivery of `batch`, then moves the checkpoint past it.
+    async fn acknowledged(&mut self, batch: InFlight) -> Result<usize, RelayError> {
+        for (position, delivery) in batch.deliveries {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((error, _))) => return Err(error.into()),
@@ -276,19 +359,16 @@ impl ActiveRelay<'_> {
              published = published + $4, updated_at = now() WHERE name = $1",
         )
         .bind(&self.relay.settings.name)
-        .bind(&last.tx_id)
-        .bind(last.global_position)
-        .bind(rows.len() as i64)
+        .bind(&batch.last.tx_id)
+        .bind(batch.last.global_position)
+        .bind(batch.events as i64)
         .execute(&mut self.lock)
         .await?;
-        self.checkpoint = Checkpoint {
-            tx_id: last.tx_id.clone(),
-            global_position: last.global_position,
-        };
-        metrics::RELAY_PUBLISHED.inc_by(rows.len() as u64);
-        metrics::RELAY_BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
-        tracing::debug!(events = rows.len(), checkpoint = ?self.checkpoint, "published");
-        Ok(rows.len())
+        self.checkpoint = batch.last;
+        metrics::RELAY_PUBLISHED.inc_by(batch.events as u64);
+        metrics::RELAY_BATCH_SECONDS.observe(batch.started.elapsed().as_secs_f64());
+        tracing::debug!(events = batch.events, checkpoint = ?self.checkpoint, "published");
+        Ok(batch.events)
     }
 
     async fn send(&self, row: &StoredEvent) -> Result<DeliveryFuture, RelayError> {

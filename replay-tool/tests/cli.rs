@@ -243,8 +243,14 @@ async fn rebuild_then_diff_finds_nothing_and_the_projector_carries_on() {
         stdout(&still),
         stderr(&still)
     );
+    // The search index commits on its own schedule: wait for it to catch up.
     let search_dir = app.settings.search_dir.to_string_lossy().into_owned();
-    let search = replay(&url, &["diff", "search", "--search-dir", &search_dir]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut search = replay(&url, &["diff", "search", "--search-dir", &search_dir]).await;
+    while !search.status.success() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        search = replay(&url, &["diff", "search", "--search-dir", &search_dir]).await;
+    }
     assert!(
         search.status.success(),
         "{}{}",

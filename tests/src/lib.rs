@@ -38,7 +38,7 @@ fn admin_url() -> String {
 }
 
 /// The server login used to create and drop test databases.
-fn admin_options() -> PgConnectOptions {
+pub fn admin_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&admin_url())
         .expect("CHRONICLE_TEST_DATABASE_URL is not a postgres URL")
         .database("postgres")

@@ -1,0 +1,1011 @@
+//! Command benchmark: Chronicle's write path over HTTP next to two baselines measured in
+//! the same run on the same PostgreSQL.
+//!
+//! The workload, the same for all three: each client repeatedly opens an account (25%),
+//! deposits into one of the accounts it opened (50%), or requests a booking of a
+//! resource nobody used before (25%). One operation is one command and one event.
+//!
+//! - **Chronicle**: `chronicle serve` (commands and queries, no relay or projectors) on
+//!   a fresh database; closed loop at each connection count (one keep-alive HTTP
+//!   connection per client), then an open loop at a fixed rate with latency counted from
+//!   each request's intended start (no coordinated omission).
+//! - **pgbench**: the same operations as raw SQL transactions (read the stream, insert
+//!   the event, commit) on a plain table without triggers: the physical limit of this
+//!   PostgreSQL for that work.
+//! - **eventsourcing**: the Python library (PyPI) with its PostgreSQL module, called
+//!   in-process (no HTTP), as a peer (`bench/peer/eventsourcing_peer.py`).
+//!
+//! Then **command → visible**: `chronicle all` under a fixed background load; a probe
+//! deposits and polls `GET /v1/accounts/{id}` until the new version shows (and, in
+//! turn, asks once with `min_position`, which waits server-side).
+//!
+//! `scripts/bench.sh commands` builds and runs it with everything it needs; or
+//! `cargo run --release -p chronicle-bench --bin commands -- [--seconds S]
+//! [--connections 1,16,64] [--rate R] [--out DIR]`.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chronicle_bench::plot::{self, Series};
+use chronicle_bench::{Latencies, Rng, machine, ms};
+use chronicle_tests::{TestDb, admin_options};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// What one measured run gives.
+struct Run {
+    operations: u64,
+    errors: u64,
+    seconds: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn throughput(&self) -> f64 {
+        self.operations as f64 / self.seconds.max(1e-9)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:>8.0} ops/s  {}  errors {}",
+            self.throughput(),
+            Latencies::new(self.latencies.clone()).summary(),
+            self.errors
+        )
+    }
+
+    fn sorted_ms(&self) -> Vec<f64> {
+        let mut samples: Vec<f64> = self.latencies.iter().map(|d| ms(*d)).collect();
+        samples.sort_by(f64::total_cmp);
+        samples
+    }
+}
+
+struct Options {
+    seconds: u64,
+    warmup: u64,
+    connections: Vec<u32>,
+    rate: u32,
+    visible_rate: u32,
+    out: PathBuf,
+    /// Parts to run: `closed`, `open`, `visible` (all by default).
+    parts: Vec<String>,
+}
+
+impl Options {
+    fn runs(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
+    }
+
+    fn parse() -> anyhow::Result<Self> {
+        let mut options = Self {
+            seconds: 20,
+            warmup: 3,
+            connections: vec![1, 16, 64],
+            rate: 300,
+            visible_rate: 100,
+            out: PathBuf::from("docs/bench"),
+            parts: vec!["closed".into(), "open".into(), "visible".into()],
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--seconds" => options.seconds = value()?.parse()?,
+                "--warmup" => options.warmup = value()?.parse()?,
+                "--connections" => {
+                    options.connections = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?;
+                }
+                "--rate" => options.rate = value()?.parse()?,
+                "--visible-rate" => options.visible_rate = value()?.parse()?,
+                "--out" => options.out = value()?.into(),
+                "--only" => options.parts = value()?.split(',').map(str::to_owned).collect(),
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+// ------------------------------------------------------------------ Chronicle server
+
+const JWT_SECRET: &str = "chronicle-bench-secret-not-for-production-0123456789";
+
+fn chronicle_bin() -> String {
+    std::env::var("CHRONICLE_BIN").unwrap_or_else(|_| "target/release/chronicle".to_owned())
+}
+
+/// A `chronicle` process on a database of its own.
+struct Server {
+    child: Child,
+    base: String,
+    token: String,
+    data_dir: PathBuf,
+    _db: TestDb,
+}
+
+impl Server {
+    async fn start(role: &str) -> anyhow::Result<Self> {
+        let db = TestDb::create().await;
+        let port = free_port()?;
+        let data_dir = std::env::temp_dir().join(format!("chronicle-bench-{}", Uuid::new_v4()));
+        let mut command = Command::new(chronicle_bin());
+        command
+            .arg(role)
+            .env("CHRONICLE_DATABASE_URL", db.url())
+            .env("CHRONICLE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("CHRONICLE_DATA_DIR", &data_dir)
+            .env("CHRONICLE_JWT_SECRET", JWT_SECRET)
+            .env(
+                "CHRONICLE_TOPIC_PREFIX",
+                format!("bench-{}.", Uuid::new_v4().simple()),
+            )
+            // The per-principal rate limit protects a shared service; one benchmark
+            // principal would hit it, so it is lifted here (and only here).
+            .env("CHRONICLE_RATE_LIMIT_PER_SECOND", "1000000000")
+            .env("CHRONICLE_RATE_LIMIT_BURST", "1000000000")
+            .env("CHRONICLE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot run {} (build it first)", chronicle_bin()))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let token = token().await?;
+        let server = Self {
+            child,
+            base,
+            token,
+            data_dir,
+            _db: db,
+        };
+        server.wait_alive().await?;
+        Ok(server)
+    }
+
+    async fn wait_alive(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(reply) = client.get(format!("{}/healthz", self.base)).send().await
+                && reply.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("chronicle did not come up on {} within 60 s", self.base)
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SIGTERM: a graceful stop, so the database can be dropped afterwards.
+            let _ = Command::new("kill").arg(pid.to_string()).status().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+async fn token() -> anyhow::Result<String> {
+    let output = Command::new(chronicle_bin())
+        .args(["token", "--sub", "bench", "--role", "client"])
+        .env("CHRONICLE_JWT_SECRET", JWT_SECRET)
+        .output()
+        .await?;
+    if !output.status.success() {
+        bail!(
+            "chronicle token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+// ------------------------------------------------------------------ the workload
+
+/// What a client does next.
+#[derive(Clone, Copy)]
+enum Operation {
+    Open,
+    Deposit,
+    Book,
+}
+
+fn next_operation(rng: &mut Rng, has_account: bool) -> Operation {
+    match rng.below(4) {
+        _ if !has_account => Operation::Open,
+        0 => Operation::Open,
+        1 | 2 => Operation::Deposit,
+        _ => Operation::Book,
+    }
+}
+
+/// One HTTP client's view: the server, its token and the accounts it opened.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(server: &Server, connections: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(connections)
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            base: server.base.clone(),
+            token: server.token.clone(),
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let reply = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = reply.status();
+        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let reply = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = reply.status();
+        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    async fn open(&self) -> anyhow::Result<Uuid> {
+        let body = self
+            .post("/v1/accounts", &json!({"currency": "EUR"}))
+            .await?;
+        body["account_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .context("no account_id in the reply")
+    }
+
+    async fn deposit(&self, account: Uuid, amount: u64, reference: &str) -> anyhow::Result<Value> {
+        self.post(
+            &format!("/v1/accounts/{account}/deposits"),
+            &json!({"amount": amount, "reference": reference}),
+        )
+        .await
+    }
+
+    async fn book(&self, account: Uuid, resource: &str) -> anyhow::Result<()> {
+        let starts = chrono::Utc::now() + chrono::Duration::days(30);
+        self.post(
+            "/v1/bookings",
+            &json!({
+                "account_id": account, "resource_id": resource, "seats": ["1", "2"],
+                "starts_at": starts, "ends_at": starts + chrono::Duration::hours(2),
+                "price": {"amount": 2_500, "currency": "EUR"},
+                "guest": {"name": "Zoë Adams", "email": "zoe@example.org"}, "notes": "bench"
+            }),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Runs `operation`; a new account is remembered in `accounts`.
+    async fn perform(
+        &self,
+        operation: Operation,
+        rng: &mut Rng,
+        accounts: &Mutex<Vec<Uuid>>,
+        tag: &str,
+    ) -> anyhow::Result<()> {
+        let pick = |rng: &mut Rng| {
+            let accounts = accounts.lock().unwrap_or_else(|e| e.into_inner());
+            *rng.pick(&accounts)
+        };
+        match operation {
+            Operation::Open => {
+                let id = self.open().await?;
+                accounts.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+            }
+            Operation::Deposit => {
+                let account = pick(rng);
+                let amount = 100 + rng.below(10_000) as u64;
+                self.deposit(account, amount, &format!("dep-{tag}")).await?;
+            }
+            Operation::Book => {
+                let account = pick(rng);
+                self.book(account, &format!("bench-room-{tag}")).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Closed loop: `connections` clients, each issuing operations back to back.
+async fn closed_loop(server: &Server, connections: u32, options: &Options) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs(options.warmup);
+    let until = measure_from + Duration::from_secs(options.seconds);
+    let mut clients = Vec::new();
+    for worker in 0..connections {
+        let client = Client::new(server, 1)?;
+        clients.push(tokio::spawn(async move {
+            let mut rng = Rng::new(0xC0FFEE + u64::from(worker));
+            let accounts = Mutex::new(Vec::new());
+            let mut run = Run {
+                operations: 0,
+                errors: 0,
+                seconds: 0.0,
+                latencies: Vec::new(),
+            };
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let has_account = !accounts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                let operation = next_operation(&mut rng, has_account);
+                let sent = Instant::now();
+                let result = client
+                    .perform(operation, &mut rng, &accounts, &format!("{worker}-{n}"))
+                    .await;
+                if sent < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(()) => {
+                        run.operations += 1;
+                        run.latencies.push(sent.elapsed());
+                    }
+                    Err(error) => {
+                        if run.errors == 0 {
+                            eprintln!("  first error: {error:#}");
+                        }
+                        run.errors += 1;
+                    }
+                }
+            }
+            run
+        }));
+    }
+    let mut total = Run {
+        operations: 0,
+        errors: 0,
+        seconds: 0.0,
+        latencies: Vec::new(),
+    };
+    for client in clients {
+        let run = client.await?;
+        total.operations += run.operations;
+        total.errors += run.errors;
+        total.latencies.extend(run.latencies);
+    }
+    total.seconds = measure_from.elapsed().as_secs_f64();
+    Ok(total)
+}
+
+/// Open loop at `rate` operations/s for `seconds`; latency from each intended start.
+async fn open_loop(server: &Server, rate: u32, seconds: u64, seed: u64) -> anyhow::Result<Run> {
+    let client = Arc::new(Client::new(server, 256)?);
+    let accounts = Arc::new(Mutex::new(Vec::new()));
+    // Accounts to deposit into and book for, made before the clock starts.
+    for _ in 0..16 {
+        let id = client.open().await?;
+        accounts.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+    }
+    let total = u64::from(rate) * seconds;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let intended = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(intended).await;
+        let (client, accounts) = (client.clone(), accounts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(seed + i);
+            let operation = next_operation(&mut rng, true);
+            let result = client
+                .perform(operation, &mut rng, &accounts, &format!("open-{seed}-{i}"))
+                .await;
+            (result.map_err(|e| format!("{e:#}")), intended.elapsed())
+        }));
+    }
+    let mut run = Run {
+        operations: 0,
+        errors: 0,
+        seconds: seconds as f64,
+        latencies: Vec::with_capacity(tasks.len()),
+    };
+    for task in tasks {
+        match task.await? {
+            (Ok(()), latency) => {
+                run.operations += 1;
+                run.latencies.push(latency);
+            }
+            (Err(error), _) => {
+                if run.errors == 0 {
+                    eprintln!("  first error: {error}");
+                }
+                run.errors += 1;
+            }
+        }
+    }
+    Ok(run)
+}
+
+/// Command → visible, under `rate` operations/s of background load on `chronicle all`.
+/// Returns (polling from the acknowledgement, the same from the send, one `min_position`
+/// read from the acknowledgement).
+async fn command_to_visible(
+    rate: u32,
+    seconds: u64,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
+    let server = Server::start("all").await?;
+    let probe = Client::new(&server, 1)?;
+    let account = probe.open().await?;
+    // Let the read side catch up with its own start before measuring.
+    wait_visible(&probe, account, 1).await?;
+    let background = {
+        let server_base = (server.base.clone(), server.token.clone());
+        let load = Client {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            base: server_base.0,
+            token: server_base.1,
+        };
+        tokio::spawn(background_load(load, rate, seconds))
+    };
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let (mut from_ack, mut from_send, mut waited) = (Vec::new(), Vec::new(), Vec::new());
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let sent = Instant::now();
+        let reply = probe.deposit(account, 1, &format!("probe-{n}")).await?;
+        let acknowledged = Instant::now();
+        let version = reply["version"]
+            .as_i64()
+            .context("no version in the reply")?;
+        if n.is_multiple_of(2) {
+            let position = reply["position"]
+                .as_i64()
+                .context("no position in the reply")?;
+            probe
+                .get(&format!("/v1/accounts/{account}?min_position={position}"))
+                .await?;
+            waited.push(acknowledged.elapsed());
+        } else {
+            wait_visible(&probe, account, version).await?;
+            from_ack.push(acknowledged.elapsed());
+            from_send.push(sent.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (operations, errors) = background.await??;
+    println!("  background load: {operations} operations, {errors} errors");
+    server.stop().await;
+    Ok((from_ack, from_send, waited))
+}
+
+/// Polls the account every millisecond until it shows `version`.
+async fn wait_visible(client: &Client, account: Uuid, version: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(body) = client.get(&format!("/v1/accounts/{account}")).await
+            && body["version"].as_i64().unwrap_or(0) >= version
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "account {account} did not reach version {version} in the read model within 30 s"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn background_load(client: Client, rate: u32, seconds: u64) -> anyhow::Result<(u64, u64)> {
+    let client = Arc::new(client);
+    let accounts = Arc::new(Mutex::new(vec![client.open().await?]));
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..u64::from(rate) * seconds {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        let (client, accounts) = (client.clone(), accounts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(0xBAC6 + i);
+            let operation = next_operation(&mut rng, true);
+            client
+                .perform(operation, &mut rng, &accounts, &format!("bg-{i}"))
+                .await
+                .is_ok()
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for task in tasks {
+        if task.await? {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    Ok((ok, failed))
+}
+
+// ------------------------------------------------------------------ pgbench
+
+/// The same three operations as raw SQL transactions on a plain table: read the
+/// stream, append one event, commit. Deposits go to 10,000 pre-opened streams.
+const PGBENCH_SETUP: &str = "\
+CREATE TABLE raw_events (stream_id bigint NOT NULL, sequence bigint NOT NULL, \
+    event_type text NOT NULL, payload jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(), \
+    PRIMARY KEY (stream_id, sequence));
+INSERT INTO raw_events (stream_id, sequence, event_type, payload) \
+    SELECT s, 1, 'AccountOpened', '{\"owner\": \"bench\", \"currency\": \"EUR\", \"overdraft_limit\": 0}' \
+      FROM generate_series(1, 10000) s;
+ANALYZE raw_events;";
+
+const PGBENCH_OPEN: &str = "\
+\\set s random(100000, 9000000000000)
+BEGIN;
+SELECT sequence, payload FROM raw_events WHERE stream_id = :s ORDER BY sequence;
+INSERT INTO raw_events (stream_id, sequence, event_type, payload) VALUES (:s, 1, 'AccountOpened', \
+'{\"owner\": \"bench\", \"currency\": \"EUR\", \"overdraft_limit\": 0}') ON CONFLICT DO NOTHING;
+COMMIT;
+";
+
+const PGBENCH_DEPOSIT: &str = "\
+\\set s random(1, 10000)
+\\set amount random(100, 10100)
+BEGIN;
+SELECT sequence, payload FROM raw_events WHERE stream_id = :s ORDER BY sequence;
+INSERT INTO raw_events (stream_id, sequence, event_type, payload) \
+SELECT :s, max(sequence) + 1, 'FundsDeposited', jsonb_build_object('amount', :amount, 'reference', 'dep', \
+'balance_after', :amount) FROM raw_events WHERE stream_id = :s ON CONFLICT DO NOTHING;
+COMMIT;
+";
+
+const PGBENCH_BOOK: &str = "\
+\\set s random(100000, 9000000000000)
+BEGIN;
+SELECT sequence, payload FROM raw_events WHERE stream_id = :s ORDER BY sequence;
+INSERT INTO raw_events (stream_id, sequence, event_type, payload) VALUES (:s, 1, 'BookingRequested', \
+'{\"resource_id\": \"bench-room\", \"seats\": [\"1\", \"2\"], \"starts_at\": \"2031-01-01T10:00:00Z\", \
+\"ends_at\": \"2031-01-01T12:00:00Z\", \"price\": {\"amount\": 2500, \"currency\": \"EUR\"}, \
+\"guest\": {\"name\": \"Zoë Adams\", \"email\": \"zoe@example.org\"}, \"notes\": \"bench\"}') \
+ON CONFLICT DO NOTHING;
+COMMIT;
+";
+
+fn pgbench_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("PGBENCH") {
+        return Ok(path.into());
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin/pgbench"))
+        .filter(|path| path.exists())
+        .collect();
+    candidates.sort();
+    candidates
+        .pop()
+        .context("pgbench not found (install postgresql-contrib or set PGBENCH)")
+}
+
+/// One pgbench run; `rate` makes it an open loop (pgbench then counts latency from the
+/// scheduled start, like ours).
+async fn pgbench(connections: u32, rate: Option<u32>, options: &Options) -> anyhow::Result<Run> {
+    let db = TestDb::create().await;
+    let pool = db.pool(1).await;
+    sqlx::raw_sql(PGBENCH_SETUP).execute(&pool).await?;
+    pool.close().await;
+    let dir = std::env::temp_dir().join(format!("chronicle-pgbench-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    for (name, script) in [
+        ("open.sql", PGBENCH_OPEN),
+        ("deposit.sql", PGBENCH_DEPOSIT),
+        ("book.sql", PGBENCH_BOOK),
+    ] {
+        std::fs::write(dir.join(name), script)?;
+    }
+    let total = options.warmup + options.seconds;
+    let mut command = Command::new(pgbench_bin()?);
+    command
+        .current_dir(&dir)
+        .args(["-n", "-c", &connections.to_string()])
+        .args(["-j", &connections.min(4).to_string()])
+        .args(["-T", &total.to_string()])
+        .args([
+            "-f",
+            "open.sql@1",
+            "-f",
+            "deposit.sql@2",
+            "-f",
+            "book.sql@1",
+        ])
+        .args(["-l", "--log-prefix", "tx"]);
+    if let Some(rate) = rate {
+        command.args(["-R", &rate.to_string()]);
+    }
+    command
+        .arg(db.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started_epoch = epoch_micros();
+    let output = command.output().await?;
+    if !output.status.success() {
+        bail!(
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let from = started_epoch + options.warmup * 1_000_000;
+    let until = from + options.seconds * 1_000_000;
+    let mut run = Run {
+        operations: 0,
+        errors: 0,
+        seconds: options.seconds as f64,
+        latencies: Vec::new(),
+    };
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("tx."))
+        {
+            continue;
+        }
+        read_pgbench_log(&path, from, until, &mut run)?;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(run)
+}
+
+/// Reads a pgbench transaction log: `client transaction latency_us script epoch_s
+/// epoch_us [lag]`, keeping transactions that ended within `[from, until)` µs.
+fn read_pgbench_log(path: &Path, from: u64, until: u64, run: &mut Run) -> anyhow::Result<()> {
+    for line in std::fs::read_to_string(path)?.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, _, latency, _, seconds, micros, ..] = fields[..] else {
+            continue;
+        };
+        let ended = seconds.parse::<u64>()? * 1_000_000 + micros.parse::<u64>()?;
+        if !(from..until).contains(&ended) {
+            continue;
+        }
+        match latency.parse::<u64>() {
+            Ok(latency) => {
+                run.operations += 1;
+                run.latencies.push(Duration::from_micros(latency));
+            }
+            // "skipped" or "failed" instead of a latency.
+            Err(_) => run.errors += 1,
+        }
+    }
+    Ok(())
+}
+
+fn epoch_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------ eventsourcing
+
+fn python_bin() -> String {
+    std::env::var("CHRONICLE_BENCH_PYTHON")
+        .unwrap_or_else(|_| "target/bench-pyenv/bin/python".to_owned())
+}
+
+/// One run of the Python peer; `None` when it is not installed.
+async fn eventsourcing(
+    connections: u32,
+    rate: Option<u32>,
+    options: &Options,
+) -> anyhow::Result<Option<(Run, String)>> {
+    if !Path::new(&python_bin()).exists() {
+        return Ok(None);
+    }
+    let dbname = format!("chronicle_peer_{}", Uuid::new_v4().simple());
+    let mut command = Command::new(python_bin());
+    command
+        .arg("bench/peer/eventsourcing_peer.py")
+        .args(["--dbname", &dbname])
+        .args(["--connections", &connections.to_string()])
+        .args(["--seconds", &options.seconds.to_string()])
+        .args(["--warmup", &options.warmup.to_string()]);
+    command.args(["--user", admin_options().get_username()]);
+    if let Some(rate) = rate {
+        command.args(["--rate", &rate.to_string()]);
+    }
+    let output = command.stderr(Stdio::inherit()).output().await?;
+    drop_database(&dbname).await;
+    if !output.status.success() {
+        bail!("the eventsourcing peer failed ({})", output.status);
+    }
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .context("the eventsourcing peer printed no JSON report")?;
+    let latencies = report["latencies_us"]
+        .as_array()
+        .map(|samples| {
+            samples
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(Duration::from_micros)
+                .collect()
+        })
+        .unwrap_or_default();
+    let run = Run {
+        operations: report["operations"].as_u64().unwrap_or(0),
+        errors: report["errors"].as_u64().unwrap_or(0),
+        seconds: report["seconds"].as_f64().unwrap_or(1.0),
+        latencies,
+    };
+    let peer = report["peer"]
+        .as_str()
+        .unwrap_or("eventsourcing")
+        .to_owned();
+    Ok(Some((run, peer)))
+}
+
+async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect_with(&admin_options()).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+    }
+}
+
+// ------------------------------------------------------------------ report
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs <= 0.0 {
+        "n/a".to_owned()
+    } else {
+        format!("{:.2}×", ours / theirs)
+    }
+}
+
+fn p(run: &Run, percentile: f64) -> f64 {
+    ms(Latencies::new(run.latencies.clone()).percentile(percentile))
+}
+
+struct Row {
+    label: String,
+    chronicle: Run,
+    pgbench: Run,
+    peer: Option<Run>,
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| load | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | Chronicle ÷ this |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let ours = row.chronicle.throughput();
+        let mut systems = vec![
+            ("Chronicle (HTTP)", &row.chronicle),
+            ("pgbench raw SQL", &row.pgbench),
+        ];
+        if let Some(peer) = &row.peer {
+            systems.push(("eventsourcing (in-process)", peer));
+        }
+        for (name, run) in systems {
+            out.push_str(&format!(
+                "| {} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+                row.label,
+                run.throughput(),
+                p(run, 50.0),
+                p(run, 99.0),
+                p(run, 99.9),
+                run.errors,
+                if std::ptr::eq(run, &row.chronicle) {
+                    "—".to_owned()
+                } else {
+                    ratio(ours, run.throughput())
+                }
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Options::parse()?;
+    std::fs::create_dir_all(&options.out)?;
+    println!("machine: {}", machine());
+    println!(
+        "workload: open 25% / deposit 50% / book 25%; {} s measured after {} s warm-up per run",
+        options.seconds, options.warmup
+    );
+    let mut rows = Vec::new();
+    if options.runs("closed") {
+        for &connections in &options.connections {
+            println!("closed loop, {connections} connection(s):");
+            let server = Server::start("serve").await?;
+            let chronicle = closed_loop(&server, connections, &options).await?;
+            server.stop().await;
+            rows.push(
+                baselines(
+                    format!("closed, {connections} conn"),
+                    chronicle,
+                    connections,
+                    None,
+                    &options,
+                )
+                .await?,
+            );
+        }
+    }
+    if options.runs("open") {
+        let rate = options.rate;
+        println!("open loop, {rate} operations/s:");
+        let server = Server::start("serve").await?;
+        let chronicle = open_loop(&server, rate, options.seconds, 0x0BE4).await?;
+        server.stop().await;
+        rows.push(
+            baselines(
+                format!("open, {rate}/s"),
+                chronicle,
+                64,
+                Some(rate),
+                &options,
+            )
+            .await?,
+        );
+    }
+    let mut visible = Vec::new();
+    if options.runs("visible") {
+        println!(
+            "command → visible, chronicle all under {} operations/s of background load:",
+            options.visible_rate
+        );
+        let (from_ack, from_send, waited) =
+            command_to_visible(options.visible_rate, options.seconds).await?;
+        visible = vec![
+            ("deposit acknowledged → visible to polling", from_ack),
+            ("deposit sent → visible to polling", from_send),
+            ("deposit acknowledged → min_position read answered", waited),
+        ];
+        for (label, samples) in &visible {
+            println!("  {label}: {}", Latencies::new(samples.clone()).summary());
+        }
+    }
+    println!();
+    println!("{}", table(&rows));
+    plots(&options.out, &rows, &visible)?;
+    println!("plots written to {}", options.out.display());
+    Ok(())
+}
+
+/// Prints Chronicle's run and measures the two baselines under the same load.
+async fn baselines(
+    label: String,
+    chronicle: Run,
+    connections: u32,
+    rate: Option<u32>,
+    options: &Options,
+) -> anyhow::Result<Row> {
+    println!("  chronicle      {}", chronicle.line());
+    let pgbench = pgbench(connections, rate, options).await?;
+    println!("  pgbench        {}", pgbench.line());
+    let peer = eventsourcing(connections, rate, options).await?;
+    match &peer {
+        Some((run, name)) => println!("  {name:<14} {}", run.line()),
+        None => println!("  eventsourcing  skipped: {} not found", python_bin()),
+    }
+    Ok(Row {
+        label,
+        chronicle,
+        pgbench,
+        peer: peer.map(|(run, _)| run),
+    })
+}
+
+fn plots(out: &Path, rows: &[Row], visible: &[(&str, Vec<Duration>)]) -> anyhow::Result<()> {
+    let closed: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.label.starts_with("closed"))
+        .collect();
+    if closed.len() > 1 {
+        let connections = |row: &Row| {
+            row.label
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(1.0)
+        };
+        let line = |label: &str, run: fn(&Row) -> Option<&Run>| Series {
+            label: label.to_owned(),
+            points: closed
+                .iter()
+                .filter_map(|row| run(row).map(|r| (connections(row), r.throughput())))
+                .collect(),
+        };
+        plot::throughput(
+            &out.join("commands-throughput.png"),
+            "Commands: throughput vs connections (closed loop)",
+            &[
+                line("Chronicle over HTTP", |r| Some(&r.chronicle)),
+                line("pgbench raw SQL transaction", |r| Some(&r.pgbench)),
+                line("Python eventsourcing, in-process", |r| r.peer.as_ref()),
+            ],
+        )?;
+    }
+    for row in rows {
+        let name = row.label.replace([',', ' ', '/'], "-").replace("--", "-");
+        let mut series = vec![
+            ("Chronicle over HTTP".to_owned(), row.chronicle.sorted_ms()),
+            (
+                "pgbench raw SQL transaction".to_owned(),
+                row.pgbench.sorted_ms(),
+            ),
+        ];
+        if let Some(peer) = &row.peer {
+            series.push(("Python eventsourcing".to_owned(), peer.sorted_ms()));
+        }
+        plot::latency_percentiles(
+            &out.join(format!("commands-latency-{name}.png")),
+            &format!("Command latency, {}", row.label),
+            &series,
+        )?;
+    }
+    if visible.is_empty() {
+        return Ok(());
+    }
+    let series: Vec<(String, Vec<f64>)> = visible
+        .iter()
+        .map(|(label, samples)| {
+            let mut ms: Vec<f64> = samples.iter().map(|d| ms(*d)).collect();
+            ms.sort_by(f64::total_cmp);
+            ((*label).to_owned(), ms)
+        })
+        .collect();
+    plot::latency_percentiles(
+        &out.join("command-to-visible.png"),
+        "Command → visible in the read model",
+        &series,
+    )?;
+    Ok(())
+}
