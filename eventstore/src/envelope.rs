@@ -95,8 +95,25 @@ pub struct StoredEvent {
 }
 
 /// The columns of [`StoredEvent`]; append `FROM events` and conditions.
+///
+/// `tx_id` comes out as text under its own name, so an `ORDER BY tx_id` in a query
+/// selecting these columns would sort by that text ("10" before "9"): qualify it as
+/// `events.tx_id` to order by the transaction id itself.
 pub const STORED_COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, global_position, tx_id::text AS tx_id, recorded_at";
+
+/// The next commit-safe events after the point `($1` tx id as text`, $2` global
+/// position`)`, at most `$3`, in commit order: only rows whose transaction can no longer
+/// be in flight anywhere in the cluster, ordered by `(tx_id, global_position)` on the
+/// `events_commit_order` index. The relay publishes by it and a rebuild replays by it.
+pub const SELECT_COMMIT_SAFE_AFTER: &str = "\
+SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+       global_position, tx_id::text AS tx_id, recorded_at
+  FROM events
+ WHERE (events.tx_id, events.global_position) > ($1::text::xid8, $2)
+   AND events.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY events.tx_id, events.global_position
+ LIMIT $3";
 
 impl StoredEvent {
     /// The event upcast to its current version (the stored row is never changed).

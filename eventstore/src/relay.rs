@@ -17,7 +17,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{StoredEvent, topic_for};
+use crate::envelope::{SELECT_COMMIT_SAFE_AFTER, StoredEvent, topic_for};
 use crate::kafka::{KafkaSettings, ensure_topics};
 use crate::metrics;
 
@@ -77,15 +77,6 @@ pub enum RelayError {
     #[error("event {position} cannot be published: {reason}")]
     Unpublishable { position: i64, reason: String },
 }
-
-const SELECT_PUBLISHABLE: &str = "\
-SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
-       global_position, tx_id::text AS tx_id, recorded_at
-  FROM events
- WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY tx_id, global_position
- LIMIT $3";
 
 /// Where the relay has got to: the last `(tx_id, global_position)` acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,7 +306,7 @@ impl ActiveRelay<'_> {
     /// Reads the next commit-safe batch after `after` and hands it to the producer.
     async fn send_batch(&self, after: &Checkpoint) -> Result<Option<InFlight>, RelayError> {
         let started = Instant::now();
-        let rows: Vec<StoredEvent> = sqlx::query_as(SELECT_PUBLISHABLE)
+        let rows: Vec<StoredEvent> = sqlx::query_as(SELECT_COMMIT_SAFE_AFTER)
             .bind(&after.tx_id)
             .bind(after.global_position)
             .bind(self.relay.settings.batch_size)

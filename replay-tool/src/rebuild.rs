@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use chronicle_eventstore::envelope::{STORED_COLUMNS, StoredEvent};
+use chronicle_eventstore::envelope::{SELECT_COMMIT_SAFE_AFTER, StoredEvent};
 use chronicle_projections::Projection;
 use chronicle_projections::read_models::apply_envelopes;
 use chronicle_projections::search::{SearchIndex, SearchProjection, SearchSettings};
@@ -55,17 +55,12 @@ async fn next_batch(
     tx_id: &str,
     position: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {STORED_COLUMNS} FROM events \
-          WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-          ORDER BY tx_id, global_position LIMIT $3"
-    ))
-    .bind(tx_id)
-    .bind(position)
-    .bind(BATCH)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(SELECT_COMMIT_SAFE_AFTER)
+        .bind(tx_id)
+        .bind(position)
+        .bind(BATCH)
+        .fetch_all(conn)
+        .await
 }
 
 /// Rebuilds the PostgreSQL read models. With `fresh`, an interrupted earlier rebuild is

@@ -345,3 +345,56 @@ async fn events_carry_actor_correlation_causation_and_request_ids() {
     assert_eq!(reply.body["version"], version);
     assert_eq!(reply.headers["etag"].to_str().unwrap(), "\"1\"");
 }
+
+/// The relay and a rebuild read the store by `SELECT_COMMIT_SAFE_AFTER`. It must walk the
+/// `(tx_id, global_position)` index in order. It selects `tx_id::text AS tx_id`, and an
+/// unqualified `ORDER BY tx_id` there sorted by that text: "10" before "9", so a batch
+/// cut by its LIMIT could set the checkpoint past events it never read, and every batch
+/// sorted the whole backlog (the relay ran at a quarter of the broker's rate).
+#[tokio::test]
+async fn commit_safe_reads_walk_the_commit_order_index_by_transaction_id() {
+    use chronicle_eventstore::envelope::SELECT_COMMIT_SAFE_AFTER;
+    use sqlx::Executor;
+
+    let app = spawn_app().await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .unwrap();
+    let plan: serde_json::Value =
+        sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {SELECT_COMMIT_SAFE_AFTER}"))
+            .bind("0")
+            .bind(0_i64)
+            .bind(1000_i64)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let plan = plan.to_string();
+    assert!(
+        plan.contains("\"Index Name\":\"events_commit_order\""),
+        "{plan}"
+    );
+    assert!(!plan.contains("\"Node Type\":\"Sort\""), "{plan}");
+
+    // And it returns rows in numeric transaction order.
+    let token = app.client_token("alice");
+    for _ in 0..3 {
+        app.open_account(&token, "EUR", 0).await;
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT tx_id, global_position FROM ({SELECT_COMMIT_SAFE_AFTER}) AS batch"
+    ))
+    .bind("0")
+    .bind(0_i64)
+    .bind(1000_i64)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let numeric: Vec<(u64, i64)> = rows
+        .iter()
+        .map(|(tx, position)| (tx.parse().unwrap(), *position))
+        .collect();
+    let mut sorted = numeric.clone();
+    sorted.sort_unstable();
+    assert_eq!(numeric, sorted);
+}

@@ -284,7 +284,7 @@ struct Outgoing {
 /// topics under `prefix`.
 async fn relay_messages(pool: &PgPool, prefix: &str) -> anyhow::Result<Vec<Outgoing>> {
     let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "SELECT {STORED_COLUMNS} FROM events ORDER BY tx_id, global_position"
+        "SELECT {STORED_COLUMNS} FROM events ORDER BY events.tx_id, events.global_position"
     ))
     .fetch_all(pool)
     .await?;
