@@ -47,6 +47,13 @@ pub async fn apply_envelopes(
     tx: &mut Tx<'_>,
     envelopes: &[Envelope],
 ) -> Result<BatchOutcome, sqlx::Error> {
+    // Plan every statement for this batch's arrays and the tables' current size. A plan
+    // cached while the tables were small (a fresh rebuild, a new deployment) is a
+    // sequential scan per lookup, and it stays cached while the tables grow: every batch
+    // then reads whole tables (see docs/adr/0010). Planning costs far less than that.
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut **tx)
+        .await?;
     let mut outcome = BatchOutcome::default();
     let mut accounts = Vec::new();
     let mut bookings = Vec::new();
