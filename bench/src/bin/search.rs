@@ -2,8 +2,17 @@
 //! same code path as the projector, minus Kafka) and measures query latency over a mix
 //! of queries.
 //!
+//! Baseline, a peer measured in the same run: the same bookings in a PostgreSQL table
+//! (`pg_trgm` GIN index over the accent-folded text, B-tree indexes for the filters) and
+//! the same query mix in SQL — words as `ILIKE '%word%'` conditions ranked by
+//! `similarity`, the typo as a trigram word-similarity match (`<%`), filters as
+//! equality, "by start" as `ORDER BY starts_at`. It is what a team would build without a
+//! search engine. Its answers are not identical (no BM25, no prefix-of-word rule), so
+//! compare latencies, not results.
+//!
 //! `cargo run --release -p chronicle-bench --bin search -- [bookings] [queries]`
-//! (defaults 100000 and 2000).
+//! (defaults 100000 and 2000). The baseline needs PostgreSQL (as the tests do:
+//! `CHRONICLE_TEST_DATABASE_URL`); `--no-baseline` after the numbers skips it.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -16,7 +25,8 @@ use chronicle_projections::consumer::Delivered;
 use chronicle_projections::search::{
     SearchIndex, SearchProjection, SearchRequest, SearchSettings, SearchSort,
 };
-use chrono::{TimeZone, Utc};
+use chronicle_tests::TestDb;
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -263,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(100_000);
     let count: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2_000);
+    let baseline = args.next().as_deref() != Some("--no-baseline");
     println!("machine: {}", machine());
     let dir = std::env::temp_dir().join(format!(
         "chronicle-bench-search-{}",
@@ -275,7 +286,8 @@ async fn main() -> anyhow::Result<()> {
         ..SearchSettings::default()
     };
     let projection = SearchProjection::new(index.clone(), settings)?;
-    let took = load(&projection, bookings).await?;
+    let took_ours = load(&projection, bookings).await?;
+    let took = took_ours;
     let events = bookings + bookings / 10;
     index.refresh()?;
     println!(
@@ -286,29 +298,215 @@ async fn main() -> anyhow::Result<()> {
         index.len()
     );
     let mut rng = Rng::new(7);
-    let mut all = Vec::with_capacity(count);
-    let mut by_kind: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    let mut ours = Timings::default();
     for _ in 0..count {
         let (kind, request) = queries(&mut rng);
         let started = Instant::now();
         let page = index.search(&request)?;
-        let took = started.elapsed();
+        ours.add(kind, started.elapsed());
         std::hint::black_box(page);
-        all.push(took);
-        by_kind.entry(kind).or_default().push(took);
     }
-    println!(
-        "queries (limit 20, one thread): {}",
-        Latencies::new(all).summary()
-    );
-    for (kind, samples) in by_kind {
-        let latencies = Latencies::new(samples);
+    ours.print("queries (limit 20, one thread)", None);
+    std::fs::remove_dir_all(&dir).ok();
+
+    if baseline {
+        let db = TestDb::create().await;
+        let pool = db.pool(1).await;
+        let took = pg_load(&pool, bookings).await?;
         println!(
-            "  {kind:<24} p50 {:.3} ms, p99 {:.3} ms",
-            ms(latencies.percentile(50.0)),
-            ms(latencies.percentile(99.0))
+            "baseline, PostgreSQL pg_trgm: {bookings} bookings loaded and indexed in {:.2} s = {:.0} docs/s (ratio ours / baseline {:.2})",
+            took.as_secs_f64(),
+            bookings as f64 / took.as_secs_f64(),
+            took.as_secs_f64() / took_ours.as_secs_f64()
+        );
+        // The same sequence of queries, for at most a minute: at 1M bookings the peer
+        // needs a tenth of a second and more per query.
+        let mut rng = Rng::new(7);
+        let mut theirs = Timings::default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for _ in 0..count {
+            if Instant::now() > deadline {
+                break;
+            }
+            let (kind, request) = queries(&mut rng);
+            let started = Instant::now();
+            let rows = pg_search(&pool, kind, &request).await?;
+            theirs.add(kind, started.elapsed());
+            std::hint::black_box(rows);
+        }
+        theirs.print(
+            "baseline, PostgreSQL pg_trgm, the same queries",
+            Some(&ours),
+        );
+        pool.close().await;
+    }
+    Ok(())
+}
+
+/// Query latencies, overall and per kind of query.
+#[derive(Default)]
+struct Timings {
+    all: Vec<Duration>,
+    by_kind: std::collections::BTreeMap<&'static str, Vec<Duration>>,
+}
+
+impl Timings {
+    fn add(&mut self, kind: &'static str, took: Duration) {
+        self.all.push(took);
+        self.by_kind.entry(kind).or_default().push(took);
+    }
+
+    fn p50(samples: &[Duration]) -> Duration {
+        Latencies::new(samples.to_vec()).percentile(50.0)
+    }
+
+    /// Prints the summary; with `ours`, each line also gives this p50 ÷ ours p50 (how many
+    /// times longer the baseline takes).
+    fn print(&self, title: &str, ours: Option<&Timings>) {
+        let ratio = |mine: &[Duration], theirs: Option<&[Duration]>| match theirs {
+            Some(t) => format!(
+                " (baseline p50 ÷ ours p50: {:.1}×)",
+                ms(Self::p50(mine)) / ms(Self::p50(t)).max(1e-9)
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{title}: {}{}",
+            Latencies::new(self.all.clone()).summary(),
+            ratio(&self.all, ours.map(|o| o.all.as_slice()))
+        );
+        for (kind, samples) in &self.by_kind {
+            let latencies = Latencies::new(samples.clone());
+            println!(
+                "  {kind:<24} p50 {:.3} ms, p99 {:.3} ms{}",
+                ms(latencies.percentile(50.0)),
+                ms(latencies.percentile(99.0)),
+                ratio(
+                    samples,
+                    ours.and_then(|o| o.by_kind.get(kind)).map(Vec::as_slice)
+                )
+            );
+        }
+    }
+}
+
+/// One batch of the baseline table's columns.
+#[derive(Default)]
+struct BaselineRows {
+    ids: Vec<Uuid>,
+    statuses: Vec<String>,
+    resources: Vec<String>,
+    starts: Vec<DateTime<Utc>>,
+    docs: Vec<String>,
+}
+
+/// The same bookings as [`load`] (same seed), in a plain table with a trigram index.
+async fn pg_load(pool: &sqlx::PgPool, bookings: usize) -> anyhow::Result<Duration> {
+    sqlx::raw_sql(
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm; CREATE EXTENSION IF NOT EXISTS unaccent;
+         CREATE TABLE search_baseline (
+             booking_id uuid PRIMARY KEY, status text NOT NULL, resource_id text NOT NULL,
+             starts_at timestamptz NOT NULL, doc text NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    let mut rng = Rng::new(42);
+    let started = Instant::now();
+    let mut rows = BaselineRows::default();
+    for n in 0..bookings {
+        let (id, requested) = booking_event(&mut rng, n);
+        let p = &requested.payload;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        rows.ids.push(id);
+        rows.statuses
+            .push(if n % 10 == 0 { "cancelled" } else { "pending" }.to_owned());
+        rows.resources.push(text(&p["resource_id"]));
+        rows.starts
+            .push(serde_json::from_value(p["starts_at"].clone())?);
+        rows.docs.push(format!(
+            "{} {} {} {}",
+            text(&p["guest"]["name"]),
+            text(&p["guest"]["email"]),
+            text(&p["notes"]),
+            text(&p["resource_id"])
+        ));
+        if rows.ids.len() == 5_000 || n + 1 == bookings {
+            sqlx::query(
+                "INSERT INTO search_baseline \
+                 SELECT id, status, resource_id, starts_at, lower(unaccent(doc)) \
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
+                     AS v(id, status, resource_id, starts_at, doc)",
+            )
+            .bind(std::mem::take(&mut rows.ids))
+            .bind(std::mem::take(&mut rows.statuses))
+            .bind(std::mem::take(&mut rows.resources))
+            .bind(std::mem::take(&mut rows.starts))
+            .bind(std::mem::take(&mut rows.docs))
+            .execute(pool)
+            .await?;
+        }
+    }
+    sqlx::raw_sql(
+        "CREATE INDEX search_baseline_doc ON search_baseline USING gin (doc gin_trgm_ops);
+         CREATE INDEX search_baseline_filters ON search_baseline (status, resource_id);
+         CREATE INDEX search_baseline_start ON search_baseline (status, starts_at);
+         ANALYZE search_baseline;
+         SET plan_cache_mode = force_custom_plan",
+    )
+    .execute(pool)
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// `request` as SQL over the baseline table; returns the ids of the first page.
+async fn pg_search(
+    pool: &sqlx::PgPool,
+    kind: &str,
+    request: &SearchRequest,
+) -> anyhow::Result<Vec<Uuid>> {
+    let words: Vec<String> = request
+        .text
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut conditions = Vec::new();
+    let query = words.join(" ");
+    if kind == "one typo" {
+        conditions.push("lower(unaccent($1)) <% doc".to_owned());
+    } else if !words.is_empty() {
+        conditions.push(
+            "doc LIKE ALL (SELECT '%' || lower(unaccent(w)) || '%' FROM unnest($2::text[]) AS w)"
+                .to_owned(),
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
-    Ok(())
+    if request.status.is_some() {
+        conditions.push("status = $3".to_owned());
+    }
+    if request.resource_id.is_some() {
+        conditions.push("resource_id = $4".to_owned());
+    }
+    let filter = if conditions.is_empty() {
+        "true".to_owned()
+    } else {
+        conditions.join(" AND ")
+    };
+    let order = match (request.sort, words.is_empty()) {
+        (SearchSort::StartsAt, _) => "starts_at, booking_id",
+        (_, false) => "similarity(doc, lower(unaccent($1))) DESC, booking_id",
+        (_, true) => "booking_id",
+    };
+    let sql = format!(
+        "SELECT booking_id FROM search_baseline \
+          WHERE {filter} ORDER BY {order} LIMIT $5"
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(&query)
+        .bind(&words)
+        .bind(request.status.as_deref())
+        .bind(request.resource_id.as_deref())
+        .bind(request.limit as i64)
+        .fetch_all(pool)
+        .await?)
 }
