@@ -172,6 +172,10 @@ pub fn test_settings(options: &AppOptions) -> Settings {
         std::env::temp_dir().join(format!("chronicle-test-search-{}", Uuid::new_v4().simple()));
     settings.search.commit_interval = Duration::from_millis(100);
     settings.process.tick = Duration::from_millis(100);
+    // A transaction held open by a parallel test holds back the relay of every test
+    // database (the snapshot horizon is cluster-wide), so `min_position` reads wait
+    // longer than a deployment would; the 503 path has its own test with a short wait.
+    settings.reads.min_position_timeout = Duration::from_secs(30);
     // Tests drive many requests from one principal; the rate limit has its own test.
     settings.protection.per_second = 1_000_000.0;
     settings.protection.burst = 1_000_000.0;
