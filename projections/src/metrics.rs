@@ -29,6 +29,19 @@ pub static PROJECTOR_DUPLICATE_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|
     )
 });
 
+pub static PROJECTOR_EARLY_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            opts!(
+                "chronicle_projector_early_events_total",
+                "Events that came before their predecessor (a relay retry); skipped until resent"
+            ),
+            &["projector"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static PROJECTOR_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(

@@ -268,6 +268,34 @@ async fn batching_and_redelivery_do_not_change_the_read_models() {
     );
 }
 
+/// After a failed delivery the relay publishes again from its checkpoint, with a new
+/// producer; messages the old one had in flight may still land, and before the resent
+/// ones. So a partition can hold an aggregate's event N+1 before N (then N+1 again). The
+/// early copy must wait for its resend, not be applied over the gap.
+#[tokio::test]
+async fn an_event_that_arrives_before_its_predecessor_waits_for_the_resend() {
+    let events = envelopes();
+    let in_order = TestDb::create().await;
+    let in_order_pool = in_order.pool(2).await;
+    apply_in_batches(&in_order_pool, [events.clone()]).await;
+    let expected = tables(&in_order_pool).await;
+
+    for (checkpoint, late, batch) in [(4, 3, 2), (10, 8, 3), (1, 20, 5), (15, 6, 1)] {
+        let late_end = (checkpoint + 3 + late).min(events.len());
+        let mut partition: Vec<Envelope> = events[..checkpoint].to_vec();
+        partition.extend_from_slice(&events[(checkpoint + 3).min(late_end)..late_end]);
+        partition.extend_from_slice(&events[checkpoint..]);
+        let db = TestDb::create().await;
+        let pool = db.pool(2).await;
+        apply_in_batches(&pool, partition.chunks(batch).map(<[Envelope]>::to_vec)).await;
+        assert_eq!(
+            tables(&pool).await,
+            expected,
+            "checkpoint {checkpoint}, {late} late events, batches of {batch}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_folded_state_is_what_the_events_say() {
     let db = TestDb::create().await;

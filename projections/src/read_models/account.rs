@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Tx;
-use super::apply::{Fresh, Tally};
+use super::apply::{Fresh, Order, Tally};
 use super::history::Versions;
 
 #[derive(sqlx::FromRow)]
@@ -78,6 +78,9 @@ pub(crate) async fn apply(
             envelope.recorded_at,
             envelope.global_position,
         );
+        if !Order::of(rows.get(id).map(|row| row.version), seq).admits(&mut tally, pos) {
+            continue;
+        }
         let effective_at = match event.clone() {
             AccountEvent::AccountOpened {
                 owner,

@@ -31,13 +31,60 @@ pub struct BatchOutcome {
     /// Events these read models cannot read, by index in the batch, with the reason.
     /// Nothing of them was applied and the journal does not list them.
     pub unreadable: Vec<(usize, String)>,
+    /// Events that came before their predecessor (see [`Order::Early`]); not applied,
+    /// not in the journal, applied when they come again.
+    pub early: usize,
 }
 
 /// What one table module did with its events.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Tally {
     pub applied: usize,
     pub stale: usize,
+    /// Positions of events that came before their predecessor was applied.
+    pub early: Vec<i64>,
+}
+
+/// Where an event stands against the version its aggregate's row is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// The next event: apply it.
+    Next,
+    /// Already applied (a redelivery): skip it.
+    Stale,
+    /// Its predecessor is not applied yet. It happens when the relay publishes again
+    /// after a failure: messages its old producer still had in flight can land before
+    /// the resent ones. Skip it and take it out of the journal; its resend follows its
+    /// predecessor.
+    Early,
+}
+
+impl Order {
+    /// `version`: the row's version (`None` when there is no row); `sequence`: the
+    /// event's.
+    pub(crate) fn of(version: Option<i64>, sequence: i64) -> Self {
+        match version {
+            Some(version) if sequence <= version => Self::Stale,
+            Some(version) if sequence == version + 1 => Self::Next,
+            None if sequence == 1 => Self::Next,
+            _ => Self::Early,
+        }
+    }
+
+    /// Counts a skipped event in `tally`; true when the event is to be applied.
+    pub(crate) fn admits(self, tally: &mut Tally, position: i64) -> bool {
+        match self {
+            Self::Next => true,
+            Self::Stale => {
+                tally.stale += 1;
+                false
+            }
+            Self::Early => {
+                tally.early.push(position);
+                false
+            }
+        }
+    }
 }
 
 /// Applies `envelopes` (each aggregate's events in sequence order) to the read models
@@ -70,6 +117,16 @@ pub async fn apply_envelopes(
             Err(reason) => outcome.unreadable.push((index, reason)),
         }
     }
+    // Each aggregate's events in sequence order: all of an aggregate's messages come
+    // from one partition, and a redelivery can put a copy of a later event before an
+    // earlier one within a batch.
+    readable.sort_by(|(a, _), (b, _)| {
+        (&a.aggregate_type, &a.aggregate_id, a.sequence).cmp(&(
+            &b.aggregate_type,
+            &b.aggregate_id,
+            b.sequence,
+        ))
+    });
     let new = journal(tx, readable.iter().map(|(e, r)| (*e, r.id()))).await?;
     for (envelope, event) in readable {
         if !new.contains(&envelope.global_position) {
@@ -94,6 +151,7 @@ pub async fn apply_envelopes(
             }),
         }
     }
+    let mut early = Vec::new();
     for tally in [
         account::apply(tx, &accounts).await?,
         booking::apply(tx, &bookings).await?,
@@ -101,6 +159,14 @@ pub async fn apply_envelopes(
     ] {
         outcome.applied += tally.applied;
         outcome.duplicates += tally.stale;
+        early.extend(tally.early);
+    }
+    if !early.is_empty() {
+        outcome.early = early.len();
+        sqlx::query("DELETE FROM rm_applied_events WHERE global_position = ANY($1)")
+            .bind(&early)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(outcome)
 }

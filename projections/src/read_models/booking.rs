@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Tx;
-use super::apply::{Fresh, Tally};
+use super::apply::{Fresh, Order, Tally};
 use super::history::Versions;
 
 /// What changes after a booking is requested.
@@ -75,6 +75,9 @@ pub(crate) async fn apply(
             envelope.recorded_at,
             envelope.global_position,
         );
+        if !Order::of(statuses.get(id).map(|s| s.version), seq).admits(&mut tally, pos) {
+            continue;
+        }
         let (status, reason, payment_id) = match event.clone() {
             BookingEvent::BookingRequested {
                 account_id,

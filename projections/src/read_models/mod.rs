@@ -3,7 +3,8 @@
 //! Each batch is one transaction: the changes, a row per applied event in
 //! `rm_applied_events` (what `min_position` waits on, and a duplicate guard), and the
 //! next offset of each partition. Every change is also guarded by the aggregate's
-//! version, so a duplicate or stale event is a no-op.
+//! version: a duplicate or stale event is a no-op, and an event whose predecessor is not
+//! applied yet waits for its resend (see `apply::Order`).
 
 mod account;
 mod apply;
@@ -102,6 +103,18 @@ impl Projection for ReadModels {
         metrics::PROJECTOR_DUPLICATE_EVENTS
             .with_label_values(&[&self.name])
             .inc_by(outcome.duplicates as u64);
+        if outcome.early > 0 {
+            tracing::info!(
+                projector = %self.name,
+                early = outcome.early,
+                "events ahead of their predecessor set aside until their resend"
+            );
+            metrics::PROJECTOR_EARLY_EVENTS
+                .with_label_values(&[&self.name])
+                .inc_by(outcome.early as u64);
+        }
+        // The next offset of every partition in the batch, in one statement (sorted, so
+        // that writers of overlapping partitions would lock rows in the same order).
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for delivered in batch {
             let offset = next
@@ -109,21 +122,22 @@ impl Projection for ReadModels {
                 .or_default();
             *offset = (*offset).max(delivered.offset + 1);
         }
-        for ((topic, partition), offset) in next {
-            sqlx::query(
-                "INSERT INTO projector_offsets (projector, topic, partition, next_offset) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (projector, topic, partition) DO UPDATE \
-                 SET next_offset = greatest(projector_offsets.next_offset, EXCLUDED.next_offset), \
-                     updated_at = now()",
-            )
-            .bind(&self.name)
-            .bind(topic)
-            .bind(partition)
-            .bind(offset)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let mut next: Vec<_> = next.into_iter().collect();
+        next.sort_unstable();
+        sqlx::query(
+            "INSERT INTO projector_offsets (projector, topic, partition, next_offset) \
+             SELECT $1, topic, partition, next_offset \
+               FROM unnest($2::text[], $3::int[], $4::bigint[]) AS v(topic, partition, next_offset) \
+             ON CONFLICT (projector, topic, partition) DO UPDATE \
+             SET next_offset = greatest(projector_offsets.next_offset, EXCLUDED.next_offset), \
+                 updated_at = now()",
+        )
+        .bind(&self.name)
+        .bind(next.iter().map(|((topic, _), _)| *topic).collect::<Vec<_>>())
+        .bind(next.iter().map(|((_, partition), _)| *partition).collect::<Vec<_>>())
+        .bind(next.iter().map(|(_, offset)| *offset).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
         if let Some(observer) = &self.observer {
             observer.before_commit(number).await;
         }

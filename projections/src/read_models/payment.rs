@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Tx;
-use super::apply::{Fresh, Tally};
+use super::apply::{Fresh, Order, Tally};
 
 /// A payment as the fold needs it.
 struct State {
@@ -145,6 +145,9 @@ pub(crate) async fn apply(
             envelope.recorded_at,
             envelope.global_position,
         );
+        if !Order::of(states.get(id).map(|s| s.version), seq).admits(&mut tally, pos) {
+            continue;
+        }
         if let PaymentEvent::PaymentInitiated {
             account_id,
             owner,
