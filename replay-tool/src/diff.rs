@@ -11,7 +11,6 @@ use chronicle_domain::payment::PaymentState;
 use chronicle_eventstore::envelope::{STORED_COLUMNS, StoredEvent};
 use chronicle_projections::search::SearchIndex;
 use futures::TryStreamExt;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::fold::{Kind, Replayer, State};
@@ -41,16 +40,19 @@ pub struct Expected {
 }
 
 /// Replays every stream of the store.
-pub async fn replay_store(pool: &PgPool, show_progress: bool) -> anyhow::Result<Expected> {
+pub async fn replay_store(
+    conn: &mut sqlx::PgConnection,
+    show_progress: bool,
+) -> anyhow::Result<Expected> {
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let mut progress = Progress::new("replay", total as u64, show_progress);
     let replayer = Replayer::default();
     let query = format!(
         "SELECT {STORED_COLUMNS} FROM events ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\", sequence"
     );
-    let mut rows = sqlx::query_as::<_, StoredEvent>(&query).fetch(pool);
+    let mut rows = sqlx::query_as::<_, StoredEvent>(&query).fetch(&mut *conn);
     let mut expected = Expected::default();
     let mut current: Option<(String, String, State, i64)> = None;
     while let Some(event) = rows.try_next().await? {
@@ -172,12 +174,12 @@ type PaymentRow = (Uuid, String, i64, i64, i32, i64, i64);
 
 /// Compares the PostgreSQL read models with the replayed store.
 pub async fn diff_read_models(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     expected: &Expected,
 ) -> anyhow::Result<Vec<Discrepancy>> {
     let mut differ = Differ { found: Vec::new() };
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_applied_events")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     differ.check(
         "rm_applied_events",
@@ -193,7 +195,7 @@ pub async fn diff_read_models(
                 (SELECT count(*) FROM account_balance_history h WHERE h.account_id = a.account_id) \
            FROM accounts a",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .map(|row| (row.0, row))
@@ -242,7 +244,7 @@ pub async fn diff_read_models(
                 (SELECT count(*) FROM booking_status_history h WHERE h.booking_id = b.booking_id) \
            FROM bookings b",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .map(|row| (row.0, row))
@@ -281,7 +283,7 @@ pub async fn diff_read_models(
                 (SELECT count(*) FROM payment_ledger l WHERE l.payment_id = p.payment_id) \
            FROM payments p",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .map(|row| (row.0, row))

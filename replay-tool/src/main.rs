@@ -232,9 +232,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let pool = db::read_only(&url).await?;
             let started = std::time::Instant::now();
-            let expected = diff::replay_store(&pool, interactive).await?;
+            // The store and the read models from one snapshot: read models the projector
+            // changes meanwhile are not compared against a store read earlier.
+            let mut snapshot = pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *snapshot)
+                .await?;
+            let expected = diff::replay_store(&mut snapshot, interactive).await?;
             let found = match projection {
-                Projection::ReadModels => diff::diff_read_models(&pool, &expected).await?,
+                Projection::ReadModels => diff::diff_read_models(&mut snapshot, &expected).await?,
                 Projection::Search => {
                     let index = chronicle_projections::search::SearchIndex::open(&search_dir(dir))?;
                     diff::diff_search(&index, &expected)?

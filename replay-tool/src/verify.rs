@@ -22,7 +22,15 @@ pub struct Report {
 }
 
 /// Verifies every stream, or those of `kind`, or the one stream `kind`/`id`.
+///
+/// Heads and events are read in one read-only, repeatable-read transaction: on a store
+/// that is being appended to, both come from the same snapshot, so a stream that grew
+/// between the two reads is not mistaken for a truncated or forged one.
 pub async fn verify(pool: &PgPool, kind: Option<Kind>, id: Option<&str>) -> anyhow::Result<Report> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     let filter = "WHERE ($1::text IS NULL OR aggregate_type = $1) AND ($2::text IS NULL OR aggregate_id = $2)";
     let order = "ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\"";
     let kind_name = kind.map(Kind::name);
@@ -31,7 +39,7 @@ pub async fn verify(pool: &PgPool, kind: Option<Kind>, id: Option<&str>) -> anyh
     ))
     .bind(kind_name)
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .map(|(t, i, s)| ((t, i), s))
@@ -42,7 +50,7 @@ pub async fn verify(pool: &PgPool, kind: Option<Kind>, id: Option<&str>) -> anyh
     let mut rows = sqlx::query_as::<_, ChainedEvent>(&query)
         .bind(kind_name)
         .bind(id)
-        .fetch(pool);
+        .fetch(&mut *tx);
     let mut current: Option<(StreamKey, ChainCheck)> = None;
     while let Some(event) = rows.try_next().await? {
         report.events += 1;

@@ -422,9 +422,14 @@ async fn replay(db: &TestDb, data: &std::path::Path, args: &[&str]) -> (bool, St
     .output()
     .await
     .expect("chronicle-replay (CHRONICLE_REPLAY_BIN)");
+    // The summary ("… N discrepancies") is on stderr, the details on stdout.
     (
         output.status.success(),
-        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        ),
     )
 }
 
@@ -567,7 +572,7 @@ async fn scenario(fault: Fault) -> Row {
     .unwrap();
     let (_, read_models) = replay(&db, &data, &["diff", "read-models"]).await;
     let (_, search) = replay(&db, &data, &["diff", "search"]).await;
-    let (verified, _) = replay(&db, &data, &["verify"]).await;
+    let (verified, verify_report) = replay(&db, &data, &["verify"]).await;
     deployment.stop_all().await;
     broker.stop().await;
     let row = Row {
@@ -585,7 +590,17 @@ async fn scenario(fault: Fault) -> Row {
     if row.clean() {
         let _ = std::fs::remove_dir_all(&scratch);
     } else {
-        eprintln!("  logs and data kept in {}", scratch.display());
+        for (name, report) in [
+            ("diff-read-models.txt", &read_models),
+            ("diff-search.txt", &search),
+            ("verify.txt", &verify_report),
+        ] {
+            let _ = std::fs::write(scratch.join(name), report);
+        }
+        eprintln!(
+            "  logs, data and the diff and verify reports kept in {}",
+            scratch.display()
+        );
     }
     row
 }
