@@ -570,8 +570,23 @@ async fn scenario(fault: Fault) -> Row {
     .fetch_one(&pool)
     .await
     .unwrap();
-    let (_, read_models) = replay(&db, &data, &["diff", "read-models"]).await;
-    let (_, search) = replay(&db, &data, &["diff", "search"]).await;
+    // The process manager keeps working after the load stops (expiries, retries), so
+    // an append can land between settling and diffing; the diff then counts events the
+    // projector has not applied yet. Such differences pass once the system settles
+    // again; a read model that went wrong stays wrong. So a diff that finds something
+    // is repeated, after settling, up to three times.
+    let mut read_models = String::new();
+    let mut search = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            settle(&pool, &acknowledged, Instant::now()).await;
+        }
+        read_models = replay(&db, &data, &["diff", "read-models"]).await.1;
+        search = replay(&db, &data, &["diff", "search"]).await.1;
+        if discrepancies(&read_models) == 0 && discrepancies(&search) == 0 {
+            break;
+        }
+    }
     let (verified, verify_report) = replay(&db, &data, &["verify"]).await;
     deployment.stop_all().await;
     broker.stop().await;
@@ -680,7 +695,10 @@ async fn main() {
              (writes this file with `--write docs/faults.md`).\n\nUnder a bounded load of mixed commands \
              (6 clients: accounts, deposits, withdrawals, bookings, cancellations, payments), each fault is \
              injected 3 s in, healed, and the load runs 3 s more. Recovery is the time from healing until \
-             the read models hold every acknowledged command.\n\n{report}",
+             the read models hold every acknowledged command. The checks run once the store and the \
+             read models have been still for 2 s; a diff that finds something is repeated after settling \
+             again (up to three times), since the process manager may append meanwhile, while a read \
+             model that went wrong stays wrong.\n\n{report}",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             machine()
         );
