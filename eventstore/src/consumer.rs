@@ -274,8 +274,17 @@ impl<P: Projection> Projector<P> {
             let partitions = metadata
                 .topics()
                 .first()
+                .filter(|t| t.error().is_none())
                 .map(|t| t.partitions().len() as i32)
                 .unwrap_or(0);
+            // A topic the relay has not created yet has no partitions to assign; assigning
+            // nothing would leave this projector idle for good. Fail, and `run` retries
+            // with backoff until the topic exists.
+            if partitions == 0 {
+                return Err(ProjectionError::Other(format!(
+                    "topic {topic} has no partitions yet (not created?)"
+                )));
+            }
             for partition in (0..partitions).filter(|p| (*p as u32) % instances.max(1) == instance)
             {
                 let offset = match positions.next.get(&(topic.clone(), partition)) {

@@ -322,3 +322,21 @@ async fn two_instances_split_the_partitions_by_explicit_assignment() {
     assert_eq!(unique.len(), partitions.len());
     stop.cancel();
 }
+
+/// A projector that starts before the relay has created the topics must not settle for
+/// an empty assignment: it retries until the topics exist, then projects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_started_before_its_topics_exist_projects_once_they_do() {
+    let db = Arc::new(TestDb::create().await);
+    let settings = chronicle_tests::test_settings(&AppOptions::with_read_side());
+    let app = chronicle_tests::spawn_with_settings(db, settings, false).await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.start_projector();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.start_relay();
+    app.deposit(&token, account, 250).await;
+    app.wait_until_projected().await;
+    let view = app.get(&format!("/v1/accounts/{account}"), &token).await;
+    assert_eq!(view.body["balance"], json!(250), "{view:?}");
+}
