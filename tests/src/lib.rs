@@ -594,6 +594,18 @@ impl TestApp {
         )
         .await
     }
+
+    /// GETs `path` without a token and returns the body as text (metrics, docs).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("a text body")
+    }
 }
 
 /// The read tables as JSON, in key order, for comparing two projections.

@@ -243,15 +243,7 @@ async fn the_openapi_document_covers_every_route_and_the_docs_page_works_offline
         document["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
-    let page = app
-        .client
-        .get(format!("{}/docs/", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.get_text("/docs/").await;
     assert!(
         page.contains("swagger") && !page.contains("cdn."),
         "the page loads nothing from a CDN"
@@ -278,15 +270,7 @@ async fn metrics_count_requests_commands_and_events() {
         &json!({ "amount": 50 }),
     )
     .await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     for expected in [
         "chronicle_http_requests_total{method=\"POST\",route=\"/v1/accounts/{id}/deposits\",status=\"200\"} 1",
         "chronicle_http_request_duration_seconds_bucket",

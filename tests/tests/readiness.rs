@@ -67,15 +67,7 @@ async fn an_open_transaction_holding_the_relay_back_is_a_readiness_failure() {
     app.open_account(&token, "EUR", 0).await;
     let body = wait_for_reason(&app, "relay held back").await;
     assert_eq!(body["relay"]["held_back"], 1);
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     assert!(
         metrics.contains("chronicle_relay_held_back_events 1"),
         "{metrics}"
