@@ -36,8 +36,10 @@ impl From<CommandOutcome> for Accepted {
 ///
 /// `request_line` ("POST /v1/accounts/…") and `body` identify the request; the same key
 /// with the same request answers from the stored record, with another request 422.
-/// `run` builds the command (validation included) and executes it; it is not called
-/// for a replay, so a replay never re-validates against a clock that has moved on.
+/// The command service finds the record in the same statement that loads the aggregate
+/// and then does not run the command. `run` builds the command (validation included)
+/// and executes it; when building fails for a request that has a key (the clock moved
+/// on, or the account it read has changed since), the record still answers.
 pub async fn execute<B, F, Fut>(
     state: &AppState,
     principal: &Principal,
@@ -59,23 +61,23 @@ where
             key: key.clone(),
             request_hash: request_hash(request_line, body),
         });
-    if let Some(claim) = &claim
-        && let Some(accepted) = replay(state, actor, claim).await?
-    {
-        return Ok(accepted);
-    }
     let metadata = CommandMetadata::for_request(actor, headers.request_id, headers.correlation_id)
         .with_idempotency(claim.clone());
-    match run(metadata).await {
-        Ok(outcome) => Ok(outcome.into()),
-        // A concurrent request with the same key committed first.
-        Err(CommandError::IdempotencyKeyUsed) => match &claim {
-            Some(claim) => replay(state, actor, claim)
-                .await?
-                .ok_or_else(idempotency_key_reused),
-            None => Err(idempotency_key_reused()),
-        },
-        Err(error) => Err(error.into()),
+    match (run(metadata).await, &claim) {
+        (Ok(outcome), _) => Ok(outcome.into()),
+        // Another request with this key committed: the same request (a concurrent
+        // retry) answers from its record, another one 422.
+        (Err(CommandError::IdempotencyKeyUsed), Some(claim)) => replay(state, actor, claim)
+            .await?
+            .ok_or_else(idempotency_key_reused),
+        (Err(CommandError::IdempotencyKeyUsed), None) => Err(idempotency_key_reused()),
+        (Err(error), Some(claim)) if !matches!(error, CommandError::Unavailable(_)) => {
+            match replay(state, actor, claim).await? {
+                Some(accepted) => Ok(accepted),
+                None => Err(error.into()),
+            }
+        }
+        (Err(error), _) => Err(error.into()),
     }
 }
 

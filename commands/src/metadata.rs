@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chronicle_eventstore::idempotency::{HASH_METADATA, KEY_METADATA};
-use chronicle_eventstore::stream::REQUEST_ID_METADATA;
+use chronicle_eventstore::repository::REQUEST_ID_METADATA;
 use uuid::Uuid;
 
 /// An `Idempotency-Key` and the hash of the request it was sent with.
@@ -51,7 +51,8 @@ impl CommandMetadata {
         self
     }
 
-    pub(crate) fn to_map(&self) -> HashMap<String, String> {
+    /// The metadata as cqrs-es carries it, and as every event of the command stores it.
+    pub fn to_map(&self) -> HashMap<String, String> {
         let mut map = HashMap::from([
             ("actor".to_owned(), self.actor.clone()),
             (REQUEST_ID_METADATA.to_owned(), self.request_id.to_string()),

@@ -1,19 +1,22 @@
-//! The command service: one `CqrsFramework` per aggregate over postgres-es's repository.
+//! The command service: cqrs-es's `CqrsFramework` over Chronicle's event repository,
+//! two statements a command (ADR 0011).
 
 use std::time::Duration;
 
 use chronicle_domain::{Account, Booking, DomainError, Issued, Payment};
+use chronicle_eventstore::AppendRejection;
 use chronicle_eventstore::error::is_unavailable;
-use chronicle_eventstore::stream::{self, StreamPoint};
-use chronicle_eventstore::{AppendRejection, PostgresCqrs, PostgresEventRepository};
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore};
+use chronicle_eventstore::idempotency::IdempotencyRecord;
+use chronicle_eventstore::repository::{CommandStore, Committed, EventRepository};
+use chronicle_eventstore::wake::RelayWake;
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::CommandError;
 use crate::locks::StripedLocks;
 use crate::metadata::CommandMetadata;
+use crate::metrics::CountAppended;
 
 /// Tunables of the write side.
 #[derive(Clone, Debug)]
@@ -47,55 +50,33 @@ pub struct CommandOutcome {
     pub appended: bool,
 }
 
-type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
-
-struct Handle<A: Aggregate> {
-    cqrs: PostgresCqrs<A>,
-    store: Store<A>,
-}
-
-impl<A: Aggregate<Services = ()>> Handle<A> {
-    fn new(pool: &PgPool, settings: &CommandSettings) -> Self {
-        let store = || {
-            PersistedEventStore::new_snapshot_store(
-                PostgresEventRepository::new(pool.clone()),
-                settings.snapshot_every.max(1),
-            )
-            .with_upcasters(chronicle_domain::upcast::upcasters())
-        };
-        Self {
-            cqrs: CqrsFramework::new(store(), vec![Box::new(crate::metrics::CountAppended)], ()),
-            store: store(),
-        }
-    }
-}
-
 /// Executes commands on the three aggregates.
 pub struct CommandService {
-    pool: PgPool,
-    accounts: Handle<Account>,
-    bookings: Handle<Booking>,
-    payments: Handle<Payment>,
+    repository: EventRepository,
     locks: StripedLocks,
     settings: CommandSettings,
 }
 
 impl CommandService {
-    /// A service appending through `pool`.
+    /// A service appending through `pool`; after each append it wakes the relay.
     pub fn new(pool: PgPool, settings: CommandSettings) -> Self {
-        Self {
-            accounts: Handle::new(&pool, &settings),
-            bookings: Handle::new(&pool, &settings),
-            payments: Handle::new(&pool, &settings),
-            locks: StripedLocks::new(1024),
+        let wake = RelayWake::start(pool.connect_options().as_ref().clone());
+        let repository = EventRepository::new(
             pool,
+            settings.snapshot_every,
+            chronicle_domain::upcast::upcasters(),
+        )
+        .with_wake(wake);
+        Self {
+            repository,
+            locks: StripedLocks::new(1024),
             settings,
         }
     }
 
     /// The pool commands append through.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.repository.pool()
     }
 
     /// Executes a command on account `id`.
@@ -105,7 +86,7 @@ impl CommandService {
         command: <Account as Aggregate>::Command,
         metadata: &CommandMetadata,
     ) -> Result<CommandOutcome, CommandError> {
-        self.execute(&self.accounts, id, command, metadata).await
+        self.execute::<Account, _>(id, command, metadata).await
     }
 
     /// Executes a command on booking `id`.
@@ -115,7 +96,7 @@ impl CommandService {
         command: <Booking as Aggregate>::Command,
         metadata: &CommandMetadata,
     ) -> Result<CommandOutcome, CommandError> {
-        self.execute(&self.bookings, id, command, metadata).await
+        self.execute::<Booking, _>(id, command, metadata).await
     }
 
     /// Executes a command on payment `id`.
@@ -125,118 +106,164 @@ impl CommandService {
         command: <Payment as Aggregate>::Command,
         metadata: &CommandMetadata,
     ) -> Result<CommandOutcome, CommandError> {
-        self.execute(&self.payments, id, command, metadata).await
+        self.execute::<Payment, _>(id, command, metadata).await
     }
 
     /// The current state of account `id` (default when it does not exist), for checks a
     /// command needs before it can be built.
     pub async fn load_account(&self, id: Uuid) -> Result<Account, CommandError> {
-        load(&self.accounts.store, id).await
+        self.load(id).await
     }
 
     /// The current state of booking `id`.
     pub async fn load_booking(&self, id: Uuid) -> Result<Booking, CommandError> {
-        load(&self.bookings.store, id).await
+        self.load(id).await
     }
 
     /// The current state of payment `id`.
     pub async fn load_payment(&self, id: Uuid) -> Result<Payment, CommandError> {
-        load(&self.payments.store, id).await
+        self.load(id).await
     }
 
+    async fn load<A: Aggregate<Error = DomainError>>(&self, id: Uuid) -> Result<A, CommandError> {
+        match self.repository.load::<A>(&id.to_string(), None).await {
+            Ok(loaded) => Ok(loaded.stream.aggregate),
+            Err(error) => Err(failure(AggregateError::<DomainError>::from(error))),
+        }
+    }
+
+    /// Runs `command` on aggregate `id`: loads it with the request's idempotency record
+    /// (one statement), answers from the record when the request ran before, otherwise
+    /// lets `CqrsFramework` decide and commit (one statement), retrying lost races.
     #[tracing::instrument(skip_all, fields(aggregate = A::TYPE, aggregate_id = %id))]
     async fn execute<A, C>(
         &self,
-        handle: &Handle<A>,
         id: Uuid,
         command: Issued<C>,
         metadata: &CommandMetadata,
     ) -> Result<CommandOutcome, CommandError>
     where
-        A: Aggregate<Command = Issued<C>, Error = DomainError>,
+        A: Aggregate<Command = Issued<C>, Error = DomainError, Services = ()>,
         C: Clone,
     {
         let aggregate_id = id.to_string();
         let _queued = self.locks.lock(A::TYPE, &aggregate_id).await;
-        let map = metadata.to_map();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = handle
-                .cqrs
-                .execute_with_metadata(&aggregate_id, command.clone(), map.clone())
-                .await;
-            match classify(result) {
-                Ok(()) => break,
-                Err(Failure::Final(error)) => {
-                    crate::metrics::COMMANDS
-                        .with_label_values(&[A::TYPE, error.code()])
-                        .inc();
-                    return Err(error);
-                }
-                Err(Failure::Retry) if attempt < self.settings.max_attempts => {
-                    tracing::debug!(attempt, "lost a race for the aggregate; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(Failure::Retry) => {
-                    let error = CommandError::Contention { attempts: attempt };
-                    crate::metrics::COMMANDS
-                        .with_label_values(&[A::TYPE, error.code()])
-                        .inc();
-                    return Err(error);
-                }
-            }
-        }
-        let request_id = metadata.request_id.to_string();
-        let point =
-            match stream::appended_by(&self.pool, A::TYPE, &aggregate_id, &request_id).await? {
-                Some(point) => Some((point, true)),
-                None => stream::head(&self.pool, A::TYPE, &aggregate_id)
-                    .await?
-                    .map(|point| (point, false)),
-            };
-        let (
-            StreamPoint {
-                sequence,
-                global_position,
-            },
-            appended,
-        ) = point.unwrap_or((
-            StreamPoint {
-                sequence: 0,
-                global_position: 0,
-            },
-            false,
-        ));
-        tracing::debug!(
-            version = sequence,
-            position = global_position,
-            appended,
-            "command executed"
-        );
-        let outcome = if appended { "appended" } else { "no_op" };
+        let result = self
+            .attempts::<A, C>(id, &aggregate_id, command, metadata)
+            .await;
+        let outcome = match &result {
+            Ok(Executed::Replayed(_)) => "replayed",
+            Ok(Executed::Committed(c)) if c.appended => "appended",
+            Ok(Executed::Committed(_)) => "no_op",
+            Err(error) => error.code(),
+        };
         crate::metrics::COMMANDS
             .with_label_values(&[A::TYPE, outcome])
             .inc();
-        Ok(CommandOutcome {
-            aggregate_id: id,
-            version: sequence,
-            position: global_position,
-            appended,
-        })
+        let outcome = match result? {
+            Executed::Replayed(outcome) => outcome,
+            Executed::Committed(c) => CommandOutcome {
+                aggregate_id: id,
+                version: c.version,
+                position: c.position,
+                appended: c.appended,
+            },
+        };
+        tracing::debug!(
+            version = outcome.version,
+            position = outcome.position,
+            appended = outcome.appended,
+            "command executed"
+        );
+        Ok(outcome)
+    }
+
+    async fn attempts<A, C>(
+        &self,
+        id: Uuid,
+        aggregate_id: &str,
+        command: Issued<C>,
+        metadata: &CommandMetadata,
+    ) -> Result<Executed, CommandError>
+    where
+        A: Aggregate<Command = Issued<C>, Error = DomainError, Services = ()>,
+        C: Clone,
+    {
+        let map = metadata.to_map();
+        let claim = metadata
+            .idempotency
+            .as_ref()
+            .map(|claim| (metadata.actor.as_str(), claim.key.as_str()));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let loaded = self
+                .repository
+                .load::<A>(aggregate_id, claim)
+                .await
+                .map_err(|e| failure(e.into()))?;
+            if let Some(record) = loaded.idempotency {
+                return replayed(metadata, &record).map(Executed::Replayed);
+            }
+            let store = CommandStore::new(&self.repository, Some(loaded.stream));
+            let result = CqrsFramework::new(&store, vec![Box::new(CountAppended)], ())
+                .execute_with_metadata(aggregate_id, command.clone(), map.clone())
+                .await;
+            match classify(result) {
+                Ok(()) => {
+                    let committed = store.committed().unwrap_or(Committed {
+                        version: 0,
+                        position: 0,
+                        appended: false,
+                    });
+                    return Ok(Executed::Committed(committed));
+                }
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Retry) if attempt < self.settings.max_attempts => {
+                    tracing::debug!(attempt, %id, "lost a race for the aggregate; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(Failure::Retry) => return Err(CommandError::Contention { attempts: attempt }),
+            }
+        }
     }
 }
 
-async fn load<A: Aggregate<Error = DomainError>>(
-    store: &Store<A>,
-    id: Uuid,
-) -> Result<A, CommandError> {
-    match store.load_aggregate(&id.to_string()).await {
-        Ok(context) => Ok(context.aggregate),
-        Err(error) => Err(match classify(Err(error)) {
-            Err(Failure::Final(error)) => error,
-            _ => CommandError::Unavailable("could not load the aggregate".into()),
-        }),
+/// How a command ended well.
+enum Executed {
+    /// The request ran before; this is its recorded answer.
+    Replayed(CommandOutcome),
+    Committed(Committed),
+}
+
+/// The recorded answer of a request that ran before, if `metadata` is the same request.
+fn replayed(
+    metadata: &CommandMetadata,
+    record: &IdempotencyRecord,
+) -> Result<CommandOutcome, CommandError> {
+    let same = metadata
+        .idempotency
+        .as_ref()
+        .is_some_and(|claim| claim.request_hash == record.request_hash);
+    if !same {
+        return Err(CommandError::IdempotencyKeyUsed);
+    }
+    let aggregate_id = Uuid::parse_str(&record.aggregate_id).map_err(|e| {
+        CommandError::Internal(format!("stored aggregate id is not a uuid: {e}").into())
+    })?;
+    Ok(CommandOutcome {
+        aggregate_id,
+        version: record.last_sequence,
+        position: record.last_position,
+        appended: false,
+    })
+}
+
+/// The typed error of a failure that is not worth retrying.
+fn failure(error: AggregateError<DomainError>) -> CommandError {
+    match classify(Err(error)) {
+        Err(Failure::Final(error)) => error,
+        _ => CommandError::Unavailable("could not load the aggregate".into()),
     }
 }
 

@@ -3,8 +3,10 @@
 //! make `events` append-only for every role; and what the append transaction writes
 //! besides events (seat claims, idempotency records), enforced by the database.
 //!
-//! Writes go through postgres-es's repository unchanged; see `docs/adr/0001`. The
-//! relay publishes the store to Kafka in commit order; see `docs/adr/0005`.
+//! Commands load and append through [`repository::EventRepository`], two statements a
+//! command, on postgres-es's tables (`docs/adr/0011`); the database enforces the rest
+//! whoever writes (`docs/adr/0001`). The relay publishes the store to Kafka in commit
+//! order; see `docs/adr/0005`.
 
 pub mod chain;
 pub mod consumer;
@@ -15,8 +17,11 @@ pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
 pub mod relay;
-pub mod stream;
+pub mod repository;
+pub mod wake;
 
 pub use db::{DatabaseSettings, connect, ensure_database, migrate};
 pub use error::{AppendRejection, StoreError};
+/// postgres-es's repository: the reference [`repository::EventRepository`] is tested
+/// against (ADR 0011).
 pub use postgres_es::{PostgresCqrs, PostgresEventRepository};

@@ -327,11 +327,25 @@ impl TestApp {
 
     /// Runs the read-model and search projectors until the app is dropped (or the task
     /// is aborted).
+    ///
+    /// A projector aborted just before may still hold the search index's writer: an
+    /// aborted task's indexing or commit runs on in `spawn_blocking` to its end. The
+    /// new one waits for that writer to be released.
     pub fn start_projector(&self) -> tokio::task::JoinHandle<()> {
         let read_models = roles::read_model_projector(&self.settings, self.pool.clone());
-        let search = roles::search_projector(&self.settings).expect("search projector");
+        let settings = self.settings.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let search = loop {
+                match roles::search_projector(&settings) {
+                    Ok(search) => break search,
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(error) => panic!("search projector: {error:#}"),
+                }
+            };
             tokio::join!(read_models.run(shutdown.clone()), search.run(shutdown));
         })
     }

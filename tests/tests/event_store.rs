@@ -245,29 +245,228 @@ async fn snapshots_bound_what_a_load_reads_and_a_bad_one_is_replaced() {
     );
 
     // A snapshot that no longer deserializes (the aggregate changed shape) is ignored,
-    // the stream replayed, and a fresh snapshot replaces it at the next boundary.
+    // the stream replayed, and a fresh snapshot replaces it at the next commit.
     sqlx::query("UPDATE snapshots SET payload = '{\"shape\": \"old\"}' WHERE aggregate_id = $1")
         .bind(&id)
         .execute(&app.pool)
         .await
         .unwrap();
-    for _ in 0..6 {
-        app.deposit(&token, account, 5).await;
-    }
+    app.deposit(&token, account, 5).await;
     let (last, payload): (i64, serde_json::Value) =
         sqlx::query_as("SELECT last_sequence, payload FROM snapshots WHERE aggregate_id = $1")
             .bind(&id)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!(last, 30);
-    // Opened, then 29 deposits of 5 up to sequence 30.
-    assert_eq!(payload["state"]["balance"], 145);
+    assert_eq!(last, 26);
+    // Opened, then 25 deposits of 5 up to sequence 26.
+    assert_eq!(payload["state"]["balance"], 125);
+    assert_eq!(payload["version"], 26);
+    // And from there, one every ten events again.
+    for _ in 0..10 {
+        app.deposit(&token, account, 5).await;
+    }
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_sequence FROM snapshots WHERE aggregate_id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(last, 36);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM snapshots")
         .fetch_one(&app.pool)
         .await
         .unwrap();
     assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn if_match_holds_across_a_snapshot() {
+    // cqrs-es 0.5's PersistedEventStore applied a command's events twice into the
+    // snapshot (its EventSink had applied them already), so after a snapshot the
+    // aggregate's version ran one ahead and a correct If-Match answered 412 (ADR 0011).
+    let app = spawn_app_with(AppOptions {
+        commands: CommandSettings {
+            snapshot_every: 4,
+            ..CommandSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    for version in 1..=9 {
+        let reply = app
+            .post(
+                &format!("/v1/accounts/{account}/deposits"),
+                Some(&token),
+                &[("If-Match", &format!("\"{version}\""))],
+                &json!({ "amount": 10 }),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "at version {version}: {reply:?}"
+        );
+        assert_eq!(reply.body["version"], version + 1);
+    }
+    let payload: serde_json::Value =
+        sqlx::query_scalar("SELECT payload FROM snapshots WHERE aggregate_id = $1")
+            .bind(account.to_string())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(payload["version"], 8);
+    assert_eq!(payload["state"]["balance"], 70);
+}
+
+#[tokio::test]
+async fn a_command_of_two_events_across_a_snapshot_keeps_both() {
+    // ChargeFailed and PaymentSuspended come from one command that crosses a snapshot
+    // boundary: the snapshot is taken at the end of the commit and holds both (a
+    // snapshot of the boundary recorded at the commit's last sequence would lose the
+    // suspension; ADR 0011).
+    use chronicle_commands::CommandMetadata;
+    use chronicle_domain::payment::PaymentRequest;
+    use chronicle_domain::values::{Note, Owner};
+    use chronicle_domain::{
+        AccountCommand, Actor, Amount, Currency, Issued, Money, PaymentCommand, PaymentKind,
+        PaymentStatus, Role, Schedule,
+    };
+    let app = spawn_app_with(AppOptions {
+        commands: CommandSettings {
+            snapshot_every: 3,
+            ..CommandSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let alice = Actor::new("alice", [Role::Client]);
+    let system = Actor::system("process-manager");
+    let now = chrono::Utc::now();
+    let metadata = || CommandMetadata::for_request("alice", uuid::Uuid::new_v4(), None);
+    let (account, payment) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let eur = Currency::parse("EUR").unwrap();
+    let open = AccountCommand::OpenAccount {
+        account_id: account,
+        owner: Owner::parse("alice").unwrap(),
+        currency: eur,
+        overdraft_limit: 0,
+    };
+    app.commands
+        .account(account, Issued::new(alice.clone(), now, open), &metadata())
+        .await
+        .unwrap();
+    let initiate = PaymentCommand::InitiatePayment(PaymentRequest {
+        payment_id: payment,
+        account_id: account,
+        owner: "alice".to_owned(),
+        amount: Money::new(Amount::new("amount", 500).unwrap(), eur),
+        kind: PaymentKind::Recurring,
+        schedule: Some(Schedule {
+            interval_seconds: 3_600,
+            count: Some(3),
+            until: None,
+        }),
+        booking_id: None,
+    });
+    for command in [
+        initiate,
+        PaymentCommand::CapturePayment { charge: 1 },
+        PaymentCommand::FailCharge {
+            charge: 2,
+            attempt: 3,
+            reason: Note::reason("declined"),
+            retry_at: None,
+        },
+    ] {
+        let issued = Issued::new(system.clone(), now, command);
+        app.commands
+            .payment(payment, issued, &metadata())
+            .await
+            .unwrap();
+    }
+    let snapshot: i64 =
+        sqlx::query_scalar("SELECT last_sequence FROM snapshots WHERE aggregate_id = $1")
+            .bind(payment.to_string())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(snapshot, 4, "one snapshot, at the end of the commit");
+    let loaded = app.commands.load_payment(payment).await.unwrap();
+    assert_eq!(loaded.state().unwrap().status, PaymentStatus::Suspended);
+}
+
+#[tokio::test]
+async fn the_chain_hashes_as_before_the_trigger_was_inlined() {
+    // A store written under the first migrations' trigger (hash through the SQL helper
+    // functions), then migrated to the inlined trigger and appended to: one chain, and
+    // every link equal to the helper's own definition.
+    let db = chronicle_tests::TestDb::create().await;
+    let pool = db.pool(2).await;
+    let fresh = format!("{}_old", db.name);
+    let mut admin = sqlx::PgConnection::connect_with(&chronicle_tests::admin_options())
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{fresh}\" TEMPLATE template0"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let old = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(db.options.clone().database(&fresh))
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate::Migrator {
+        migrations: chronicle_eventstore::db::MIGRATOR.migrations.clone(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    let inlined = before
+        .migrations
+        .iter()
+        .position(|m| m.description.contains("cheaper append"))
+        .expect("the migration that inlines the chain");
+    before.migrations = before.migrations[..inlined].to_vec().into();
+    before.run(&old).await.unwrap();
+    let stream = uuid::Uuid::new_v4().to_string();
+    let append = |sequence: i64| {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata) VALUES ('Account', $1, $2, 'Noted', '1', \
+             $3, '{\"actor\": \"zoë\"}')",
+        )
+        .bind(stream.clone())
+        .bind(sequence)
+        .bind(json!({"n": sequence, "text": "Zoë — ünïcode ✓", "nested": {"a": [1, 2.5, null]}}))
+    };
+    for sequence in 1..=3 {
+        append(sequence).execute(&old).await.unwrap();
+    }
+    chronicle_eventstore::migrate(&old).await.unwrap();
+    for sequence in 4..=6 {
+        append(sequence).execute(&old).await.unwrap();
+    }
+    assert_eq!(
+        verify_stream(&old, "Account", &stream).await.unwrap(),
+        vec![]
+    );
+    let differing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e \
+           LEFT JOIN events p ON p.aggregate_type = e.aggregate_type \
+                AND p.aggregate_id = e.aggregate_id AND p.sequence = e.sequence - 1 \
+          WHERE e.hash <> chronicle_chain_hash(coalesce(p.hash, decode(repeat('00', 32), 'hex')), e)",
+    )
+    .fetch_one(&old)
+    .await
+    .unwrap();
+    assert_eq!(differing, 0);
+    old.close().await;
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE \"{fresh}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

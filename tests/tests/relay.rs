@@ -191,3 +191,48 @@ async fn publish_exactly(active: &mut ActiveRelay<'_>, expected: usize) {
     }
     assert_eq!(published, expected, "events published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_wakes_the_relay_after_its_commit_without_waiting_for_a_poll() {
+    let app = spawn_app().await;
+    ensure_topics(&app.settings.kafka).await.unwrap();
+    let relay = Relay::new(
+        app.pool.clone(),
+        app.settings.kafka.clone(),
+        RelaySettings {
+            poll_interval: std::time::Duration::from_secs(300),
+            ..RelaySettings::default()
+        },
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    let token = app.client_token("alice");
+    // The first account may go out with the relay's first look; the deposits each need
+    // a wake-up, since nothing else makes the relay look again within five minutes.
+    let account = app.open_account(&token, "EUR", 0).await;
+    for expected in 2..=4 {
+        app.deposit(&token, account, 5).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let published: i64 = sqlx::query_scalar(
+                "SELECT coalesce(max(published), 0) FROM relay_checkpoints WHERE name = 'default'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if published >= expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {expected} not published: the relay was not woken"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+}
