@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmark programs with everything they need: PostgreSQL, a tansu broker of
-# their own (127.0.0.1:29092, durable SQLite storage), the Python peer's virtualenv,
-# release builds. Each program's output is kept in docs/bench/<name>.txt, its plots in
+# their own (127.0.0.1:29092, durable SQLite storage), the command benchmark's peers
+# (Python eventsourcing in a virtualenv, esrs built outside the workspace, Emmett
+# installed with npm ci; all under target/), release builds. Each program's output is kept in docs/bench/<name>.txt, its plots in
 # docs/bench/*.png.
 #
 #   scripts/bench.sh [commands|pipeline|search|search-1m|replay|all] [-- extra args]
@@ -25,6 +26,28 @@ if [ ! -x "$pyenv/bin/python" ] || ! cmp -s bench/peer/requirements.txt "$pyenv/
   python3 -m venv "$pyenv"
   "$pyenv/bin/pip" install --quiet --disable-pip-version-check -r bench/peer/requirements.txt
   cp bench/peer/requirements.txt "$pyenv/requirements.txt"
+fi
+
+# esrs's sqlx needs OpenSSL's headers (native-tls); Debian ships them as libssl-dev.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
+    die "the esrs peer needs OpenSSL's headers and pkg-config (Debian: apt-get install libssl-dev pkg-config)"
+  say "installing libssl-dev and pkg-config for the esrs peer"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+fi
+say "building the esrs peer into target/bench-esrs"
+cargo build --release --quiet --locked --manifest-path bench/peer/esrs/Cargo.toml \
+  --target-dir target/bench-esrs
+
+emmett=target/bench-emmett
+if ! command -v npm >/dev/null 2>&1; then
+  say "npm not found: the Emmett peer will be reported as skipped (it needs Node.js 20 and npm)"
+elif [ ! -d "$emmett/node_modules" ] || ! cmp -s bench/peer/emmett/package-lock.json "$emmett/package-lock.json"; then
+  say "installing the Emmett peer into $emmett"
+  rm -rf "$emmett" && mkdir -p "$emmett"
+  cp bench/peer/emmett/package.json bench/peer/emmett/package-lock.json "$emmett/"
+  (cd "$emmett" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 say "building (release)"

@@ -44,6 +44,24 @@ pub fn admin_options() -> PgConnectOptions {
         .database("postgres")
 }
 
+/// A URL of the database `name` on the test server: the admin URL with the database
+/// replaced, for tools that take one.
+pub fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin.as_str(), ""), |(b, q)| (b, q));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{name}", &base[..host_end]);
+    if !query.is_empty() {
+        url = format!("{url}?{query}");
+    }
+    url
+}
+
 /// A database that exists for one test and is dropped with it (also when it panics).
 pub struct TestDb {
     pub name: String,
@@ -79,19 +97,7 @@ impl TestDb {
     /// A URL of this database (the admin URL with the database replaced), for tools
     /// that take one.
     pub fn url(&self) -> String {
-        let admin = admin_url();
-        let (base, query) = admin
-            .split_once('?')
-            .map_or((admin.as_str(), ""), |(b, q)| (b, q));
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let host_end = base[scheme_end..]
-            .find('/')
-            .map_or(base.len(), |i| scheme_end + i);
-        let mut url = format!("{}/{}", &base[..host_end], self.name);
-        if !query.is_empty() {
-            url = format!("{url}?{query}");
-        }
-        url
+        database_url(&self.name)
     }
 
     /// A pool on this database.

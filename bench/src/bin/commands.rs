@@ -1,27 +1,32 @@
-//! Command benchmark: Chronicle's write path over HTTP next to two baselines measured in
-//! the same run on the same PostgreSQL.
+//! Command benchmark: Chronicle's write path over HTTP next to raw SQL and three peer
+//! libraries, all measured in the same run on the same PostgreSQL.
 //!
-//! The workload, the same for all three: each client repeatedly opens an account (25%),
-//! deposits into one of the accounts it opened (50%), or requests a booking of a
-//! resource nobody used before (25%). One operation is one command and one event.
+//! The workload, the same for every system: each client repeatedly opens an account
+//! (25%), deposits into one of the accounts it opened (50%, with a reference), or
+//! requests a booking of a resource nobody used before (25%). One operation is one
+//! command and one event. Every system runs at each load point on a fresh database:
+//! a closed loop at each connection count, then an open loop at a fixed rate with
+//! latency counted from each request's intended start (no coordinated omission).
 //!
-//! - **Chronicle**: `chronicle serve` (commands and queries, no relay or projectors) on
-//!   a fresh database; closed loop at each connection count (one keep-alive HTTP
-//!   connection per client), then an open loop at a fixed rate with latency counted from
-//!   each request's intended start (no coordinated omission).
+//! - **Chronicle**: `chronicle serve` (commands and queries, no relay or projectors),
+//!   one keep-alive HTTP connection per client, JWT on every request.
 //! - **pgbench**: the same operations as raw SQL transactions (read the stream, insert
 //!   the event, commit) on a plain table without triggers: the physical limit of this
 //!   PostgreSQL for that work.
-//! - **eventsourcing**: the Python library (PyPI) with its PostgreSQL module, called
-//!   in-process (no HTTP), as a peer (`bench/peer/eventsourcing_peer.py`).
+//! - **peers** (`chronicle_bench::peers`, programs in `bench/peer/`), each with its own
+//!   aggregate and command API on its own PostgreSQL event store, called in-process from
+//!   N concurrent workers on N connections, without HTTP or auth: Python
+//!   `eventsourcing`, esrs (Rust, `PgStore`) and Emmett (Node.js,
+//!   `getPostgreSQLEventStore` with its `CommandHandler`). A peer that is not installed
+//!   is reported as skipped in the table, not left out.
 //!
 //! Then **command → visible**: `chronicle all` under a fixed background load; a probe
 //! deposits and polls `GET /v1/accounts/{id}` until the new version shows (and, in
 //! turn, asks once with `min_position`, which waits server-side).
 //!
-//! `scripts/bench.sh commands` builds and runs it with everything it needs; or
-//! `cargo run --release -p chronicle-bench --bin commands -- [--seconds S]
-//! [--connections 1,16,64] [--rate R] [--out DIR]`.
+//! `scripts/bench.sh commands` installs the peers, builds and runs it; or
+//! `cargo run --release -p chronicle-bench --bin commands -- [--seconds S] [--warmup W]
+//! [--connections 1,16,64] [--rate R] [--only closed,open,visible] [--out DIR]`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
@@ -30,9 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chronicle_bench::peers::{Load, Outcome, Peer};
 use chronicle_bench::plot::{self, Series};
 use chronicle_bench::{Latencies, Rng, machine, ms};
-use chronicle_tests::{TestDb, admin_options};
+use chronicle_tests::TestDb;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -728,74 +734,6 @@ fn epoch_micros() -> u64 {
         .unwrap_or(0)
 }
 
-// ------------------------------------------------------------------ eventsourcing
-
-fn python_bin() -> String {
-    std::env::var("CHRONICLE_BENCH_PYTHON")
-        .unwrap_or_else(|_| "target/bench-pyenv/bin/python".to_owned())
-}
-
-/// One run of the Python peer; `None` when it is not installed.
-async fn eventsourcing(
-    connections: u32,
-    rate: Option<u32>,
-    options: &Options,
-) -> anyhow::Result<Option<(Run, String)>> {
-    if !Path::new(&python_bin()).exists() {
-        return Ok(None);
-    }
-    let dbname = format!("chronicle_peer_{}", Uuid::new_v4().simple());
-    let mut command = Command::new(python_bin());
-    command
-        .arg("bench/peer/eventsourcing_peer.py")
-        .args(["--dbname", &dbname])
-        .args(["--connections", &connections.to_string()])
-        .args(["--seconds", &options.seconds.to_string()])
-        .args(["--warmup", &options.warmup.to_string()]);
-    command.args(["--user", admin_options().get_username()]);
-    if let Some(rate) = rate {
-        command.args(["--rate", &rate.to_string()]);
-    }
-    let output = command.stderr(Stdio::inherit()).output().await?;
-    drop_database(&dbname).await;
-    if !output.status.success() {
-        bail!("the eventsourcing peer failed ({})", output.status);
-    }
-    let report: Value = serde_json::from_slice(&output.stdout)
-        .context("the eventsourcing peer printed no JSON report")?;
-    let latencies = report["latencies_us"]
-        .as_array()
-        .map(|samples| {
-            samples
-                .iter()
-                .filter_map(Value::as_u64)
-                .map(Duration::from_micros)
-                .collect()
-        })
-        .unwrap_or_default();
-    let run = Run {
-        operations: report["operations"].as_u64().unwrap_or(0),
-        errors: report["errors"].as_u64().unwrap_or(0),
-        seconds: report["seconds"].as_f64().unwrap_or(1.0),
-        latencies,
-    };
-    let peer = report["peer"]
-        .as_str()
-        .unwrap_or("eventsourcing")
-        .to_owned();
-    Ok(Some((run, peer)))
-}
-
-async fn drop_database(name: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect_with(&admin_options()).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-        let _ = conn.close().await;
-    }
-}
-
 // ------------------------------------------------------------------ report
 
 fn ratio(ours: f64, theirs: f64) -> String {
@@ -810,11 +748,39 @@ fn p(run: &Run, percentile: f64) -> f64 {
     ms(Latencies::new(run.latencies.clone()).percentile(percentile))
 }
 
+/// One peer at one load point: its run, or why there is none.
+struct PeerRow {
+    peer: Peer,
+    /// Library and version as the peer reported them (its plain name when it has not).
+    name: String,
+    run: Result<Run, String>,
+}
+
+impl PeerRow {
+    fn system(&self) -> String {
+        format!("{} ({}, in-process)", self.name, self.peer.language())
+    }
+}
+
 struct Row {
     label: String,
     chronicle: Run,
     pgbench: Run,
-    peer: Option<Run>,
+    peers: Vec<PeerRow>,
+}
+
+impl Row {
+    fn peer_run(&self, peer: Peer) -> Option<&Run> {
+        self.peers
+            .iter()
+            .find(|row| row.peer == peer)
+            .and_then(|row| row.run.as_ref().ok())
+    }
+}
+
+/// A peer's name in the plots' legends.
+fn peer_label(peer: Peer) -> String {
+    format!("{} ({}), in-process", peer.name(), peer.language())
 }
 
 fn table(rows: &[Row]) -> String {
@@ -824,27 +790,33 @@ fn table(rows: &[Row]) -> String {
     for row in rows {
         let ours = row.chronicle.throughput();
         let mut systems = vec![
-            ("Chronicle (HTTP)", &row.chronicle),
-            ("pgbench raw SQL", &row.pgbench),
+            ("Chronicle (HTTP)".to_owned(), Ok(&row.chronicle)),
+            ("pgbench raw SQL".to_owned(), Ok(&row.pgbench)),
         ];
-        if let Some(peer) = &row.peer {
-            systems.push(("eventsourcing (in-process)", peer));
-        }
+        systems.extend(
+            row.peers
+                .iter()
+                .map(|peer| (peer.system(), peer.run.as_ref())),
+        );
         for (name, run) in systems {
-            out.push_str(&format!(
-                "| {} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
-                row.label,
-                run.throughput(),
-                p(run, 50.0),
-                p(run, 99.0),
-                p(run, 99.9),
-                run.errors,
-                if std::ptr::eq(run, &row.chronicle) {
-                    "—".to_owned()
-                } else {
-                    ratio(ours, run.throughput())
-                }
-            ));
+            let line = match run {
+                Ok(run) => format!(
+                    "| {} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+                    row.label,
+                    run.throughput(),
+                    p(run, 50.0),
+                    p(run, 99.0),
+                    p(run, 99.9),
+                    run.errors,
+                    if std::ptr::eq(run, &row.chronicle) {
+                        "—".to_owned()
+                    } else {
+                        ratio(ours, run.throughput())
+                    }
+                ),
+                Err(why) => format!("| {} | {name} | {why} | | | | | |\n", row.label),
+            };
+            out.push_str(&line);
         }
     }
     out
@@ -919,7 +891,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints Chronicle's run and measures the two baselines under the same load.
+/// Prints Chronicle's run and measures raw SQL and every peer under the same load.
 async fn baselines(
     label: String,
     chronicle: Run,
@@ -927,20 +899,47 @@ async fn baselines(
     rate: Option<u32>,
     options: &Options,
 ) -> anyhow::Result<Row> {
-    println!("  chronicle      {}", chronicle.line());
+    println!("  {:<22} {}", "chronicle", chronicle.line());
     let pgbench = pgbench(connections, rate, options).await?;
-    println!("  pgbench        {}", pgbench.line());
-    let peer = eventsourcing(connections, rate, options).await?;
-    match &peer {
-        Some((run, name)) => println!("  {name:<14} {}", run.line()),
-        None => println!("  eventsourcing  skipped: {} not found", python_bin()),
+    println!("  {:<22} {}", "pgbench", pgbench.line());
+    let load = Load {
+        connections,
+        rate,
+        seconds: options.seconds,
+        warmup: options.warmup,
+    };
+    let mut peers = Vec::new();
+    for peer in Peer::ALL {
+        let row = peer_row(peer, peer.run(load).await);
+        match &row.run {
+            Ok(run) => println!("  {:<22} {}", row.name, run.line()),
+            Err(why) => println!("  {:<22} {why}", row.name),
+        }
+        peers.push(row);
     }
     Ok(Row {
         label,
         chronicle,
         pgbench,
-        peer: peer.map(|(run, _)| run),
+        peers,
     })
+}
+
+fn peer_row(peer: Peer, outcome: Outcome) -> PeerRow {
+    let (name, run) = match outcome {
+        Outcome::Measured(report) => (
+            report.name,
+            Ok(Run {
+                operations: report.operations,
+                errors: report.errors,
+                seconds: report.seconds,
+                latencies: report.latencies,
+            }),
+        ),
+        Outcome::Skipped(why) => (peer.name().to_owned(), Err(format!("skipped: {why}"))),
+        Outcome::Failed(why) => (peer.name().to_owned(), Err(format!("failed: {why}"))),
+    };
+    PeerRow { peer, name, run }
 }
 
 fn plots(out: &Path, rows: &[Row], visible: &[(&str, Vec<Duration>)]) -> anyhow::Result<()> {
@@ -956,21 +955,28 @@ fn plots(out: &Path, rows: &[Row], visible: &[(&str, Vec<Duration>)]) -> anyhow:
                 .and_then(|n| n.parse::<f64>().ok())
                 .unwrap_or(1.0)
         };
-        let line = |label: &str, run: fn(&Row) -> Option<&Run>| Series {
-            label: label.to_owned(),
+        let line = |label: String, run: &dyn Fn(&Row) -> Option<&Run>| Series {
+            label,
             points: closed
                 .iter()
                 .filter_map(|row| run(row).map(|r| (connections(row), r.throughput())))
                 .collect(),
         };
+        let mut series = vec![
+            line("Chronicle over HTTP".to_owned(), &|r| Some(&r.chronicle)),
+            line("pgbench raw SQL transaction".to_owned(), &|r| {
+                Some(&r.pgbench)
+            }),
+        ];
+        for peer in Peer::ALL {
+            series.push(line(peer_label(peer), &|r| r.peer_run(peer)));
+        }
+        // A peer skipped at every load point has no line, rather than an empty one.
+        series.retain(|line| !line.points.is_empty());
         plot::throughput(
             &out.join("commands-throughput.png"),
             "Commands: throughput vs connections (closed loop)",
-            &[
-                line("Chronicle over HTTP", |r| Some(&r.chronicle)),
-                line("pgbench raw SQL transaction", |r| Some(&r.pgbench)),
-                line("Python eventsourcing, in-process", |r| r.peer.as_ref()),
-            ],
+            &series,
         )?;
     }
     for row in rows {
@@ -982,8 +988,10 @@ fn plots(out: &Path, rows: &[Row], visible: &[(&str, Vec<Duration>)]) -> anyhow:
                 row.pgbench.sorted_ms(),
             ),
         ];
-        if let Some(peer) = &row.peer {
-            series.push(("Python eventsourcing".to_owned(), peer.sorted_ms()));
+        for peer in &row.peers {
+            if let Ok(run) = &peer.run {
+                series.push((peer_label(peer.peer), run.sorted_ms()));
+            }
         }
         plot::latency_percentiles(
             &out.join(format!("commands-latency-{name}.png")),
