@@ -14,6 +14,7 @@ use chronicle_commands::process::ProcessSettings;
 use chronicle_eventstore::DatabaseSettings;
 use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_eventstore::relay::RelaySettings;
+use chronicle_eventstore::repository::GroupCommitSettings;
 use chronicle_projections::monitor::LagBounds;
 use chronicle_projections::search::SearchSettings;
 use chronicle_projections::{Assignment, ProjectorSettings};
@@ -123,6 +124,8 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_DB_MAX_CONNECTIONS",
     "CHRONICLE_SNAPSHOT_EVERY",
     "CHRONICLE_COMMAND_MAX_ATTEMPTS",
+    "CHRONICLE_GROUP_COMMIT_WRITERS",
+    "CHRONICLE_GROUP_COMMIT_MAX",
     "CHRONICLE_BODY_LIMIT_BYTES",
     "CHRONICLE_MIN_POSITION_TIMEOUT_MS",
     "CHRONICLE_KAFKA_BROKERS",
@@ -325,6 +328,19 @@ fn commands(src: &Source) -> Result<CommandSettings, ConfigError> {
             "CHRONICLE_COMMAND_MAX_ATTEMPTS",
             src.parsed("CHRONICLE_COMMAND_MAX_ATTEMPTS", defaults.max_attempts)?,
         )?,
+        group_commit: GroupCommitSettings {
+            writers: src.parsed(
+                "CHRONICLE_GROUP_COMMIT_WRITERS",
+                defaults.group_commit.writers,
+            )?,
+            max_group: positive(
+                "CHRONICLE_GROUP_COMMIT_MAX",
+                src.parsed(
+                    "CHRONICLE_GROUP_COMMIT_MAX",
+                    defaults.group_commit.max_group,
+                )?,
+            )?,
+        },
     })
 }
 

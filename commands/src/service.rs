@@ -7,7 +7,9 @@ use chronicle_domain::{Account, Booking, DomainError, Issued, Payment};
 use chronicle_eventstore::AppendRejection;
 use chronicle_eventstore::error::is_unavailable;
 use chronicle_eventstore::idempotency::IdempotencyRecord;
-use chronicle_eventstore::repository::{CommandStore, Committed, EventRepository};
+use chronicle_eventstore::repository::{
+    CommandStore, Committed, EventRepository, GroupCommit, GroupCommitSettings,
+};
 use chronicle_eventstore::wake::RelayWake;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use sqlx::PgPool;
@@ -26,6 +28,9 @@ pub struct CommandSettings {
     pub snapshot_every: usize,
     /// How many times a command is tried against concurrent writers before giving up.
     pub max_attempts: u32,
+    /// `CHRONICLE_GROUP_COMMIT_*`: appends of commands arriving together share a
+    /// transaction (ADR 0012).
+    pub group_commit: GroupCommitSettings,
 }
 
 impl Default for CommandSettings {
@@ -33,6 +38,7 @@ impl Default for CommandSettings {
         Self {
             snapshot_every: 50,
             max_attempts: 20,
+            group_commit: GroupCommitSettings::default(),
         }
     }
 }
@@ -60,13 +66,16 @@ pub struct CommandService {
 impl CommandService {
     /// A service appending through `pool`; after each append it wakes the relay.
     pub fn new(pool: PgPool, settings: CommandSettings) -> Self {
-        let wake = RelayWake::start(pool.connect_options().as_ref().clone());
-        let repository = EventRepository::new(
+        let options = pool.connect_options().as_ref().clone();
+        let mut repository = EventRepository::new(
             pool,
             settings.snapshot_every,
             chronicle_domain::upcast::upcasters(),
         )
-        .with_wake(wake);
+        .with_wake(RelayWake::start(options.clone()));
+        if let Some(group) = GroupCommit::start(options, settings.group_commit) {
+            repository = repository.with_group_commit(group);
+        }
         Self {
             repository,
             locks: StripedLocks::new(1024),
@@ -126,7 +135,13 @@ impl CommandService {
     }
 
     async fn load<A: Aggregate<Error = DomainError>>(&self, id: Uuid) -> Result<A, CommandError> {
-        match self.repository.load::<A>(&id.to_string(), None).await {
+        let loaded = async {
+            let mut connection = self.repository.connection().await?;
+            self.repository
+                .load::<A>(&mut connection, &id.to_string(), None)
+                .await
+        };
+        match loaded.await {
             Ok(loaded) => Ok(loaded.stream.aggregate),
             Err(error) => Err(failure(AggregateError::<DomainError>::from(error))),
         }
@@ -197,15 +212,20 @@ impl CommandService {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mut connection = self
+                .repository
+                .connection()
+                .await
+                .map_err(|e| failure(e.into()))?;
             let loaded = self
                 .repository
-                .load::<A>(aggregate_id, claim)
+                .load::<A>(&mut connection, aggregate_id, claim)
                 .await
                 .map_err(|e| failure(e.into()))?;
             if let Some(record) = loaded.idempotency {
                 return replayed(metadata, &record).map(Executed::Replayed);
             }
-            let store = CommandStore::new(&self.repository, Some(loaded.stream));
+            let store = CommandStore::new(&self.repository, Some(loaded.stream), Some(connection));
             let result = CqrsFramework::new(&store, vec![Box::new(CountAppended)], ())
                 .execute_with_metadata(aggregate_id, command.clone(), map.clone())
                 .await;

@@ -38,6 +38,16 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         if matches!(e.code().as_deref(), Some("57P01" | "57P02" | "57P03" | "53300")))
 }
 
+/// A refusal the database made for one command inside a group commit (ADR 0012), as
+/// the database reported it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (SQLSTATE {sqlstate})")]
+pub struct Refusal {
+    pub sqlstate: String,
+    pub constraint: Option<String>,
+    pub message: String,
+}
+
 /// A refusal the database makes inside the append transaction. The transaction is rolled
 /// back, so nothing of the command remains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,13 +66,16 @@ pub enum AppendRejection {
 }
 
 impl AppendRejection {
-    /// Recognises a rejection anywhere in `error`'s source chain (postgres-es and
-    /// cqrs-es box the driver's error; this looks through the boxes).
+    /// Recognises a rejection anywhere in `error`'s source chain (the driver's error,
+    /// or a group commit's [`Refusal`], boxed by cqrs-es; this looks through the boxes).
     pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
         let mut current = Some(error);
         while let Some(e) = current {
             if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
                 return Self::from_sqlstate(db.code().as_deref()?, db.constraint());
+            }
+            if let Some(refusal) = e.downcast_ref::<Refusal>() {
+                return Self::from_sqlstate(&refusal.sqlstate, refusal.constraint.as_deref());
             }
             current = e.source();
         }

@@ -138,3 +138,30 @@ pub static PROJECTOR_BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         .expect("valid metric"),
     )
 });
+
+pub static APPEND_GROUP_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
+    or_unregistered(
+        register_histogram!(
+            "chronicle_append_group_size",
+            "Commands appended together in one transaction by group commit",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+        ),
+        || {
+            Histogram::with_opts(prometheus::HistogramOpts::new(
+                "unregistered",
+                "unregistered",
+            ))
+            .expect("valid metric")
+        },
+    )
+});
+
+pub static APPEND_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!(
+            "chronicle_append_queue",
+            "Command appends waiting for a group commit writer"
+        ),
+        || IntGauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});

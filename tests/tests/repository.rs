@@ -582,8 +582,18 @@ where
             chronicle_domain::upcast::upcasters(),
         )
     };
-    let ours_from_ours = repository(ours_db).load::<A>(&id, None).await.unwrap();
-    let ours_from_ref = repository(ref_db).load::<A>(&id, None).await.unwrap();
+    let load = |pool: &PgPool| {
+        let (pool, id) = (pool.clone(), id.clone());
+        async move {
+            let mut connection = pool.acquire().await.unwrap();
+            repository(&pool)
+                .load::<A>(&mut connection, &id, None)
+                .await
+                .unwrap()
+        }
+    };
+    let ours_from_ours = load(ours_db).await;
+    let ours_from_ref = load(ref_db).await;
     let ref_from_ours = pg_es_store::<A>(ours_db, true)
         .load_aggregate(&id)
         .await

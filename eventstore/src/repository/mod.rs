@@ -14,6 +14,8 @@
 //! through the other; `tests/tests/repository.rs` drives both with the same random
 //! commands and compares what they store and load.
 
+mod append;
+mod group;
 mod snapshot;
 mod sql;
 mod store;
@@ -23,12 +25,15 @@ use std::fmt;
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::error::is_unavailable;
+use crate::error::{Refusal, is_unavailable};
 use crate::idempotency::IdempotencyRecord;
 use crate::wake::RelayWake;
 
+use append::Append;
+pub use group::{GroupCommit, GroupCommitSettings};
 pub use store::{CommandStore, Committed};
 
 /// The metadata key carrying the id of the request that caused an event.
@@ -86,6 +91,15 @@ pub enum RepositoryError {
     /// An event or aggregate does not encode as JSON.
     #[error("cannot encode for storage: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The database refused this command's append inside a group commit; the others in
+    /// the group were not affected.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A group commit's transaction as a whole failed; `unavailable` when the database
+    /// could not be reached (whether it committed is then unknown, as for any append
+    /// whose answer is lost).
+    #[error("group commit failed: {reason}")]
+    Group { unavailable: bool, reason: String },
 }
 
 impl<E: std::error::Error> From<RepositoryError> for AggregateError<E> {
@@ -99,6 +113,11 @@ impl<E: std::error::Error> From<RepositoryError> for AggregateError<E> {
             RepositoryError::Database(e) => Self::UnexpectedError(Box::new(e)),
             e @ RepositoryError::Decode { .. } => Self::DeserializationError(Box::new(e)),
             RepositoryError::Encode(e) => Self::UnexpectedError(Box::new(e)),
+            RepositoryError::Refused(e) => Self::UnexpectedError(Box::new(e)),
+            e @ RepositoryError::Group {
+                unavailable: true, ..
+            } => Self::DatabaseConnectionError(Box::new(e)),
+            e @ RepositoryError::Group { .. } => Self::UnexpectedError(Box::new(e)),
         }
     }
 }
@@ -120,6 +139,7 @@ pub struct EventRepository {
     snapshot_every: usize,
     upcasters: Vec<Box<dyn EventUpcaster>>,
     wake: Option<RelayWake>,
+    group: Option<GroupCommit>,
 }
 
 impl fmt::Debug for EventRepository {
@@ -168,7 +188,15 @@ impl EventRepository {
             snapshot_every: snapshot_every.max(1),
             upcasters,
             wake: None,
+            group: None,
         }
+    }
+
+    /// Appends through `group`, sharing transactions with other commands' appends.
+    #[must_use]
+    pub fn with_group_commit(mut self, group: GroupCommit) -> Self {
+        self.group = Some(group);
+        self
     }
 
     /// Tells `wake` after every append that committed.
@@ -183,10 +211,17 @@ impl EventRepository {
         &self.pool
     }
 
+    /// A connection from the pool. A command loads and appends on one connection: each
+    /// use of the pool costs sqlx a health check on the way out and on the way in.
+    pub async fn connection(&self) -> Result<PoolConnection<Postgres>, RepositoryError> {
+        Ok(self.pool.acquire().await?)
+    }
+
     /// Loads the stream `aggregate_id` of `A` and, when `idempotency` names an
     /// `(actor, key)`, that request's record, in one statement.
     pub async fn load<A: Aggregate>(
         &self,
+        connection: &mut PgConnection,
         aggregate_id: &str,
         idempotency: Option<(&str, &str)>,
     ) -> Result<Loaded<A>, RepositoryError> {
@@ -195,7 +230,7 @@ impl EventRepository {
             .bind(aggregate_id)
             .bind(idempotency.map(|(actor, _)| actor))
             .bind(idempotency.map(|(_, key)| key))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *connection)
             .await
             .map_err(database_error)?;
         let mut snapshot = None;
@@ -231,7 +266,7 @@ impl EventRepository {
                     // The aggregate changed shape since the snapshot was taken: replay
                     // the whole stream; the next snapshot replaces the stale one.
                     tracing::info!(aggregate = A::TYPE, %aggregate_id, %error, "snapshot no longer decodes; replaying the stream");
-                    for event in self.all_events::<A>(aggregate_id).await? {
+                    for event in self.all_events::<A>(connection, aggregate_id).await? {
                         stream.version = event.sequence;
                         stream.aggregate.apply(event.payload);
                     }
@@ -254,12 +289,13 @@ impl EventRepository {
     /// Every event of a stream as envelopes, metadata included.
     pub async fn all_events<A: Aggregate>(
         &self,
+        connection: &mut PgConnection,
         aggregate_id: &str,
     ) -> Result<Vec<EventEnvelope<A>>, RepositoryError> {
         let rows: Vec<EventRow> = sqlx::query_as(sql::ALL_EVENTS)
             .bind(A::TYPE)
             .bind(aggregate_id)
-            .fetch_all(&self.pool)
+            .fetch_all(connection)
             .await
             .map_err(database_error)?;
         rows.into_iter()
@@ -292,55 +328,32 @@ impl EventRepository {
 
     /// Appends `events` (already numbered after `stream.version`) in one statement,
     /// storing `snapshot` (the aggregate after them) when one is due, and returns where
-    /// each landed.
+    /// each landed. With group commit on, the statement is shared with other commands'
+    /// appends (ADR 0012); otherwise it runs on `connection` (or one from the pool).
     pub async fn append<A: Aggregate>(
         &self,
+        connection: Option<&mut PgConnection>,
         stream: &Stream<A>,
         events: &[EventEnvelope<A>],
         snapshot: Option<&A>,
     ) -> Result<Vec<Position>, RepositoryError> {
-        use cqrs_es::DomainEvent;
-        let metadata = match events.first() {
-            Some(first) => serde_json::to_value(&first.metadata)?,
-            None => return Ok(Vec::new()),
+        let Some(append) = Append::encode(stream, events, snapshot)? else {
+            return Ok(Vec::new());
         };
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        for event in events {
-            sequences.push(event.sequence as i64);
-            types.push(event.payload.event_type());
-            versions.push(event.payload.event_version());
-            payloads.push(serde_json::to_value(&event.payload)?);
-        }
-        let metadata = vec![metadata; events.len()];
-        let statement = match (snapshot, stream.snapshot) {
-            (None, _) => sql::APPEND,
-            (Some(_), None) => sql::APPEND_FIRST_SNAPSHOT,
-            (Some(_), Some(_)) => sql::APPEND_NEXT_SNAPSHOT,
+        let positions = match (&self.group, connection) {
+            (Some(group), _) => group.append(append).await?,
+            (None, Some(connection)) => append.execute(connection).await?,
+            (None, None) => append.execute(&mut *self.connection().await?).await?,
         };
-        let mut query = sqlx::query_as::<_, Position>(statement)
-            .bind(A::TYPE)
-            .bind(&stream.aggregate_id)
-            .bind(&sequences)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metadata);
-        if let Some(aggregate) = snapshot {
-            let last = sequences.last().copied().unwrap_or(0);
-            let number = stream.snapshot.map_or(1, |n| n + 1) as i64;
-            query = query
-                .bind(last)
-                .bind(number)
-                .bind(serde_json::to_value(aggregate)?);
-        }
-        let positions = query.fetch_all(&self.pool).await.map_err(database_error)?;
         if let Some(wake) = &self.wake {
             wake.committed();
         }
         Ok(positions)
+    }
+
+    /// Whether appends go through group commit.
+    pub fn groups_commits(&self) -> bool {
+        self.group.is_some()
     }
 
     /// Whether a commit of `appended` events to `stream` stores a snapshot.

@@ -4,8 +4,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 
-use super::{EventRepository, Stream};
+use super::{EventRepository, RepositoryError, Stream};
 
 /// What a command's commit did to its stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,18 +30,43 @@ pub struct Committed {
 /// the load costs one statement in all.
 pub struct CommandStore<'a, A: Aggregate> {
     repository: &'a EventRepository,
+    /// The command's connection, between its statements.
+    connection: Mutex<Option<PoolConnection<Postgres>>>,
     preloaded: Mutex<Option<Stream<A>>>,
     committed: Mutex<Option<Committed>>,
 }
 
 impl<'a, A: Aggregate> CommandStore<'a, A> {
-    /// A store that loads `preloaded` (when given) the first time it is asked to.
-    pub fn new(repository: &'a EventRepository, preloaded: Option<Stream<A>>) -> Self {
+    /// A store that loads `preloaded` (when given) the first time it is asked to, and
+    /// works on `connection` (the one `preloaded` was read on) when given.
+    pub fn new(
+        repository: &'a EventRepository,
+        preloaded: Option<Stream<A>>,
+        connection: Option<PoolConnection<Postgres>>,
+    ) -> Self {
         Self {
             repository,
+            connection: Mutex::new(connection),
             preloaded: Mutex::new(preloaded),
             committed: Mutex::new(None),
         }
+    }
+
+    /// The command's connection, taken out while a statement runs on it.
+    async fn take_connection(&self) -> Result<PoolConnection<Postgres>, RepositoryError> {
+        let held = self
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match held {
+            Some(connection) => Ok(connection),
+            None => self.repository.connection().await,
+        }
+    }
+
+    fn put_back(&self, connection: PoolConnection<Postgres>) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
     }
 
     /// What the last commit did; `None` before a commit (or when it failed).
@@ -61,7 +88,13 @@ impl<A: Aggregate> EventStore<A> for &CommandStore<'_, A> {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-        Ok(self.repository.all_events::<A>(aggregate_id).await?)
+        let mut connection = self.take_connection().await?;
+        let events = self
+            .repository
+            .all_events::<A>(&mut connection, aggregate_id)
+            .await?;
+        self.put_back(connection);
+        Ok(events)
     }
 
     async fn load_aggregate(
@@ -74,10 +107,16 @@ impl<A: Aggregate> EventStore<A> for &CommandStore<'_, A> {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .filter(|stream| stream.aggregate_id == aggregate_id);
-        match preloaded {
-            Some(stream) => Ok(stream),
-            None => Ok(self.repository.load::<A>(aggregate_id, None).await?.stream),
+        if let Some(stream) = preloaded {
+            return Ok(stream);
         }
+        let mut connection = self.take_connection().await?;
+        let loaded = self
+            .repository
+            .load::<A>(&mut connection, aggregate_id, None)
+            .await?;
+        self.put_back(connection);
+        Ok(loaded.stream)
     }
 
     /// `stream.aggregate` already holds `events`: cqrs-es's `EventSink` applied each
@@ -110,10 +149,26 @@ impl<A: Aggregate> EventStore<A> for &CommandStore<'_, A> {
             .repository
             .snapshot_due(&stream, envelopes.len())
             .then_some(&stream.aggregate);
-        let positions = self
-            .repository
-            .append(&stream, &envelopes, snapshot)
-            .await?;
+        let positions = if self.repository.groups_commits() {
+            // The group's writer appends on its own connection: give this one back.
+            drop(
+                self.connection
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            self.repository
+                .append(None, &stream, &envelopes, snapshot)
+                .await?
+        } else {
+            let mut connection = self.take_connection().await?;
+            let positions = self
+                .repository
+                .append(Some(&mut connection), &stream, &envelopes, snapshot)
+                .await?;
+            self.put_back(connection);
+            positions
+        };
         if let Some(last) = positions.last() {
             self.record(Committed {
                 version: last.sequence,

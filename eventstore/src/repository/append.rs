@@ -1,0 +1,98 @@
+//! One command's append, encoded for the database.
+
+use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::{Position, RepositoryError, Stream, database_error, sql};
+
+/// The snapshot an append stores with its events.
+#[derive(Debug)]
+pub(super) struct SnapshotWrite {
+    /// The stream's first snapshot (an insert), or the next one (a guarded update).
+    pub first: bool,
+    pub sequence: i64,
+    pub number: i64,
+    pub payload: Value,
+}
+
+/// The events of one command (and maybe its stream's snapshot), as bound parameters.
+#[derive(Debug)]
+pub(super) struct Append {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub sequences: Vec<i64>,
+    pub types: Vec<String>,
+    pub versions: Vec<String>,
+    pub payloads: Vec<Value>,
+    /// The command's metadata, the same for each of its events.
+    pub metadata: Value,
+    pub snapshot: Option<SnapshotWrite>,
+}
+
+impl Append {
+    /// `events` after `stream`, with `snapshot` (the aggregate after them) if one is
+    /// due; `None` when there is nothing to append.
+    pub fn encode<A: Aggregate>(
+        stream: &Stream<A>,
+        events: &[EventEnvelope<A>],
+        snapshot: Option<&A>,
+    ) -> Result<Option<Self>, RepositoryError> {
+        let Some(first) = events.first() else {
+            return Ok(None);
+        };
+        let mut append = Self {
+            aggregate_type: A::TYPE,
+            aggregate_id: stream.aggregate_id.clone(),
+            sequences: Vec::with_capacity(events.len()),
+            types: Vec::with_capacity(events.len()),
+            versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: serde_json::to_value(&first.metadata)?,
+            snapshot: None,
+        };
+        for event in events {
+            append.sequences.push(event.sequence as i64);
+            append.types.push(event.payload.event_type());
+            append.versions.push(event.payload.event_version());
+            append.payloads.push(serde_json::to_value(&event.payload)?);
+        }
+        if let Some(aggregate) = snapshot {
+            append.snapshot = Some(SnapshotWrite {
+                first: stream.snapshot.is_none(),
+                sequence: append.sequences.last().copied().unwrap_or(0),
+                number: stream.snapshot.map_or(1, |n| n + 1) as i64,
+                payload: serde_json::to_value(aggregate)?,
+            });
+        }
+        Ok(Some(append))
+    }
+
+    /// Appends alone, in one statement (its own transaction).
+    pub async fn execute(
+        &self,
+        connection: &mut PgConnection,
+    ) -> Result<Vec<Position>, RepositoryError> {
+        let statement = match &self.snapshot {
+            None => sql::APPEND,
+            Some(snapshot) if snapshot.first => sql::APPEND_FIRST_SNAPSHOT,
+            Some(_) => sql::APPEND_NEXT_SNAPSHOT,
+        };
+        let metadata = vec![&self.metadata; self.sequences.len()];
+        let mut query = sqlx::query_as::<_, Position>(statement)
+            .bind(self.aggregate_type)
+            .bind(&self.aggregate_id)
+            .bind(&self.sequences)
+            .bind(&self.types)
+            .bind(&self.versions)
+            .bind(&self.payloads)
+            .bind(metadata);
+        if let Some(snapshot) = &self.snapshot {
+            query = query
+                .bind(snapshot.sequence)
+                .bind(snapshot.number)
+                .bind(&snapshot.payload);
+        }
+        query.fetch_all(connection).await.map_err(database_error)
+    }
+}
