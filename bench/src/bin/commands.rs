@@ -22,7 +22,10 @@
 //!
 //! Then **command → visible**: `chronicle all` under a fixed background load; a probe
 //! deposits and polls `GET /v1/accounts/{id}` until the new version shows (and, in
-//! turn, asks once with `min_position`, which waits server-side).
+//! turn, asks once with `min_position`, which waits server-side). Beside it, the broker's
+//! own floor on the same broker at the same rate (`chronicle_bench::floor`): a raw
+//! rdkafka produce → consume round trip with the relay's producer and the projectors'
+//! consumer settings.
 //!
 //! `scripts/bench.sh commands` installs the peers, builds and runs it; or
 //! `cargo run --release -p chronicle-bench --bin commands -- [--seconds S] [--warmup W]
@@ -37,7 +40,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chronicle_bench::peers::{Load, Outcome, Peer};
 use chronicle_bench::plot::{self, Series};
-use chronicle_bench::{Latencies, Rng, machine, ms};
+use chronicle_bench::{Latencies, Rng, floor, machine, ms};
+use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_tests::TestDb;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -875,10 +879,18 @@ async fn main() -> anyhow::Result<()> {
         );
         let (from_ack, from_send, waited) =
             command_to_visible(options.visible_rate, options.seconds).await?;
+        // The same broker, the same rate, right after: what the broker alone takes.
+        let brokers = std::env::var("CHRONICLE_KAFKA_BROKERS")
+            .unwrap_or_else(|_| KafkaSettings::DEFAULT_BROKERS.to_owned());
+        let floor = floor::round_trips(&brokers, options.visible_rate, options.seconds).await?;
         visible = vec![
             ("deposit acknowledged → visible to polling", from_ack),
             ("deposit sent → visible to polling", from_send),
             ("deposit acknowledged → min_position read answered", waited),
+            (
+                "broker floor: raw produce → consume, same broker and rate",
+                floor,
+            ),
         ];
         for (label, samples) in &visible {
             println!("  {label}: {}", Latencies::new(samples.clone()).summary());
