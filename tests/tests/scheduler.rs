@@ -104,13 +104,20 @@ async fn sessions_with_xid(app: &TestApp) -> i64 {
     .await
 }
 
-async fn advisory_locks(app: &TestApp) -> i64 {
-    count(
-        app,
+/// Sessions holding the scheduler's lock on `payment` (a bigint advisory lock: its high
+/// half in `classid`, its low half in `objid`).
+async fn charge_locks(app: &TestApp, payment: Uuid) -> i64 {
+    sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-          WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+          WHERE l.locktype = 'advisory' AND d.datname = current_database() \
+            AND l.objsubid = 1 AND l.granted \
+            AND (l.classid::int8 << 32 | l.objid::int8) \
+                = hashtextextended('chronicle.charge/' || $1::text, 0)",
     )
+    .bind(payment)
+    .fetch_one(&app.pool)
     .await
+    .unwrap()
 }
 
 /// (withdrawals from the account, captures of the payment) in the store.
@@ -173,7 +180,11 @@ async fn a_charge_in_progress_holds_back_neither_the_relay_nor_a_second_schedule
 
     pause.release.notify_one();
     assert_eq!(charging.await.unwrap().unwrap(), 1);
-    assert_eq!(advisory_locks(&app).await, 0, "every lock was released");
+    assert_eq!(
+        charge_locks(&app, payment).await,
+        0,
+        "the lock was released"
+    );
     assert_eq!(money_moved(&app, account, payment).await, (1, 1));
     // The schedule read model was not updated here: the second scheduler takes the
     // payment on again, and the aggregate tells it the charge is done.
@@ -191,13 +202,17 @@ async fn a_scheduler_stopped_mid_charge_leaves_no_lock_behind() {
         async move { doomed.charge_due().await }
     });
     pause.reached().await;
-    assert_eq!(advisory_locks(&app).await, 1, "the payment is locked");
+    assert_eq!(
+        charge_locks(&app, payment).await,
+        1,
+        "the payment is locked"
+    );
     charging.abort();
     assert!(charging.await.unwrap_err().is_cancelled());
 
     // The connection that held the lock is closed rather than pooled with it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while advisory_locks(&app).await != 0 {
+    while charge_locks(&app, payment).await != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stopped scheduler's lock is still held"
