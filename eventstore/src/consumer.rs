@@ -8,11 +8,6 @@
 //! a message arrives above them (a fresh assignment that started elsewhere). Partitions
 //! come from the group (`Assignment::Group`) or by explicit assignment, instance `i` of
 //! `n` taking partitions `p` with `p % n == i` (`Assignment::Static`).
-//!
-//! While a batch is applied, the loop already receives the next one into a buffer
-//! (at most a batch); it is checked against the offsets only once the batch before it
-//! is applied, so Kafka and the projection's writes overlap without changing what is
-//! applied or in which order (ADR 0014).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -234,22 +229,9 @@ impl<P: Projection> Projector<P> {
             }
         }
         tracing::info!(projector = self.projection.name(), assignment = ?self.settings.assignment, "projector started");
-        // Messages received while the previous batch was being applied.
-        let mut ahead: Vec<Delivered> = Vec::with_capacity(self.settings.batch_max);
         loop {
-            if shutdown.is_cancelled() {
-                self.projection.flush().await?;
+            let Some(batch) = self.next_batch(&consumer, shutdown).await? else {
                 return Ok(());
-            }
-            let batch = if ahead.is_empty() {
-                let Some(batch) = self.next_batch(&consumer, shutdown).await? else {
-                    return Ok(());
-                };
-                batch
-            } else {
-                let mut batch = std::mem::take(&mut ahead);
-                self.fill(&consumer, &mut batch).await;
-                batch
             };
             if assigned.swap(false, Ordering::SeqCst) {
                 // Another member may have moved the stored offsets meanwhile.
@@ -261,14 +243,7 @@ impl<P: Projection> Projector<P> {
                 continue;
             }
             let started = Instant::now();
-            // Receive the next batch while this one is written. Nothing of it is accepted
-            // before this one is applied and its offsets are known, so order and the
-            // stored offsets are exactly as without the overlap.
-            tokio::select! {
-                biased;
-                applied = self.projection.apply_batch(&accepted) => applied?,
-                never = self.receive_ahead(&consumer, &mut ahead) => match never {},
-            }
+            self.projection.apply_batch(&accepted).await?;
             metrics::PROJECTOR_BATCH_SECONDS
                 .with_label_values(&[self.projection.name()])
                 .observe(started.elapsed().as_secs_f64());
@@ -351,12 +326,6 @@ impl<P: Projection> Projector<P> {
             }
         };
         let mut batch = vec![first];
-        self.fill(consumer, &mut batch).await;
-        Ok(Some(batch))
-    }
-
-    /// Adds to a started batch until it is full or `batch_wait` has passed.
-    async fn fill(&self, consumer: &ProjectorConsumer, batch: &mut Vec<Delivered>) {
         let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
         while batch.len() < self.settings.batch_max {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
@@ -368,25 +337,7 @@ impl<P: Projection> Projector<P> {
                 Err(_) => break,
             }
         }
-    }
-
-    /// Receives into `ahead` until it holds a full batch, then waits forever (it is
-    /// dropped when the batch being applied is done; `recv` loses nothing when dropped).
-    async fn receive_ahead(
-        &self,
-        consumer: &ProjectorConsumer,
-        ahead: &mut Vec<Delivered>,
-    ) -> std::convert::Infallible {
-        while ahead.len() < self.settings.batch_max {
-            match consumer.recv().await {
-                Ok(message) => ahead.push(owned(&message)),
-                Err(error) => {
-                    tracing::warn!(projector = self.projection.name(), %error, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        std::future::pending().await
+        Ok(Some(batch))
     }
 
     /// Keeps the messages that come next per the stored offsets. Redeliveries are
