@@ -497,6 +497,7 @@ async fn command_to_visible(
         };
         tokio::spawn(background_load(load, rate, seconds))
     };
+    let horizon = tokio::spawn(sample_oldest_transaction(seconds));
     let until = Instant::now() + Duration::from_secs(seconds);
     let (mut from_ack, mut from_send, mut waited) = (Vec::new(), Vec::new(), Vec::new());
     let mut n = 0u64;
@@ -525,8 +526,47 @@ async fn command_to_visible(
     }
     let (operations, errors) = background.await??;
     println!("  background load: {operations} operations, {errors} errors");
+    let oldest = horizon.await??;
+    let share = |ms: u64| {
+        let held = oldest
+            .iter()
+            .filter(|d| **d >= Duration::from_millis(ms))
+            .count();
+        100.0 * held as f64 / oldest.len().max(1) as f64
+    };
+    println!(
+        "  oldest transaction holding an xid anywhere in the cluster (what holds the relay back), \
+         {} samples: ≥ 20 ms in {:.0}%, ≥ 50 ms in {:.0}%, ≥ 200 ms in {:.0}%, longest {:.0} ms",
+        oldest.len(),
+        share(20),
+        share(50),
+        share(200),
+        ms(oldest.iter().max().copied().unwrap_or_default())
+    );
     server.stop().await;
     Ok((from_ack, from_send, waited))
+}
+
+/// Every 50 ms for `seconds`, the age of the oldest transaction holding an xid anywhere
+/// in the cluster: the relay publishes nothing committed after it (ADR 0005), so on a
+/// shared server this, not Chronicle, can dominate command → visible.
+async fn sample_oldest_transaction(seconds: u64) -> anyhow::Result<Vec<Duration>> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&chronicle_tests::admin_options()).await?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut samples = Vec::new();
+    while Instant::now() < until {
+        let age: f64 = sqlx::query_scalar(
+            "SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0)::float8 \
+               FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        samples.push(Duration::from_secs_f64(age.max(0.0)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.close().await.ok();
+    Ok(samples)
 }
 
 /// Polls the account every millisecond until it shows `version`.
