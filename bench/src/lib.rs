@@ -2,6 +2,7 @@
 //! starts with, latency summaries, and a small deterministic generator of test data.
 #![allow(clippy::print_stdout)]
 
+pub mod floor;
 pub mod peers;
 pub mod plot;
 

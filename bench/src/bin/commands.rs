@@ -22,7 +22,10 @@
 //!
 //! Then **command → visible**: `chronicle all` under a fixed background load; a probe
 //! deposits and polls `GET /v1/accounts/{id}` until the new version shows (and, in
-//! turn, asks once with `min_position`, which waits server-side).
+//! turn, asks once with `min_position`, which waits server-side). Beside it, the broker's
+//! own floor on the same broker at the same rate (`chronicle_bench::floor`): a raw
+//! rdkafka produce → consume round trip with the relay's producer and the projectors'
+//! consumer settings.
 //!
 //! `scripts/bench.sh commands` installs the peers, builds and runs it; or
 //! `cargo run --release -p chronicle-bench --bin commands -- [--seconds S] [--warmup W]
@@ -37,7 +40,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chronicle_bench::peers::{Load, Outcome, Peer};
 use chronicle_bench::plot::{self, Series};
-use chronicle_bench::{Latencies, Rng, machine, ms};
+use chronicle_bench::{Latencies, Rng, floor, machine, ms};
+use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_tests::TestDb;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -493,6 +497,7 @@ async fn command_to_visible(
         };
         tokio::spawn(background_load(load, rate, seconds))
     };
+    let horizon = tokio::spawn(sample_oldest_transaction(seconds));
     let until = Instant::now() + Duration::from_secs(seconds);
     let (mut from_ack, mut from_send, mut waited) = (Vec::new(), Vec::new(), Vec::new());
     let mut n = 0u64;
@@ -521,8 +526,47 @@ async fn command_to_visible(
     }
     let (operations, errors) = background.await??;
     println!("  background load: {operations} operations, {errors} errors");
+    let oldest = horizon.await??;
+    let share = |ms: u64| {
+        let held = oldest
+            .iter()
+            .filter(|d| **d >= Duration::from_millis(ms))
+            .count();
+        100.0 * held as f64 / oldest.len().max(1) as f64
+    };
+    println!(
+        "  oldest transaction holding an xid anywhere in the cluster (what holds the relay back), \
+         {} samples: ≥ 20 ms in {:.0}%, ≥ 50 ms in {:.0}%, ≥ 200 ms in {:.0}%, longest {:.0} ms",
+        oldest.len(),
+        share(20),
+        share(50),
+        share(200),
+        ms(oldest.iter().max().copied().unwrap_or_default())
+    );
     server.stop().await;
     Ok((from_ack, from_send, waited))
+}
+
+/// Every 50 ms for `seconds`, the age of the oldest transaction holding an xid anywhere
+/// in the cluster: the relay publishes nothing committed after it (ADR 0005), so on a
+/// shared server this, not Chronicle, can dominate command → visible.
+async fn sample_oldest_transaction(seconds: u64) -> anyhow::Result<Vec<Duration>> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&chronicle_tests::admin_options()).await?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut samples = Vec::new();
+    while Instant::now() < until {
+        let age: f64 = sqlx::query_scalar(
+            "SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0)::float8 \
+               FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        samples.push(Duration::from_secs_f64(age.max(0.0)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.close().await.ok();
+    Ok(samples)
 }
 
 /// Polls the account every millisecond until it shows `version`.
@@ -875,10 +919,18 @@ async fn main() -> anyhow::Result<()> {
         );
         let (from_ack, from_send, waited) =
             command_to_visible(options.visible_rate, options.seconds).await?;
+        // The same broker, the same rate, right after: what the broker alone takes.
+        let brokers = std::env::var("CHRONICLE_KAFKA_BROKERS")
+            .unwrap_or_else(|_| KafkaSettings::DEFAULT_BROKERS.to_owned());
+        let floor = floor::round_trips(&brokers, options.visible_rate, options.seconds).await?;
         visible = vec![
             ("deposit acknowledged → visible to polling", from_ack),
             ("deposit sent → visible to polling", from_send),
             ("deposit acknowledged → min_position read answered", waited),
+            (
+                "broker floor: raw produce → consume, same broker and rate",
+                floor,
+            ),
         ];
         for (label, samples) in &visible {
             println!("  {label}: {}", Latencies::new(samples.clone()).summary());

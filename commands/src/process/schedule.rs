@@ -1,11 +1,18 @@
 //! The timed side of the process manager: recurring charges that fall due, and pending
 //! bookings whose hold has run out. Both find their work in read models and act through
-//! idempotent commands, so two instances never charge twice; `SKIP LOCKED` only keeps
-//! them from doing the same work at once.
+//! idempotent commands, so two instances never charge twice; a session advisory lock per
+//! payment only keeps them from doing the same work at once.
+//!
+//! The lock is deliberately not a row lock: `FOR UPDATE` gives the transaction an xid,
+//! and the relay publishes nothing committed after the oldest running xid, so a
+//! transaction held open while commands run would stall every event of the tick.
+//! Advisory locks taken outside a transaction hold neither an xid nor a snapshot.
 
 use chronicle_domain::values::Note;
 use chronicle_domain::{BookingCommand, Currency, Issued, Money, PaymentCommand, PaymentStatus};
 use chrono::{DateTime, Utc};
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -43,22 +50,34 @@ impl ProcessManager {
         }
     }
 
-    /// Charges every recurring payment whose next charge is due.
+    /// Charges every recurring payment whose next charge is due (up to 50 a tick) and
+    /// returns how many it took on; a payment another instance is charging is skipped.
     pub async fn charge_due(&self) -> Result<usize, ProcessError> {
-        let mut tx = self.pool.begin().await?;
         let due: Vec<DueCharge> = sqlx::query_as(
             "SELECT payment_id, account_id, amount, currency, next_charge, attempts \
                FROM payment_schedules \
               WHERE status = 'active' AND next_due_at <= now() \
-              ORDER BY next_due_at LIMIT 50 FOR UPDATE SKIP LOCKED",
+              ORDER BY next_due_at LIMIT 50",
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        for charge in &due {
-            self.charge(charge).await?;
+        if due.is_empty() {
+            return Ok(0);
         }
-        tx.commit().await?;
-        Ok(due.len())
+        let mut locks = ChargeLocks {
+            conn: self.pool.acquire().await?,
+            may_hold: false,
+        };
+        let mut taken = 0;
+        for charge in &due {
+            if !locks.try_lock(charge.payment_id).await? {
+                continue;
+            }
+            taken += 1;
+            self.charge(charge).await?;
+            locks.unlock(charge.payment_id).await?;
+        }
+        Ok(taken)
     }
 
     async fn charge(&self, due: &DueCharge) -> Result<(), ProcessError> {
@@ -69,6 +88,11 @@ impl ProcessManager {
         };
         // The read model may lag behind the payment: ask the aggregate.
         if state.status != PaymentStatus::Active || state.charges_captured >= n {
+            return Ok(());
+        }
+        // A failed attempt the read model has not applied yet moved the due time: another
+        // instance tried this charge after our list was read. Not due yet.
+        if state.failed_attempts.get(&n).copied().unwrap_or(0) > due.attempts.max(0) as u32 {
             return Ok(());
         }
         let flow_id = Uuid::new_v5(&due.payment_id, format!("charge/{n}").as_bytes());
@@ -179,5 +203,53 @@ impl ProcessManager {
             }
         }
         Ok(stale.len())
+    }
+}
+
+/// One pooled connection holding at most one advisory lock per due payment at a time.
+///
+/// Dropped while a lock may be held (an error, a cancelled tick), the connection is
+/// closed instead of going back to the pool, and the server releases the lock with the
+/// session.
+struct ChargeLocks {
+    conn: PoolConnection<Postgres>,
+    may_hold: bool,
+}
+
+impl ChargeLocks {
+    fn key(payment_id: Uuid) -> String {
+        format!("chronicle.charge/{payment_id}")
+    }
+
+    /// Takes the payment's lock if no other instance holds it.
+    async fn try_lock(&mut self, payment_id: Uuid) -> Result<bool, sqlx::Error> {
+        self.may_hold = true;
+        let acquired: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(Self::key(payment_id))
+                .fetch_one(&mut *self.conn)
+                .await?;
+        self.may_hold = acquired;
+        Ok(acquired)
+    }
+
+    async fn unlock(&mut self, payment_id: Uuid) -> Result<(), sqlx::Error> {
+        let released: bool =
+            sqlx::query_scalar("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind(Self::key(payment_id))
+                .fetch_one(&mut *self.conn)
+                .await?;
+        // `false` means this session did not hold it, which it should have: do not trust
+        // the connection back to the pool.
+        self.may_hold = !released;
+        Ok(())
+    }
+}
+
+impl Drop for ChargeLocks {
+    fn drop(&mut self) {
+        if self.may_hold {
+            self.conn.close_on_drop();
+        }
     }
 }
