@@ -41,6 +41,10 @@ const WORDS: &[&str] = &[
     "allergy",
     "parking",
     "front",
+    // Also last names, so a word can match the notes and the name.
+    "adams",
+    "reed",
+    "moreau",
 ];
 const STATUSES: &[&str] = &["pending", "confirmed", "cancelled"];
 
@@ -68,6 +72,7 @@ fn booking(rng: &mut Rng, n: usize) -> SearchBooking {
     // Few distinct start times, so equal seconds are common and the id tiebreak counts.
     let starts_at = epoch() + Duration::minutes(rng.below(2_000) as i64);
     let notes: Vec<&str> = (0..rng.below(4)).map(|_| rng.pick(WORDS)).collect();
+    let name = rng.pick(NAMES);
     SearchBooking {
         booking_id: Uuid::from_u128(0x5eed_0000 + n as u128 * 7_919),
         account_id: Uuid::from_u128(rng.below(50) as u128),
@@ -81,8 +86,13 @@ fn booking(rng: &mut Rng, n: usize) -> SearchBooking {
             currency: "EUR".into(),
         },
         guest: GuestView {
-            name: rng.pick(NAMES).to_owned(),
-            email: format!("guest{}@example.org", rng.below(300)),
+            name: name.to_owned(),
+            // The first name again, so a word can match the name and the email.
+            email: format!(
+                "{}.{}@example.org",
+                name.split(' ').next().unwrap(),
+                rng.below(300)
+            ),
         },
         notes: (!notes.is_empty()).then(|| notes.join(" ")),
         status: rng.pick(STATUSES).to_owned(),
