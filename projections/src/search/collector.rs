@@ -33,6 +33,9 @@ pub(crate) struct KeysetTop {
     pub limit: usize,
     pub after: Option<Position>,
     pub by_relevance: bool,
+    /// Skip a document on its score alone when the score rules it out (see
+    /// [`SegmentTop::may_enter`]); off, every match's key is read, as at first.
+    pub skip_by_score: bool,
 }
 
 pub(crate) struct SegmentTop {
@@ -41,6 +44,7 @@ pub(crate) struct SegmentTop {
     limit: usize,
     after: Option<Position>,
     by_relevance: bool,
+    skip_by_score: bool,
     best: Vec<(Position, DocAddress)>,
 }
 
@@ -59,6 +63,7 @@ impl Collector for KeysetTop {
             limit: self.limit,
             after: self.after,
             by_relevance: self.by_relevance,
+            skip_by_score: self.skip_by_score,
             best: Vec::with_capacity(self.limit + 1),
         })
     }
@@ -80,8 +85,12 @@ impl SegmentCollector for SegmentTop {
     type Fruit = Vec<(Position, DocAddress)>;
 
     fn collect(&mut self, doc: DocId, score: Score) {
+        let score = if self.by_relevance { score } else { 0.0 };
+        if self.by_relevance && self.skip_by_score && !self.may_enter(score) {
+            return;
+        }
         let position = Position {
-            score: if self.by_relevance { score } else { 0.0 },
+            score,
             key: self.keys.first(doc).unwrap_or(0),
         };
         if let Some(after) = &self.after
@@ -108,6 +117,27 @@ impl SegmentCollector for SegmentTop {
 
     fn harvest(self) -> Self::Fruit {
         self.best
+    }
+}
+
+impl SegmentTop {
+    /// Whether a document of this score can enter the page, whatever its key: by
+    /// relevance the score decides unless it ties the cursor or the current worst, so
+    /// the sort key (a random read of a fast field) is only read for candidates.
+    fn may_enter(&self, score: Score) -> bool {
+        // Ordering::Less: the score comes before the other (it is higher).
+        let before = |other: Score| other.total_cmp(&score);
+        if let Some(after) = &self.after
+            && before(after.score) == Ordering::Less
+        {
+            return false;
+        }
+        match self.best.last() {
+            Some((worst, _)) if self.best.len() == self.limit => {
+                before(worst.score) != Ordering::Greater
+            }
+            _ => true,
+        }
     }
 }
 

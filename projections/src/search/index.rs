@@ -14,7 +14,9 @@ use tantivy::schema::{
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
 };
-use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    Index, IndexReader, IndexSettings, IndexSortByField, Order, ReloadPolicy, TantivyDocument, Term,
+};
 use uuid::Uuid;
 
 use crate::consumer::PartitionKey;
@@ -95,6 +97,19 @@ fn schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
+/// Documents are stored in `sort_key` order (Tantivy sorts each segment when it is
+/// written and keeps merged segments sorted), so a read in `starts_at` order walks doc
+/// ids forward and stops at the page's end (see `walk`).
+fn settings() -> IndexSettings {
+    IndexSettings {
+        sort_by_field: Some(IndexSortByField {
+            field: "sort_key".to_owned(),
+            order: Order::Asc,
+        }),
+        ..IndexSettings::default()
+    }
+}
+
 /// The analyzer used for indexing and for queries alike.
 pub fn analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(SimpleTokenizer::default())
@@ -113,15 +128,26 @@ pub struct SearchIndex {
 }
 
 impl SearchIndex {
-    /// Opens the index in `dir`, creating it (or recreating it, when the schema
-    /// changed: it is derived data and rebuilds from the topics).
+    /// Opens the index in `dir`, creating it (or recreating it, when the schema or the
+    /// document order changed: it is derived data and rebuilds from the topics).
     pub fn open(dir: &Path) -> tantivy::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = schema();
+        let create = |schema| {
+            Index::builder()
+                .schema(schema)
+                .settings(settings())
+                .create_in_dir(dir)
+        };
         let index = match Index::open_in_dir(dir) {
-            Ok(index) if index.schema() == schema => index,
+            Ok(index)
+                if index.schema() == schema
+                    && index.settings().sort_by_field == settings().sort_by_field =>
+            {
+                index
+            }
             Ok(_) => {
-                tracing::warn!(dir = %dir.display(), "search index schema changed; rebuilding from the topics");
+                tracing::warn!(dir = %dir.display(), "search index schema or order changed; rebuilding from the topics");
                 for entry in std::fs::read_dir(dir)? {
                     let path = entry?.path();
                     if path.is_dir() {
@@ -130,10 +156,10 @@ impl SearchIndex {
                         std::fs::remove_file(&path)?;
                     }
                 }
-                Index::create_in_dir(dir, schema)?
+                create(schema)?
             }
             // Another process (or role) may be creating it at the same moment.
-            Err(_) => Index::create_in_dir(dir, schema).or_else(|_| Index::open_in_dir(dir))?,
+            Err(_) => create(schema).or_else(|_| Index::open_in_dir(dir))?,
         };
         index.tokenizers().register(ANALYZER, analyzer());
         let reader = index

@@ -18,7 +18,10 @@ use tantivy::{Searcher, Term};
 use uuid::Uuid;
 
 use super::collector::{KeysetTop, Position};
+use super::fuzzy::LazyFuzzy;
 use super::index::{SearchBooking, SearchIndex, analyzer};
+use super::walk::first_by_key;
+use super::word::{Alternative, WordQuery};
 use crate::queries::InvalidCursor;
 
 /// Terms this long or longer also match with one edit.
@@ -95,20 +98,52 @@ fn decode_cursor(cursor: &str) -> Result<Position, InvalidCursor> {
     })
 }
 
+/// How a search reads the index. Both give the same pages; [`Plan::Reference`] is the
+/// first implementation, kept to test the other against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// Typo and prefix clauses read lazily; key order read in key order, stopping at
+    /// the page's end.
+    Fast,
+    /// Every match visited by a top-k collector; typo and prefix clauses read eagerly.
+    Reference,
+}
+
 impl SearchIndex {
     /// Runs a search against the latest commit the reader sees.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchPage, SearchError> {
+        self.search_with(request, Plan::Fast)
+    }
+
+    /// The same search by the first plan: every match visited, typo clauses read
+    /// eagerly. Only for differential tests and the benchmark's check.
+    #[doc(hidden)]
+    pub fn search_reference(&self, request: &SearchRequest) -> Result<SearchPage, SearchError> {
+        self.search_with(request, Plan::Reference)
+    }
+
+    fn search_with(&self, request: &SearchRequest, plan: Plan) -> Result<SearchPage, SearchError> {
         let after = request.cursor.as_deref().map(decode_cursor).transpose()?;
-        let text_query = self.text_query(request.text.as_deref().unwrap_or(""));
+        let text_query = self.text_query(request.text.as_deref().unwrap_or(""), plan);
         let by_relevance = request.sort == SearchSort::Relevance && text_query.is_some();
         let query = self.with_filters(request, text_query.as_ref().map(|q| q.box_clone()));
         let searcher = self.reader.searcher();
-        let collector = KeysetTop {
-            limit: request.limit + 1,
-            after,
-            by_relevance,
+        let mut found = if by_relevance || plan == Plan::Reference {
+            let collector = KeysetTop {
+                limit: request.limit + 1,
+                after,
+                by_relevance,
+                skip_by_score: plan == Plan::Fast,
+            };
+            searcher.search(&query, &collector)?
+        } else {
+            first_by_key(
+                &searcher,
+                &query,
+                request.limit + 1,
+                after.map(|position| position.key),
+            )?
         };
-        let mut found = searcher.search(&query, &collector)?;
         let next_cursor = if found.len() > request.limit {
             found.truncate(request.limit);
             found.last().map(|(position, _)| encode_cursor(position))
@@ -132,7 +167,7 @@ impl SearchIndex {
 
     /// Every word must match somewhere: exactly (BM25, names weigh most), as a prefix of
     /// a name word, or — for words of five characters or more — with one edit.
-    fn text_query(&self, text: &str) -> Option<Box<dyn Query>> {
+    fn text_query(&self, text: &str, plan: Plan) -> Option<Box<dyn Query>> {
         let mut analyzer = analyzer();
         let mut stream = analyzer.token_stream(text);
         let mut words = Vec::new();
@@ -142,6 +177,15 @@ impl SearchIndex {
         if words.is_empty() {
             return None;
         }
+        let per_word: Vec<(Occur, Box<dyn Query>)> = words
+            .iter()
+            .map(|word| (Occur::Must, self.word_query(word, plan, words.len())))
+            .collect();
+        Some(Box::new(BooleanQuery::new(per_word)))
+    }
+
+    /// A word's alternatives, in the order their scores add up.
+    fn alternatives(&self, word: &str) -> Vec<Alternative> {
         let f = &self.fields;
         let full_text = [
             (f.name, 3.0),
@@ -149,28 +193,55 @@ impl SearchIndex {
             (f.notes, 1.0),
             (f.resource_text, 1.0),
         ];
-        let per_word: Vec<(Occur, Box<dyn Query>)> = words
-            .iter()
-            .map(|word| {
-                let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-                for (field, boost) in full_text {
-                    alternatives.push((Occur::Should, boosted(exact(field, word), boost)));
-                    if word.chars().count() >= FUZZY_MIN_CHARS {
-                        let fuzzy =
-                            FuzzyTermQuery::new(Term::from_field_text(field, word), 1, true);
-                        alternatives.push((Occur::Should, boosted(Box::new(fuzzy), boost * 0.3)));
-                    }
-                }
-                let prefix =
-                    FuzzyTermQuery::new_prefix(Term::from_field_text(f.name, word), 0, true);
-                alternatives.push((Occur::Should, boosted(Box::new(prefix), 0.5)));
-                (
-                    Occur::Must,
-                    Box::new(BooleanQuery::new(alternatives)) as Box<dyn Query>,
-                )
+        let mut alternatives = Vec::new();
+        for (field, boost) in full_text {
+            let term = Term::from_field_text(field, word);
+            alternatives.push(Alternative::Exact {
+                term: term.clone(),
+                boost,
+            });
+            if word.chars().count() >= FUZZY_MIN_CHARS {
+                alternatives.push(Alternative::Expanded {
+                    field,
+                    query: FuzzyTermQuery::new(term, 1, true),
+                    boost: boost * 0.3,
+                });
+            }
+        }
+        alternatives.push(Alternative::Expanded {
+            field: f.name,
+            query: FuzzyTermQuery::new_prefix(Term::from_field_text(f.name, word), 0, true),
+            boost: 0.5,
+        });
+        alternatives
+    }
+
+    /// One word. With three words or more the fast plan keeps Tantivy's union per word:
+    /// an intersection of three adds scores in an order that depends on each side's
+    /// cost, which [`WordQuery`] does not reproduce to the bit.
+    fn word_query(&self, word: &str, plan: Plan, words: usize) -> Box<dyn Query> {
+        let alternatives = self.alternatives(word);
+        if plan == Plan::Fast && words <= 2 {
+            return Box::new(WordQuery { alternatives });
+        }
+        let clauses = alternatives
+            .into_iter()
+            .map(|alternative| {
+                let query = match alternative {
+                    Alternative::Exact { term, boost } => boosted(
+                        Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),
+                        boost,
+                    ),
+                    Alternative::Expanded {
+                        field,
+                        query,
+                        boost,
+                    } => boosted(plan.read(field, query), boost),
+                };
+                (Occur::Should, query)
             })
             .collect();
-        Some(Box::new(BooleanQuery::new(per_word)))
+        Box::new(BooleanQuery::new(clauses))
     }
 
     fn with_filters(&self, request: &SearchRequest, text: Option<Box<dyn Query>>) -> BooleanQuery {
@@ -208,6 +279,15 @@ impl SearchIndex {
             )));
         }
         BooleanQuery::new(clauses)
+    }
+}
+
+impl Plan {
+    fn read(self, field: Field, query: FuzzyTermQuery) -> Box<dyn Query> {
+        match self {
+            Plan::Fast => Box::new(LazyFuzzy::new(field, query)),
+            Plan::Reference => Box::new(query),
+        }
     }
 }
 
