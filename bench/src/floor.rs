@@ -73,16 +73,10 @@ pub async fn round_trips(brokers: &str, rate: u32, seconds: u64) -> anyhow::Resu
 /// A consumer with the projectors' fetch settings, assigned every partition of `topic`.
 fn consumer(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Measuring> {
     let consumer: StreamConsumer = kafka
-        .client_config("chronicle-bench-floor")
-        .set("group.id", format!("bench-floor-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "fetch.wait.max.ms",
-            kafka.fetch_wait.as_millis().max(1).to_string(),
+        .consumer_config(
+            "chronicle-bench-floor",
+            &format!("bench-floor-{}", Uuid::new_v4()),
         )
-        .set("enable.partition.eof", "false")
         .create()?;
     consumer
         .fetch_metadata(Some(topic), kafka.admin_timeout)

@@ -188,19 +188,10 @@ impl<P: Projection> Projector<P> {
     fn consumer(&self, flag: RebalanceFlag) -> Result<ProjectorConsumer, KafkaError> {
         let name = self.projection.name();
         self.kafka
-            .client_config(&format!("chronicle-{name}"))
-            .set(
-                "group.id",
-                format!("{}chronicle.{name}", self.kafka.topic_prefix),
+            .consumer_config(
+                &format!("chronicle-{name}"),
+                &format!("{}chronicle.{name}", self.kafka.topic_prefix),
             )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "fetch.wait.max.ms",
-                self.kafka.fetch_wait.as_millis().max(1).to_string(),
-            )
-            .set("enable.partition.eof", "false")
             .create_with_context(flag)
     }
 

@@ -57,6 +57,24 @@ impl KafkaSettings {
         config
     }
 
+    /// The configuration of a projector's consumer (and of the benchmarks' raw consumers
+    /// that stand in for one): offsets are ours, not the group's; reading starts at the
+    /// beginning; fetches wait at most `fetch_wait`.
+    pub fn consumer_config(&self, client_id: &str, group_id: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "fetch.wait.max.ms",
+                self.fetch_wait.as_millis().max(1).to_string(),
+            )
+            .set("enable.partition.eof", "false");
+        config
+    }
+
     /// Chronicle's topics under this prefix.
     pub fn topics(&self) -> Vec<String> {
         all_topics(&self.topic_prefix)

@@ -432,16 +432,10 @@ async fn raw_consume(kafka: &KafkaSettings, ends: &Ends) -> anyhow::Result<Run> 
     let expected = total(ends);
     let started = Instant::now();
     let consumer: StreamConsumer = kafka
-        .client_config("chronicle-bench-raw")
-        .set("group.id", format!("bench-raw-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "fetch.wait.max.ms",
-            kafka.fetch_wait.as_millis().max(1).to_string(),
+        .consumer_config(
+            "chronicle-bench-raw",
+            &format!("bench-raw-{}", Uuid::new_v4()),
         )
-        .set("enable.partition.eof", "false")
         .create()?;
     // Like the projector's explicit assignment: each topic's metadata first (bounded),
     // then every partition from the beginning.

@@ -149,26 +149,26 @@ impl<A: Aggregate> EventStore<A> for &CommandStore<'_, A> {
             .repository
             .snapshot_due(&stream, envelopes.len())
             .then_some(&stream.aggregate);
-        let positions = if self.repository.groups_commits() {
-            // The group's writer appends on its own connection: give this one back.
+        // With group commit the group's writer appends on its own connection: this one
+        // goes back to the pool first.
+        let mut connection = if self.repository.groups_commits() {
             drop(
                 self.connection
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take(),
             );
-            self.repository
-                .append(None, &stream, &envelopes, snapshot)
-                .await?
+            None
         } else {
-            let mut connection = self.take_connection().await?;
-            let positions = self
-                .repository
-                .append(Some(&mut connection), &stream, &envelopes, snapshot)
-                .await?;
-            self.put_back(connection);
-            positions
+            Some(self.take_connection().await?)
         };
+        let positions = self
+            .repository
+            .append(connection.as_deref_mut(), &stream, &envelopes, snapshot)
+            .await?;
+        if let Some(connection) = connection {
+            self.put_back(connection);
+        }
         if let Some(last) = positions.last() {
             self.record(Committed {
                 version: last.sequence,
