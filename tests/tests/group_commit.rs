@@ -152,8 +152,13 @@ async fn commands_committed_together_each_get_their_own_answer() {
         &no_key,
     );
 
-    // Hold every append back until all of them have queued: the writer's first append
-    // waits for this lock, and everything behind it must then go as groups.
+    // Hold the appends back until at least `QUEUED` of them wait behind the first: the
+    // writer's first append waits for this lock, and those behind it then go as one
+    // group. Not all of them can queue: the service serialises commands whose aggregates
+    // share one of its 1,024 lock stripes, and a command behind a blocked neighbour's
+    // stripe only queues once that neighbour has committed (random ids collide in about
+    // a third of runs with 32 aggregates).
+    const QUEUED: i64 = 16;
     let mut blocker = PgConnection::connect_with(&db.options).await.unwrap();
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
     sqlx::query("LOCK TABLE events IN SHARE MODE")
@@ -170,12 +175,11 @@ async fn commands_committed_together_each_get_their_own_answer() {
     );
     let release = async {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while APPEND_QUEUE.get() < (distinct - 1) as i64 {
+        while APPEND_QUEUE.get() < QUEUED {
             assert!(
                 Instant::now() < deadline,
-                "only {} of {} appends queued behind the first",
+                "only {} of {distinct} appends queued behind the first",
                 APPEND_QUEUE.get(),
-                distinct - 1
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -186,13 +190,16 @@ async fn commands_committed_together_each_get_their_own_answer() {
     assert!(matches!(early, Err(CommandError::Rejected(_))), "{early:?}");
     let groups = APPEND_GROUP_SIZE.get_sample_count() - groups_before;
     let members = APPEND_GROUP_SIZE.get_sample_sum() - members_before;
-    assert_eq!(
-        members as usize, distinct,
-        "every append went through a writer once"
+    // Every append goes through a writer at most once (no retries here). A key pair's
+    // second request can be answered at its load instead, when a lock stripe made it
+    // wait until its twin had committed.
+    assert!(
+        (distinct - 4..=distinct).contains(&(members as usize)),
+        "{members} appends through the writers for {distinct} aggregates"
     );
     assert!(
-        groups <= 3,
-        "{distinct} appends queued together went in {groups} groups"
+        members - groups as f64 >= (QUEUED - 1) as f64,
+        "{QUEUED} appends queued together should share a transaction: {distinct} went in {groups} groups"
     );
 
     let by_kind = |kind: Kind| {
