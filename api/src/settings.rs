@@ -135,6 +135,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_KAFKA_FETCH_WAIT_MS",
     "CHRONICLE_RELAY_BATCH",
     "CHRONICLE_RELAY_POLL_MS",
+    "CHRONICLE_RELAY_IN_FLIGHT",
     "CHRONICLE_PROJECTOR_INSTANCES",
     "CHRONICLE_PROJECTOR_INSTANCE",
     "CHRONICLE_PROJECTOR_GROUP_ASSIGNMENT",
@@ -380,6 +381,10 @@ fn relay(src: &Source) -> Result<RelaySettings, ConfigError> {
             src.parsed("CHRONICLE_RELAY_BATCH", defaults.batch_size)?,
         )?,
         poll_interval: src.millis("CHRONICLE_RELAY_POLL_MS", defaults.poll_interval)?,
+        in_flight: positive(
+            "CHRONICLE_RELAY_IN_FLIGHT",
+            src.parsed("CHRONICLE_RELAY_IN_FLIGHT", defaults.in_flight)?,
+        )?,
         ..defaults
     })
 }

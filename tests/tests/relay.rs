@@ -236,3 +236,91 @@ async fn a_command_wakes_the_relay_after_its_commit_without_waiting_for_a_poll()
     shutdown.cancel();
     running.await.unwrap();
 }
+
+/// Many small batches in flight at once, and a batch committed while earlier ones are
+/// still unacknowledged: every event goes out once, in order, and the checkpoint ends
+/// after the last one with every event counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_go_out_once_in_order_and_the_checkpoint_follows() {
+    let app = spawn_app().await;
+    ensure_topics(&app.settings.kafka).await.unwrap();
+    let relay = Relay::new(
+        app.pool.clone(),
+        app.settings.kafka.clone(),
+        RelaySettings {
+            batch_size: 3,
+            in_flight: 2,
+            poll_interval: std::time::Duration::from_secs(300),
+            ..RelaySettings::default()
+        },
+    );
+    let account = Uuid::new_v4();
+    let deposit = |n: i64| {
+        json!({"type": "FundsDeposited", "amount": 1, "reference": format!("d{n}"),
+               "balance_after": n, "occurred_at": "2030-01-01T00:00:00Z"})
+    };
+    let mut tx = app.pool.begin().await.unwrap();
+    insert_event(&mut tx, account, 1, "AccountOpened", "2", opened(account)).await;
+    for sequence in 2..=20 {
+        insert_event(
+            &mut tx,
+            account,
+            sequence,
+            "FundsDeposited",
+            "1",
+            deposit(sequence),
+        )
+        .await;
+    }
+    tx.commit().await.unwrap();
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await }
+    });
+    // More events in a second transaction, likely while the first ones are in flight;
+    // the writers' wake-up (raw inserts send none) is a NOTIFY of our own.
+    let mut tx = app.pool.begin().await.unwrap();
+    for sequence in 21..=31 {
+        insert_event(
+            &mut tx,
+            account,
+            sequence,
+            "FundsDeposited",
+            "1",
+            deposit(sequence),
+        )
+        .await;
+    }
+    sqlx::query("NOTIFY chronicle_events")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let envelopes = consume_envelopes(&app, 31).await;
+    let mut sequences: Vec<(i64, i64)> = envelopes
+        .iter()
+        .map(|(_, offset, e)| (*offset, e.sequence))
+        .collect();
+    sequences.sort_unstable();
+    assert_eq!(
+        sequences.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        (1..=31).collect::<Vec<_>>(),
+        "one partition holds the account's events once each, in sequence order"
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+    let (published, position): (i64, i64) = sqlx::query_as(
+        "SELECT published, global_position FROM relay_checkpoints WHERE name = 'default'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((published, position), (31, last));
+}

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chronicle_bench::machine;
-use chronicle_eventstore::envelope::{STORED_COLUMNS, StoredEvent, topic_for};
+use chronicle_eventstore::envelope::{OutgoingRow, SELECT_OUTGOING_AFTER, topic_for};
 use chronicle_eventstore::kafka::{KafkaSettings, ensure_topics};
 use chronicle_eventstore::relay::{Relay, RelaySettings, relay_lag};
 use chronicle_projections::consumer::PartitionKey;
@@ -283,18 +283,19 @@ struct Outgoing {
 /// Every event of the store in the relay's order, serialized as the relay does, for the
 /// topics under `prefix`.
 async fn relay_messages(pool: &PgPool, prefix: &str) -> anyhow::Result<Vec<Outgoing>> {
-    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "SELECT {STORED_COLUMNS} FROM events ORDER BY events.tx_id, events.global_position"
-    ))
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<OutgoingRow> = sqlx::query_as(SELECT_OUTGOING_AFTER)
+        .bind("0")
+        .bind(0_i64)
+        .bind(i64::MAX)
+        .fetch_all(pool)
+        .await?;
     let upcasters = chronicle_domain::upcast::upcasters();
-    rows.iter()
+    rows.into_iter()
         .map(|row| {
             Ok(Outgoing {
                 topic: topic_for(prefix, &row.aggregate_type),
                 key: row.aggregate_id.clone(),
-                payload: serde_json::to_vec(&row.to_envelope(&upcasters))?,
+                payload: row.encode(&upcasters)?,
             })
         })
         .collect()
@@ -599,8 +600,8 @@ async fn relay_scenario(
     );
     let settings = RelaySettings::default();
     println!(
-        "\n1. relay (RelaySettings::default(): batches of {}, poll {:?}, linger {:?}; idempotent, acks=all)",
-        settings.batch_size, settings.poll_interval, settings.linger
+        "\n1. relay (RelaySettings::default(): batches of {}, {} in flight, poll {:?}, linger {:?}; idempotent, acks=all)",
+        settings.batch_size, settings.in_flight, settings.poll_interval, settings.linger
     );
     let kafka = fresh_topics(brokers, "").await?;
     let ours = relay_run(pool, &kafka, events).await?;
