@@ -62,6 +62,14 @@ pub trait Projection: Send + Sync + 'static {
     }
 
     /// The next offset to apply, per partition, as durably stored.
+    /// `fetch.wait.max.ms` of this projection's consumer. tansu 0.6 holds every fetch
+    /// for the whole wait and reads every partition of the fetch once per fetch, so each
+    /// consumer costs the broker about one query per partition per wait even when idle
+    /// (ADR 0014). A projection whose effects only show periodically can wait longer.
+    fn fetch_wait(&self, kafka: &KafkaSettings) -> Duration {
+        kafka.fetch_wait
+    }
+
     fn stored_offsets(
         &self,
     ) -> impl Future<Output = Result<HashMap<PartitionKey, i64>, ProjectionError>> + Send;
@@ -187,11 +195,13 @@ impl<P: Projection> Projector<P> {
 
     fn consumer(&self, flag: RebalanceFlag) -> Result<ProjectorConsumer, KafkaError> {
         let name = self.projection.name();
+        let fetch_wait = self.projection.fetch_wait(&self.kafka).as_millis().max(1);
         self.kafka
             .consumer_config(
                 &format!("chronicle-{name}"),
                 &format!("{}chronicle.{name}", self.kafka.topic_prefix),
             )
+            .set("fetch.wait.max.ms", fetch_wait.to_string())
             .create_with_context(flag)
     }
 

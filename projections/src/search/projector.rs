@@ -132,6 +132,13 @@ impl Projection for SearchProjection {
         vec![topic_for(&kafka.topic_prefix, "Booking")]
     }
 
+    /// Searches see changes only at the next commit (every `commit_interval` at most),
+    /// so waiting a tenth of it for a fetch costs little freshness and most of this
+    /// consumer's load on a broker that answers fetches only at their deadline.
+    fn fetch_wait(&self, kafka: &KafkaSettings) -> Duration {
+        kafka.fetch_wait.max(self.settings.commit_interval / 10)
+    }
+
     async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
         self.index.committed_offsets().map_err(search_error)
     }
