@@ -123,7 +123,7 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_millis(500),
             standby_retry: Duration::from_secs(1),
             linger: Duration::from_millis(2),
-            in_flight: 8,
+            in_flight: 16,
         }
     }
 }
