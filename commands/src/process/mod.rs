@@ -109,29 +109,39 @@ impl ProcessManager {
         tokio::join!(consumer.run(shutdown.clone()), self.run_schedules(shutdown));
     }
 
-    async fn handle(&self, envelope: &Envelope) -> Result<(), ProcessError> {
+    /// Runs the flow `envelope` starts, if any; true when there was one.
+    async fn handle(&self, envelope: &Envelope) -> Result<bool, ProcessError> {
         match (
             envelope.aggregate_type.as_str(),
             envelope.event_type.as_str(),
         ) {
-            ("Booking", "BookingRequested") => self.charge_booking(envelope).await,
-            ("Booking", "BookingCancelled") => self.refund_booking(envelope).await,
-            ("Payment", "PaymentInitiated") => self.charge_client_payment(envelope).await,
-            _ => Ok(()),
+            ("Booking", "BookingRequested") => self.charge_booking(envelope).await?,
+            ("Booking", "BookingCancelled") => self.refund_booking(envelope).await?,
+            ("Payment", "PaymentInitiated") => self.charge_client_payment(envelope).await?,
+            _ => return Ok(false),
         }
+        Ok(true)
     }
 
-    async fn store_offset(&self, delivered: &Delivered) -> Result<(), sqlx::Error> {
+    /// Stores the next offset of each partition in `next` (never moving one back).
+    async fn store_offsets(&self, next: &HashMap<(&str, i32), i64>) -> Result<(), sqlx::Error> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut next: Vec<_> = next.iter().collect();
+        next.sort_unstable();
         sqlx::query(
             "INSERT INTO projector_offsets (projector, topic, partition, next_offset) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (projector, topic, partition) DO UPDATE \
+             SELECT $1, topic, partition, next_offset \
+               FROM unnest($2::text[], $3::int[], $4::bigint[]) AS v(topic, partition, next_offset) \
+             ON CONFLICT (projector, topic, partition) DO UPDATE \
              SET next_offset = greatest(projector_offsets.next_offset, EXCLUDED.next_offset), \
                  updated_at = now()",
         )
         .bind(PROCESS_MANAGER)
-        .bind(&delivered.topic)
-        .bind(delivered.partition)
-        .bind(delivered.offset + 1)
+        .bind(next.iter().map(|((topic, _), _)| *topic).collect::<Vec<_>>())
+        .bind(next.iter().map(|((_, partition), _)| *partition).collect::<Vec<_>>())
+        .bind(next.iter().map(|(_, offset)| **offset).collect::<Vec<_>>())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -162,9 +172,16 @@ impl Projection for ProcessManager {
 
     /// Handles each message completely, then stores its offset: a crash redoes at most
     /// the message in hand, whose steps are all idempotent.
+    /// A message's offset is stored as soon as the flow it starts has run, so a crash
+    /// re-runs at most that flow (ADR 0007). Messages that start no flow (most of them)
+    /// have their offsets stored together at the end of the batch: reading them again
+    /// after a crash runs nothing, and one write replaces one per message.
     async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
+        let mut quiet: HashMap<(&str, i32), i64> = HashMap::new();
         for delivered in batch {
-            match delivered
+            let partition = (delivered.topic.as_str(), delivered.partition);
+            let next = HashMap::from([(partition, delivered.offset + 1)]);
+            let ran = match delivered
                 .payload
                 .as_deref()
                 .map(serde_json::from_slice::<Envelope>)
@@ -174,11 +191,18 @@ impl Projection for ProcessManager {
                     .await
                     .map_err(|e| ProjectionError::Other(e.to_string()))?,
                 _ => {
-                    tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped")
+                    tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped");
+                    false
                 }
+            };
+            if ran {
+                self.store_offsets(&next).await?;
+                quiet.remove(&partition);
+            } else {
+                quiet.extend(next);
             }
-            self.store_offset(delivered).await?;
         }
+        self.store_offsets(&quiet).await?;
         Ok(())
     }
 }
