@@ -5,7 +5,9 @@
 
 use chronicle_eventstore::envelope::event_id;
 use chronicle_eventstore::kafka::ensure_topics;
-use chronicle_eventstore::relay::{ActiveRelay, Relay, RelaySettings, relay_lag};
+use chronicle_eventstore::relay::{
+    ActiveRelay, Relay, RelaySettings, SELECT_NEXT_AFTER, relay_lag,
+};
 use chronicle_tests::{consume_envelopes, spawn_app};
 use serde_json::json;
 use sqlx::{Executor, Postgres, Transaction};
@@ -323,4 +325,49 @@ async fn batches_in_flight_go_out_once_in_order_and_the_checkpoint_follows() {
         .await
         .unwrap();
     assert_eq!((published, position), (31, last));
+}
+
+/// The relay asks "is anything after my checkpoint?" after every look. As a prepared
+/// statement it is planned once for any checkpoint; that generic plan must walk the
+/// commit-order index, not scan `events` from its start (it did, as an `EXISTS`, and
+/// grew with the store).
+#[tokio::test]
+async fn the_held_back_check_walks_the_commit_order_index_in_its_generic_plan() {
+    let app = spawn_app().await;
+    let account = Uuid::new_v4();
+    let mut tx = app.pool.begin().await.unwrap();
+    insert_event(&mut tx, account, 1, "AccountOpened", "2", opened(account)).await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'Account', $1, n, 'FundsDeposited', '1', \
+                jsonb_build_object('type', 'FundsDeposited', 'amount', 1, 'reference', NULL, \
+                                   'balance_after', n, 'occurred_at', '2030-01-01T00:00:00Z'), '{}' \
+           FROM generate_series(2, 20000) AS n",
+    )
+    .bind(account.to_string())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut conn = app.pool.acquire().await.unwrap();
+    for statement in [
+        "ANALYZE events".to_owned(),
+        "SET plan_cache_mode = force_generic_plan".to_owned(),
+        format!("PREPARE next_after(text, bigint) AS {SELECT_NEXT_AFTER}"),
+    ] {
+        sqlx::query(&statement).execute(&mut *conn).await.unwrap();
+    }
+    let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE next_after('1', 1)")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index")
+            && plan.contains("events_commit_order")
+            && !plan.contains("Seq Scan"),
+        "{plan}"
+    );
+    // The session's settings must not follow the connection back into the pool.
+    conn.close_on_drop();
 }
