@@ -51,6 +51,59 @@ pub enum ProjectionError {
     Other(String),
 }
 
+/// The next offset of each partition `projector` stored in `projector_offsets` (where
+/// the read models and the process manager keep theirs).
+pub async fn load_offsets(
+    pool: &sqlx::PgPool,
+    projector: &str,
+) -> Result<HashMap<PartitionKey, i64>, sqlx::Error> {
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT topic, partition, next_offset FROM projector_offsets WHERE projector = $1",
+    )
+    .bind(projector)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+}
+
+/// Stores `projector`'s next offset of each partition in `next`, in one statement, never
+/// moving one back; sorted, so that writers of overlapping partitions lock rows in the
+/// same order.
+pub async fn store_offsets<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    projector: &str,
+    next: &HashMap<(&str, i32), i64>,
+) -> Result<(), sqlx::Error> {
+    if next.is_empty() {
+        return Ok(());
+    }
+    let mut next: Vec<_> = next.iter().collect();
+    next.sort_unstable();
+    sqlx::query(
+        "INSERT INTO projector_offsets (projector, topic, partition, next_offset) \
+         SELECT $1, topic, partition, next_offset \
+           FROM unnest($2::text[], $3::int[], $4::bigint[]) AS v(topic, partition, next_offset) \
+         ON CONFLICT (projector, topic, partition) DO UPDATE \
+         SET next_offset = greatest(projector_offsets.next_offset, EXCLUDED.next_offset), \
+             updated_at = now()",
+    )
+    .bind(projector)
+    .bind(
+        next.iter()
+            .map(|((topic, _), _)| *topic)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        next.iter()
+            .map(|((_, partition), _)| *partition)
+            .collect::<Vec<_>>(),
+    )
+    .bind(next.iter().map(|(_, offset)| **offset).collect::<Vec<_>>())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// A read model fed by the event topics.
 pub trait Projection: Send + Sync + 'static {
     /// The projector's name: its offsets and its consumer group are keyed by it.

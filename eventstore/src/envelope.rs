@@ -105,31 +105,40 @@ pub struct StoredEvent {
 pub const STORED_COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, \
      event_version, payload, metadata, global_position, tx_id::text AS tx_id, recorded_at";
 
-/// The next commit-safe events after the point `($1` tx id as text`, $2` global
-/// position`)`, at most `$3`, in commit order: only rows whose transaction can no longer
-/// be in flight anywhere in the cluster, ordered by `(tx_id, global_position)` on the
-/// `events_commit_order` index. The relay publishes by it and a rebuild replays by it.
-pub const SELECT_COMMIT_SAFE_AFTER: &str = "\
-SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
-       global_position, tx_id::text AS tx_id, recorded_at
+/// `SELECT $columns` of the next commit-safe events after the point `($1` tx id as text`,
+/// $2` global position`)`, at most `$3`, in commit order: only rows whose transaction can
+/// no longer be in flight anywhere in the cluster, ordered by `(tx_id, global_position)`
+/// on the `events_commit_order` index. One definition for every reader of that order.
+macro_rules! commit_safe_after {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            "
   FROM events
  WHERE (events.tx_id, events.global_position) > ($1::text::xid8, $2)
    AND events.tx_id < pg_snapshot_xmin(pg_current_snapshot())
  ORDER BY events.tx_id, events.global_position
- LIMIT $3";
+ LIMIT $3"
+        )
+    };
+}
 
-/// [`SELECT_COMMIT_SAFE_AFTER`] as the relay reads it: the payload as the stored JSON text
-/// (not parsed into a tree), the metadata as its public fields only.
-pub const SELECT_OUTGOING_AFTER: &str = "\
-SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+/// The next commit-safe events as [`StoredEvent`]s (see `commit_safe_after!`): what a
+/// rebuild replays by.
+pub const SELECT_COMMIT_SAFE_AFTER: &str = commit_safe_after!(
+    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+       global_position, tx_id::text AS tx_id, recorded_at"
+);
+
+/// The same events as the relay reads them ([`OutgoingRow`]): the payload as the stored
+/// JSON text (not parsed into a tree), the metadata as its public fields only.
+pub const SELECT_OUTGOING_AFTER: &str = commit_safe_after!(
+    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
        metadata->>'actor' AS actor, metadata->>'correlation_id' AS correlation_id,
        metadata->>'causation_id' AS causation_id, metadata->>'request_id' AS request_id,
-       global_position, tx_id::text AS tx_id, recorded_at
-  FROM events
- WHERE (events.tx_id, events.global_position) > ($1::text::xid8, $2)
-   AND events.tx_id < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY events.tx_id, events.global_position
- LIMIT $3";
+       global_position, tx_id::text AS tx_id, recorded_at"
+);
 
 /// An event row as the relay reads it ([`SELECT_OUTGOING_AFTER`]).
 #[derive(Debug, sqlx::FromRow)]

@@ -42,6 +42,28 @@ fn opened(id: Uuid) -> serde_json::Value {
     })
 }
 
+/// Deposits into `account`'s stream with the given `sequences`, in one statement.
+async fn insert_deposits(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    sequences: std::ops::RangeInclusive<i64>,
+) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'Account', $1, n, 'FundsDeposited', '1', \
+                jsonb_build_object('type', 'FundsDeposited', 'amount', 1, 'reference', 'd' || n, \
+                                   'balance_after', n, 'occurred_at', '2030-01-01T00:00:00Z'), \
+                '{\"actor\": \"alice\"}' \
+           FROM generate_series($2::bigint, $3::bigint) AS n",
+    )
+    .bind(account.to_string())
+    .bind(sequences.start())
+    .bind(sequences.end())
+    .execute(&mut **tx)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_that_commits_late_is_published_not_skipped() {
     let app = spawn_app().await;
@@ -257,23 +279,9 @@ async fn batches_in_flight_go_out_once_in_order_and_the_checkpoint_follows() {
         },
     );
     let account = Uuid::new_v4();
-    let deposit = |n: i64| {
-        json!({"type": "FundsDeposited", "amount": 1, "reference": format!("d{n}"),
-               "balance_after": n, "occurred_at": "2030-01-01T00:00:00Z"})
-    };
     let mut tx = app.pool.begin().await.unwrap();
     insert_event(&mut tx, account, 1, "AccountOpened", "2", opened(account)).await;
-    for sequence in 2..=20 {
-        insert_event(
-            &mut tx,
-            account,
-            sequence,
-            "FundsDeposited",
-            "1",
-            deposit(sequence),
-        )
-        .await;
-    }
+    insert_deposits(&mut tx, account, 2..=20).await;
     tx.commit().await.unwrap();
 
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -284,17 +292,7 @@ async fn batches_in_flight_go_out_once_in_order_and_the_checkpoint_follows() {
     // More events in a second transaction, likely while the first ones are in flight;
     // the writers' wake-up (raw inserts send none) is a NOTIFY of our own.
     let mut tx = app.pool.begin().await.unwrap();
-    for sequence in 21..=31 {
-        insert_event(
-            &mut tx,
-            account,
-            sequence,
-            "FundsDeposited",
-            "1",
-            deposit(sequence),
-        )
-        .await;
-    }
+    insert_deposits(&mut tx, account, 21..=31).await;
     sqlx::query("NOTIFY chronicle_events")
         .execute(&mut *tx)
         .await
@@ -337,17 +335,7 @@ async fn the_held_back_check_walks_the_commit_order_index_in_its_generic_plan() 
     let account = Uuid::new_v4();
     let mut tx = app.pool.begin().await.unwrap();
     insert_event(&mut tx, account, 1, "AccountOpened", "2", opened(account)).await;
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT 'Account', $1, n, 'FundsDeposited', '1', \
-                jsonb_build_object('type', 'FundsDeposited', 'amount', 1, 'reference', NULL, \
-                                   'balance_after', n, 'occurred_at', '2030-01-01T00:00:00Z'), '{}' \
-           FROM generate_series(2, 20000) AS n",
-    )
-    .bind(account.to_string())
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    insert_deposits(&mut tx, account, 2..=20_000).await;
     tx.commit().await.unwrap();
     let mut conn = app.pool.acquire().await.unwrap();
     for statement in [

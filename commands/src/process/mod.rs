@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use chronicle_eventstore::consumer::{
     Delivered, PartitionKey, Projection, ProjectionError, Projector, ProjectorSettings,
+    load_offsets, store_offsets,
 };
 use chronicle_eventstore::envelope::{Envelope, topic_for};
 use chronicle_eventstore::kafka::KafkaSettings;
@@ -122,30 +123,6 @@ impl ProcessManager {
         }
         Ok(true)
     }
-
-    /// Stores the next offset of each partition in `next` (never moving one back).
-    async fn store_offsets(&self, next: &HashMap<(&str, i32), i64>) -> Result<(), sqlx::Error> {
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut next: Vec<_> = next.iter().collect();
-        next.sort_unstable();
-        sqlx::query(
-            "INSERT INTO projector_offsets (projector, topic, partition, next_offset) \
-             SELECT $1, topic, partition, next_offset \
-               FROM unnest($2::text[], $3::int[], $4::bigint[]) AS v(topic, partition, next_offset) \
-             ON CONFLICT (projector, topic, partition) DO UPDATE \
-             SET next_offset = greatest(projector_offsets.next_offset, EXCLUDED.next_offset), \
-                 updated_at = now()",
-        )
-        .bind(PROCESS_MANAGER)
-        .bind(next.iter().map(|((topic, _), _)| *topic).collect::<Vec<_>>())
-        .bind(next.iter().map(|((_, partition), _)| *partition).collect::<Vec<_>>())
-        .bind(next.iter().map(|(_, offset)| **offset).collect::<Vec<_>>())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
 }
 
 impl Projection for ProcessManager {
@@ -161,17 +138,9 @@ impl Projection for ProcessManager {
     }
 
     async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, partition, next_offset FROM projector_offsets WHERE projector = $1",
-        )
-        .bind(PROCESS_MANAGER)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+        Ok(load_offsets(&self.pool, PROCESS_MANAGER).await?)
     }
 
-    /// Handles each message completely, then stores its offset: a crash redoes at most
-    /// the message in hand, whose steps are all idempotent.
     /// A message's offset is stored as soon as the flow it starts has run, so a crash
     /// re-runs at most that flow (ADR 0007). Messages that start no flow (most of them)
     /// have their offsets stored together at the end of the batch: reading them again
@@ -196,13 +165,13 @@ impl Projection for ProcessManager {
                 }
             };
             if ran {
-                self.store_offsets(&next).await?;
+                store_offsets(&self.pool, PROCESS_MANAGER, &next).await?;
                 quiet.remove(&partition);
             } else {
                 quiet.extend(next);
             }
         }
-        self.store_offsets(&quiet).await?;
+        store_offsets(&self.pool, PROCESS_MANAGER, &quiet).await?;
         Ok(())
     }
 }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use chronicle_eventstore::envelope::Envelope;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::consumer::{Delivered, PartitionKey, Projection, ProjectionError};
+use crate::consumer::{
+    Delivered, PartitionKey, Projection, ProjectionError, load_offsets, store_offsets,
+};
 use crate::metrics;
 
 /// The channel a batch commit notifies, for read-your-writes waiters.
@@ -70,13 +72,7 @@ impl Projection for ReadModels {
     }
 
     async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, partition, next_offset FROM projector_offsets WHERE projector = $1",
-        )
-        .bind(&self.name)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+        Ok(load_offsets(&self.pool, &self.name).await?)
     }
 
     async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
@@ -113,8 +109,7 @@ impl Projection for ReadModels {
                 .with_label_values(&[&self.name])
                 .inc_by(outcome.early as u64);
         }
-        // The next offset of every partition in the batch, in one statement (sorted, so
-        // that writers of overlapping partitions would lock rows in the same order).
+        // The next offset of every partition in the batch, with the batch's effects.
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for delivered in batch {
             let offset = next
@@ -122,22 +117,7 @@ impl Projection for ReadModels {
                 .or_default();
             *offset = (*offset).max(delivered.offset + 1);
         }
-        let mut next: Vec<_> = next.into_iter().collect();
-        next.sort_unstable();
-        sqlx::query(
-            "INSERT INTO projector_offsets (projector, topic, partition, next_offset) \
-             SELECT $1, topic, partition, next_offset \
-               FROM unnest($2::text[], $3::int[], $4::bigint[]) AS v(topic, partition, next_offset) \
-             ON CONFLICT (projector, topic, partition) DO UPDATE \
-             SET next_offset = greatest(projector_offsets.next_offset, EXCLUDED.next_offset), \
-                 updated_at = now()",
-        )
-        .bind(&self.name)
-        .bind(next.iter().map(|((topic, _), _)| *topic).collect::<Vec<_>>())
-        .bind(next.iter().map(|((_, partition), _)| *partition).collect::<Vec<_>>())
-        .bind(next.iter().map(|(_, offset)| *offset).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        store_offsets(&mut *tx, &self.name, &next).await?;
         if let Some(observer) = &self.observer {
             observer.before_commit(number).await;
         }
