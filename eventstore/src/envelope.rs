@@ -286,13 +286,10 @@ mod tests {
         }
     }
 
-    /// What the relay reads for `stored`: the payload as PostgreSQL prints jsonb.
+    /// What the relay reads for `stored`: the payload as stored JSON text, whitespace
+    /// and all (PostgreSQL prints `jsonb` with spaces; pretty-printing stands in here).
     fn outgoing(stored: &StoredEvent) -> OutgoingRow {
-        let text = stored
-            .payload
-            .to_string()
-            .replace(':', ": ")
-            .replace(',', ", ");
+        let text = serde_json::to_string_pretty(&stored.payload).unwrap();
         let field = |name: &str| {
             stored
                 .metadata

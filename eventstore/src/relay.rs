@@ -7,7 +7,6 @@
 //! every message of a batch. One relay is active per name (a Postgres advisory lock);
 //! others wait as hot standbys. A crash re-publishes at most the unacknowledged tail.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +20,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{AGGREGATE_TYPES, OutgoingRow, SELECT_OUTGOING_AFTER, topic_for};
+use crate::envelope::{OutgoingRow, SELECT_OUTGOING_AFTER, topic_for};
 use crate::kafka::{KafkaSettings, ensure_topics};
 use crate::metrics;
 
@@ -225,10 +224,6 @@ impl Relay {
                 tx_id,
                 global_position,
             },
-            topics: AGGREGATE_TYPES
-                .iter()
-                .map(|t| (*t, topic_for(&self.kafka.topic_prefix, t)))
-                .collect(),
         }))
     }
 
@@ -291,8 +286,6 @@ pub struct ActiveRelay<'a> {
     lock: PgConnection,
     producer: FutureProducer,
     checkpoint: Checkpoint,
-    /// Each aggregate type's topic.
-    topics: Vec<(&'static str, String)>,
 }
 
 impl ActiveRelay<'_> {
@@ -501,7 +494,7 @@ impl ActiveRelay<'_> {
 
     async fn send(&self, row: OutgoingRow) -> Result<DeliveryFuture, RelayError> {
         let position = row.global_position;
-        let topic = self.topic(&row.aggregate_type);
+        let topic = topic_for(&self.relay.kafka.topic_prefix, &row.aggregate_type);
         let key = row.aggregate_id.clone();
         let payload = row
             .encode(&self.relay.upcasters)
@@ -520,14 +513,6 @@ impl ActiveRelay<'_> {
                 }
                 Err((error, _)) => return Err(error.into()),
             }
-        }
-    }
-
-    /// The topic of an aggregate type (named once per known type, not per event).
-    fn topic(&self, aggregate_type: &str) -> Cow<'_, str> {
-        match self.topics.iter().find(|(t, _)| *t == aggregate_type) {
-            Some((_, topic)) => Cow::Borrowed(topic),
-            None => Cow::Owned(topic_for(&self.relay.kafka.topic_prefix, aggregate_type)),
         }
     }
 }
