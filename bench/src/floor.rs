@@ -24,9 +24,15 @@ use uuid::Uuid;
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Round trips of messages produced at `rate` per second for `seconds` to a fresh topic
-/// of Chronicle's shape on `brokers`, each timed from the send to its receipt.
-pub async fn round_trips(brokers: &str, rate: u32, seconds: u64) -> anyhow::Result<Vec<Duration>> {
+/// of `partitions` partitions on `brokers`, each timed from the send to its receipt.
+pub async fn round_trips(
+    brokers: &str,
+    partitions: i32,
+    rate: u32,
+    seconds: u64,
+) -> anyhow::Result<Vec<Duration>> {
     let mut kafka = KafkaSettings::new(brokers);
+    kafka.partitions = partitions;
     kafka.topic_prefix = format!("bench-floor-{}.", Uuid::new_v4().simple());
     ensure_topics(&kafka)
         .await

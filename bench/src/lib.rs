@@ -5,6 +5,7 @@
 pub mod floor;
 pub mod peers;
 pub mod plot;
+pub mod scrape;
 
 use std::time::Duration;
 

@@ -37,6 +37,8 @@ pub struct Delivered {
     pub partition: i32,
     pub offset: i64,
     pub payload: Option<Vec<u8>>,
+    /// The message's timestamp (milliseconds since the epoch): when the relay sent it.
+    pub sent_at_ms: Option<i64>,
 }
 
 /// Why a projection could not apply a batch. The batch is retried from the stored
@@ -306,6 +308,7 @@ impl<P: Projection> Projector<P> {
             metrics::PROJECTOR_BATCH_SECONDS
                 .with_label_values(&[self.projection.name()])
                 .observe(started.elapsed().as_secs_f64());
+            self.observe_delay("applied", &accepted);
             metrics::PROJECTOR_APPLIED
                 .with_label_values(&[self.projection.name()])
                 .inc_by(accepted.len() as u64);
@@ -376,7 +379,7 @@ impl<P: Projection> Projector<P> {
                 received = consumer.recv() => received,
             };
             match received {
-                Ok(message) => break owned(&message),
+                Ok(message) => break self.received(&message),
                 Err(error) => {
                     // Broker hiccups are reported here and recovered by librdkafka.
                     tracing::warn!(projector = self.projection.name(), %error, "consumer error");
@@ -388,7 +391,7 @@ impl<P: Projection> Projector<P> {
         let deadline = tokio::time::Instant::now() + self.settings.batch_wait;
         while batch.len() < self.settings.batch_max {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(owned(&message)),
+                Ok(Ok(message)) => batch.push(self.received(&message)),
                 Ok(Err(error)) => {
                     tracing::warn!(projector = self.projection.name(), %error, "consumer error");
                     break;
@@ -397,6 +400,24 @@ impl<P: Projection> Projector<P> {
             }
         }
         Ok(Some(batch))
+    }
+
+    /// Takes a received message, timing its way from the relay.
+    fn received(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Delivered {
+        let delivered = owned(message);
+        self.observe_delay("received", std::slice::from_ref(&delivered));
+        delivered
+    }
+
+    /// Observes, per message, the time since the relay sent it (`stage`: `received` or
+    /// `applied`); the stages of command → visible that happen after the relay.
+    fn observe_delay(&self, stage: &str, messages: &[Delivered]) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let histogram =
+            metrics::PROJECTOR_EVENT_DELAY.with_label_values(&[self.projection.name(), stage]);
+        for sent in messages.iter().filter_map(|m| m.sent_at_ms) {
+            histogram.observe((now - sent).max(0) as f64 / 1000.0);
+        }
     }
 
     /// Keeps the messages that come next per the stored offsets. Redeliveries are
@@ -461,5 +482,6 @@ fn owned(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivered {
         partition: message.partition(),
         offset: message.offset(),
         payload: message.payload().map(<[u8]>::to_vec),
+        sent_at_ms: message.timestamp().to_millis(),
     }
 }

@@ -139,6 +139,45 @@ pub static PROJECTOR_BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// Buckets for the stages of command → visible: milliseconds to seconds.
+const DELAY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// Recorded (the append transaction's `now()`) → handed to the producer.
+pub static RELAY_EVENT_DELAY: LazyLock<Histogram> = LazyLock::new(|| {
+    or_unregistered(
+        register_histogram!(
+            "chronicle_relay_event_delay_seconds",
+            "Time from an event's append to the relay handing it to the producer",
+            DELAY_BUCKETS.to_vec()
+        ),
+        || {
+            Histogram::with_opts(prometheus::HistogramOpts::new(
+                "unregistered",
+                "unregistered",
+            ))
+            .expect("valid metric")
+        },
+    )
+});
+
+/// Sent by the relay (the message's timestamp) → received by a projector, and → applied
+/// and committed by it (`since_sent` = `received` / `applied`).
+pub static PROJECTOR_EVENT_DELAY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            histogram_opts!(
+                "chronicle_projector_event_delay_seconds",
+                "Time from the relay's send of an event to a projector receiving / committing it",
+                DELAY_BUCKETS.to_vec()
+            ),
+            &["projector", "since_sent"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static APPEND_GROUP_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     or_unregistered(
         register_histogram!(

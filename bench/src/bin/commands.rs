@@ -29,7 +29,8 @@
 //!
 //! `scripts/bench.sh commands` installs the peers, builds and runs it; or
 //! `cargo run --release -p chronicle-bench --bin commands -- [--seconds S] [--warmup W]
-//! [--connections 1,16,64] [--rate R] [--only closed,open,visible] [--out DIR]`.
+//! [--connections 1,16,64] [--rate R] [--visible-rate R] [--visible-partitions 6,1]
+//! [--only closed,open,visible] [--out DIR]`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chronicle_bench::peers::{Load, Outcome, Peer};
 use chronicle_bench::plot::{self, Series};
+use chronicle_bench::scrape::Histogram;
 use chronicle_bench::{Latencies, Rng, floor, machine, ms};
 use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_tests::TestDb;
@@ -82,6 +84,8 @@ struct Options {
     connections: Vec<u32>,
     rate: u32,
     visible_rate: u32,
+    /// Partitions per topic for each command → visible run (`CHRONICLE_KAFKA_PARTITIONS`).
+    visible_partitions: Vec<i32>,
     out: PathBuf,
     /// Parts to run: `closed`, `open`, `visible` (all by default).
     parts: Vec<String>,
@@ -99,6 +103,8 @@ impl Options {
             connections: vec![1, 16, 64],
             rate: 300,
             visible_rate: 100,
+            // The default, then what the README advises for one projector on tansu.
+            visible_partitions: vec![KafkaSettings::new("").partitions, 1],
             out: PathBuf::from("docs/bench"),
             parts: vec!["closed".into(), "open".into(), "visible".into()],
         };
@@ -116,6 +122,12 @@ impl Options {
                 }
                 "--rate" => options.rate = value()?.parse()?,
                 "--visible-rate" => options.visible_rate = value()?.parse()?,
+                "--visible-partitions" => {
+                    options.visible_partitions = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?;
+                }
                 "--out" => options.out = value()?.into(),
                 "--only" => options.parts = value()?.split(',').map(str::to_owned).collect(),
                 other => bail!("unknown argument {other}"),
@@ -144,6 +156,11 @@ struct Server {
 
 impl Server {
     async fn start(role: &str) -> anyhow::Result<Self> {
+        Self::start_with(role, &[]).await
+    }
+
+    /// Starts `chronicle <role>` with extra environment variables.
+    async fn start_with(role: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let db = TestDb::create().await;
         let port = free_port()?;
         let data_dir = std::env::temp_dir().join(format!("chronicle-bench-{}", Uuid::new_v4()));
@@ -166,6 +183,9 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
         let child = command
             .spawn()
             .with_context(|| format!("cannot run {} (build it first)", chronicle_bin()))?;
@@ -480,8 +500,13 @@ async fn open_loop(server: &Server, rate: u32, seconds: u64, seed: u64) -> anyho
 async fn command_to_visible(
     rate: u32,
     seconds: u64,
+    partitions: i32,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
-    let server = Server::start("all").await?;
+    let server = Server::start_with(
+        "all",
+        &[("CHRONICLE_KAFKA_PARTITIONS", partitions.to_string())],
+    )
+    .await?;
     let probe = Client::new(&server, 1)?;
     let account = probe.open().await?;
     // Let the read side catch up with its own start before measuring.
@@ -527,6 +552,14 @@ async fn command_to_visible(
     let (operations, errors) = background.await??;
     println!("  background load: {operations} operations, {errors} errors");
     let oldest = horizon.await??;
+    let metrics = probe
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    print_stages(&metrics);
     let share = |ms: u64| {
         let held = oldest
             .iter()
@@ -545,6 +578,60 @@ async fn command_to_visible(
     );
     server.stop().await;
     Ok((from_ack, from_send, waited))
+}
+
+/// Where command → visible goes, from `chronicle all`'s own histograms over the run
+/// (warm-up included): the relay's wait from append to send, then per projector the
+/// broker's share (sent → received) and the whole way (sent → applied and committed).
+fn print_stages(metrics: &str) {
+    let stages = [
+        (
+            "chronicle_relay_event_delay_seconds",
+            "",
+            "appended → sent by the relay",
+        ),
+        (
+            "chronicle_projector_event_delay_seconds",
+            "projector=\"read-models\",since_sent=\"received\"",
+            "sent → received by the read-model projector",
+        ),
+        (
+            "chronicle_projector_event_delay_seconds",
+            "projector=\"read-models\",since_sent=\"applied\"",
+            "sent → applied by the read-model projector",
+        ),
+        (
+            "chronicle_projector_event_delay_seconds",
+            "projector=\"process-manager\",since_sent=\"received\"",
+            "sent → received by the process manager",
+        ),
+        (
+            "chronicle_projector_event_delay_seconds",
+            "projector=\"process-manager\",since_sent=\"applied\"",
+            "sent → handled by the process manager",
+        ),
+    ];
+    println!("  stages of every event in the run, from chronicle all's histograms:");
+    for (name, labels, label) in stages {
+        match Histogram::parse(metrics, name, labels) {
+            Some(h) if h.count > 0.0 => println!(
+                "    {label}: mean {:.1} ms, p50 ≤ {} ms, p99 ≤ {} ms ({} events)",
+                1000.0 * h.mean(),
+                bound_ms(h.bound(0.50)),
+                bound_ms(h.bound(0.99)),
+                h.count
+            ),
+            _ => println!("    {label}: not reported"),
+        }
+    }
+}
+
+fn bound_ms(seconds: f64) -> String {
+    if seconds.is_finite() {
+        format!("{}", seconds * 1000.0)
+    } else {
+        "∞".to_owned()
+    }
 }
 
 /// Every 50 ms for `seconds`, the age of the oldest transaction holding an xid anywhere
@@ -913,27 +1000,39 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut visible = Vec::new();
     if options.runs("visible") {
-        println!(
-            "command → visible, chronicle all under {} operations/s of background load:",
-            options.visible_rate
-        );
-        let (from_ack, from_send, waited) =
-            command_to_visible(options.visible_rate, options.seconds).await?;
-        // The same broker, the same rate, right after: what the broker alone takes.
         let brokers = std::env::var("CHRONICLE_KAFKA_BROKERS")
             .unwrap_or_else(|_| KafkaSettings::DEFAULT_BROKERS.to_owned());
-        let floor = floor::round_trips(&brokers, options.visible_rate, options.seconds).await?;
-        visible = vec![
-            ("deposit acknowledged → visible to polling", from_ack),
-            ("deposit sent → visible to polling", from_send),
-            ("deposit acknowledged → min_position read answered", waited),
-            (
-                "broker floor: raw produce → consume, same broker and rate",
-                floor,
-            ),
-        ];
-        for (label, samples) in &visible {
-            println!("  {label}: {}", Latencies::new(samples.clone()).summary());
+        for &partitions in &options.visible_partitions {
+            println!(
+                "command → visible, chronicle all under {} operations/s of background load, \
+                 topics of {partitions} partition(s):",
+                options.visible_rate
+            );
+            let (from_ack, from_send, waited) =
+                command_to_visible(options.visible_rate, options.seconds, partitions).await?;
+            // The same broker, the same rate, right after: what the broker alone takes.
+            let floor =
+                floor::round_trips(&brokers, partitions, options.visible_rate, options.seconds)
+                    .await?;
+            let runs = [
+                ("deposit acknowledged → visible to polling", from_ack),
+                ("deposit sent → visible to polling", from_send),
+                ("deposit acknowledged → min_position read answered", waited),
+                (
+                    "broker floor: raw produce → consume, same broker and rate",
+                    floor,
+                ),
+            ];
+            for (label, samples) in runs {
+                println!("  {label}: {}", Latencies::new(samples.clone()).summary());
+                // The plot shows acknowledged → visible and the floor, per configuration.
+                if label.starts_with("deposit acknowledged → visible")
+                    || label.starts_with("broker")
+                {
+                    let short = label.split(':').next().unwrap_or(label);
+                    visible.push((format!("{short}, {partitions} partition(s)"), samples));
+                }
+            }
         }
     }
     println!();
@@ -994,7 +1093,7 @@ fn peer_row(peer: Peer, outcome: Outcome) -> PeerRow {
     PeerRow { peer, name, run }
 }
 
-fn plots(out: &Path, rows: &[Row], visible: &[(&str, Vec<Duration>)]) -> anyhow::Result<()> {
+fn plots(out: &Path, rows: &[Row], visible: &[(String, Vec<Duration>)]) -> anyhow::Result<()> {
     let closed: Vec<&Row> = rows
         .iter()
         .filter(|r| r.label.starts_with("closed"))
@@ -1059,7 +1158,7 @@ fn plots(out: &Path, rows: &[Row], visible: &[(&str, Vec<Duration>)]) -> anyhow:
         .map(|(label, samples)| {
             let mut ms: Vec<f64> = samples.iter().map(|d| ms(*d)).collect();
             ms.sort_by(f64::total_cmp);
-            ((*label).to_owned(), ms)
+            (label.clone(), ms)
         })
         .collect();
     plot::latency_percentiles(

@@ -189,6 +189,7 @@ async fn load(projection: &SearchProjection, bookings: usize) -> anyhow::Result<
                 partition: 0,
                 offset,
                 payload: Some(serde_json::to_vec(&event)?),
+                sent_at_ms: None,
             });
             offset += 1;
         }
