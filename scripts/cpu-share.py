@@ -16,7 +16,7 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def processes():
-    """pid -> (name, CPU ticks so far)"""
+    """pid -> (name, CPU ticks so far, start in ticks since boot)"""
     seen = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -26,7 +26,7 @@ def processes():
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        seen[int(pid)] = (name, int(fields[11]) + int(fields[12]))
+        seen[int(pid)] = (name, int(fields[11]) + int(fields[12]), int(fields[19]))
     return seen
 
 
@@ -44,13 +44,20 @@ def main():
     used = {}
     total0, idle0 = machine()
     start = time.time()
+    with open("/proc/uptime") as f:
+        boot_ticks = float(f.read().split()[0]) * HZ
     while time.time() - start < seconds:
         time.sleep(0.25)
-        for pid, (name, ticks) in processes().items():
+        for pid, (name, ticks, started) in processes().items():
             before = last.get(pid)
-            base = before[1] if before and before[0] == name else 0
+            if before and before[0] == name and before[2] == started:
+                base = before[1]
+            elif started >= boot_ticks:
+                base = 0  # started inside the window
+            else:
+                base = ticks  # first seen now, older than the window: count from here
             used[name] = used.get(name, 0) + ticks - base
-            last[pid] = (name, ticks)
+            last[pid] = (name, ticks, started)
     total1, idle1 = machine()
     elapsed = time.time() - start
     busy = (total1 - total0) - (idle1 - idle0)
