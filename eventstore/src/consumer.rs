@@ -179,8 +179,9 @@ impl Default for ProjectorSettings {
             // Short: under load, batches fill from what queued up while the previous one
             // was applied; when quiet, every millisecond here is read-your-writes latency.
             batch_wait: Duration::from_millis(2),
-            // Explicit assignment by default: every broker honours it, and tansu 0.6's
-            // group protocol can leave members with no partitions at all (ADR 0005).
+            // Explicit assignment by default: every broker honours it. tansu 0.6's
+            // group protocol hands every member all partitions, and after a member's
+            // kill -9 it left the restarted members with none (ADR 0005).
             assignment: Assignment::Static {
                 instance: 0,
                 instances: 1,

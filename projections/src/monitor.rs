@@ -161,6 +161,14 @@ impl LagMonitor {
     }
 }
 
+/// A readiness reason for a failed check: the error itself goes to the log only, since
+/// `/readyz` answers anonymous callers and a driver's message can name hosts, users or
+/// databases.
+pub fn unreachable(what: &str, error: &dyn std::fmt::Display) -> String {
+    tracing::warn!(%error, "readiness check of the {what} failed");
+    format!("{what}: check failed (details in the log)")
+}
+
 async fn measure(
     pool: &PgPool,
     kafka: Option<&KafkaSettings>,
@@ -179,7 +187,7 @@ async fn measure(
             relay_metrics::OLDEST_TRANSACTION_SECONDS.set(lag.oldest_transaction_seconds);
             report.relay = Some(lag);
         }
-        Err(error) => report.errors.push(format!("database: {error}")),
+        Err(error) => report.errors.push(unreachable("database", &error)),
     }
     let (Some(kafka), Some(consumer)) = (kafka, consumer) else {
         return report;
@@ -206,11 +214,11 @@ async fn measure(
     let ends = match ends {
         Ok(Ok(ends)) => ends,
         Ok(Err(error)) => {
-            report.errors.push(format!("broker: {error}"));
+            report.errors.push(unreachable("broker", &error));
             return report;
         }
         Err(error) => {
-            report.errors.push(format!("broker: {error}"));
+            report.errors.push(unreachable("broker", &error));
             return report;
         }
     };
@@ -269,7 +277,7 @@ async fn stored_offsets(
     .bind(&names)
     .fetch_all(pool)
     .await
-    .map_err(|e| format!("database: {e}"))?;
+    .map_err(|e| unreachable("database", &e))?;
     let mut stored: HashMap<_, _> = rows
         .into_iter()
         .map(|(p, t, n, o)| ((p, t, n), o))
@@ -308,4 +316,17 @@ fn high_watermarks(
         }
     }
     Ok(ends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+
+    #[test]
+    fn a_failed_check_names_what_failed_and_not_the_error() {
+        let error = "password authentication failed for user \"chronicle\" at db.internal:5432";
+        let reason = unreachable("database", &error);
+        assert_eq!(reason, "database: check failed (details in the log)");
+        assert!(!reason.contains("chronicle") && !reason.contains("db.internal"));
+    }
 }

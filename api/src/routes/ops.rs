@@ -26,7 +26,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         .fetch_one(&state.pool)
         .await
     {
-        reasons.push(format!("database: {e}"));
+        reasons.push(chronicle_projections::monitor::unreachable("database", &e));
     }
     reasons.extend(state.monitor.not_ready_reasons());
     let report = state.monitor.report();

@@ -1,4 +1,9 @@
-//! The PostgreSQL read models: `accounts`, `account_ledger`, `bookings`, `payments`.
+//! The PostgreSQL read models, nine tables: `accounts`, `account_ledger` and
+//! `account_balance_history` (account.rs); `bookings` and `booking_status_history`
+//! (booking.rs); `payments`, `payment_ledger` and `payment_schedules` (payment.rs); and
+//! `rm_applied_events`, the journal of applied events (apply.rs). The projector also
+//! writes its offsets (`projector_offsets`) and what it cannot read
+//! (`projector_dead_letters`).
 //!
 //! Each batch is one transaction: the changes, a row per applied event in
 //! `rm_applied_events` (what `min_position` waits on, and a duplicate guard), and the
