@@ -129,7 +129,7 @@ pub async fn project(
         }
     }
     let read_models = read_model_projector(settings, pool.clone());
-    let search = search_projector(settings)?;
+    let search = search_projector(settings, pool.clone())?;
     let process = process_manager(settings, pool);
     tokio::join!(
         read_models.run(shutdown.clone()),
@@ -154,15 +154,20 @@ pub fn process_manager(settings: &Settings, pool: PgPool) -> Arc<ProcessManager>
     Arc::new(ProcessManager::new(commands, settings.process))
 }
 
-/// The search projector over the index of `settings` (which it takes the writer of).
-pub fn search_projector(settings: &Settings) -> anyhow::Result<Projector<SearchProjection>> {
-    let projection =
-        SearchProjection::new(open_search(settings)?, settings.search).with_context(|| {
+/// The search projector over the index of `settings` (which it takes the writer of),
+/// setting aside what it cannot read in `pool`'s `projector_dead_letters`.
+pub fn search_projector(
+    settings: &Settings,
+    pool: PgPool,
+) -> anyhow::Result<Projector<SearchProjection>> {
+    let projection = SearchProjection::new(open_search(settings)?, settings.search)
+        .with_context(|| {
             format!(
                 "cannot take the search index writer in {}",
                 settings.search_dir.display()
             )
-        })?;
+        })?
+        .with_dead_letters(pool);
     Ok(Projector::new(
         Arc::new(projection),
         settings.kafka.clone(),

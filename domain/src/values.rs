@@ -55,6 +55,10 @@ impl Reference {
         bounded_text("reference", text, 128)?;
         Ok(Self(text.to_owned()))
     }
+    /// The reference naming an id (a payment, a refund): its 36 characters always fit.
+    pub fn of_id(id: uuid::Uuid) -> Self {
+        Self(id.to_string())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -53,6 +53,35 @@ pub enum ProjectionError {
     Other(String),
 }
 
+/// Sets aside a message `projector` cannot read, the one policy of every consumer: a row
+/// in `projector_dead_letters` with the reason and the message as received, a count in
+/// `chronicle_projector_dead_letters_total`, an error in the log; then the consumer goes
+/// on. A redelivery of the same message adds nothing.
+pub async fn dead_letter<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    projector: &str,
+    delivered: &Delivered,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(projector, topic = %delivered.topic, partition = delivered.partition, offset = delivered.offset, %reason, "unreadable message set aside");
+    metrics::PROJECTOR_DEAD_LETTERS
+        .with_label_values(&[projector])
+        .inc();
+    sqlx::query(
+        "INSERT INTO projector_dead_letters (projector, topic, partition, \"offset\", error, message) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(projector)
+    .bind(&delivered.topic)
+    .bind(delivered.partition)
+    .bind(delivered.offset)
+    .bind(reason)
+    .bind(delivered.payload.as_deref())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 /// The next offset of each partition `projector` stored in `projector_offsets` (where
 /// the read models and the process manager keep theirs).
 pub async fn load_offsets(

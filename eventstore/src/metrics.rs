@@ -126,6 +126,19 @@ pub static PROJECTOR_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("valid metric"),
     )
 });
+pub static PROJECTOR_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            opts!(
+                "chronicle_projector_dead_letters_total",
+                "Messages a consumer could not read and set aside in projector_dead_letters"
+            ),
+            &["projector"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static PROJECTOR_BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(

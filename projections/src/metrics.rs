@@ -42,19 +42,6 @@ pub static PROJECTOR_EARLY_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-pub static PROJECTOR_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            opts!(
-                "chronicle_projector_dead_letters_total",
-                "Messages a projector could not read and set aside"
-            ),
-            &["projector"],
-        )
-        .expect("valid metric"),
-    )
-});
-
 pub static PROJECTOR_LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
         IntGaugeVec::new(

@@ -339,12 +339,12 @@ impl TestApp {
     /// new one waits for that writer to be released.
     pub fn start_projector(&self) -> tokio::task::JoinHandle<()> {
         let read_models = roles::read_model_projector(&self.settings, self.pool.clone());
-        let settings = self.settings.clone();
+        let (settings, pool) = (self.settings.clone(), self.pool.clone());
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             let search = loop {
-                match roles::search_projector(&settings) {
+                match roles::search_projector(&settings, pool.clone()) {
                     Ok(search) => break search,
                     Err(_) if tokio::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -385,7 +385,7 @@ impl TestApp {
     pub async fn start_search_projector(&self) -> tokio::task::JoinHandle<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let projector = loop {
-            match roles::search_projector(&self.settings) {
+            match roles::search_projector(&self.settings, self.pool.clone()) {
                 Ok(projector) => break projector,
                 Err(error) if tokio::time::Instant::now() < deadline => {
                     let _ = error;

@@ -10,6 +10,7 @@ use chronicle_domain::{
 };
 use chronicle_eventstore::envelope::Envelope;
 use chrono::Utc;
+use cqrs_es::DomainEvent;
 use uuid::Uuid;
 
 use super::ProcessManager;
@@ -31,8 +32,98 @@ fn issued<C>(command: C) -> Issued<C> {
     Issued::new(ProcessManager::actor(), Utc::now(), command)
 }
 
-fn reference(id: Uuid) -> Option<Reference> {
-    Reference::parse(&id.to_string()).ok()
+/// What an event that starts a flow says, read before the flow runs.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Start {
+    ChargeBooking {
+        booking_id: Uuid,
+        account_id: Uuid,
+        owner: String,
+        price: Money,
+    },
+    RefundBooking {
+        booking_id: Uuid,
+    },
+    ChargeClientPayment {
+        payment_id: Uuid,
+        account_id: Uuid,
+        amount: Money,
+    },
+}
+
+impl Start {
+    /// The flow `envelope` starts: `None` when it starts none, an error (the reason)
+    /// when it should start one and cannot be read. Only the types that start flows are
+    /// read at all.
+    pub(crate) fn read(envelope: &Envelope) -> Result<Option<Self>, String> {
+        let mismatch = |payload_type: String| {
+            format!(
+                "event type {} with a {payload_type} payload",
+                envelope.event_type
+            )
+        };
+        match (
+            envelope.aggregate_type.as_str(),
+            envelope.event_type.as_str(),
+        ) {
+            ("Booking", "BookingRequested" | "BookingCancelled") => {
+                match payload::<BookingEvent>(envelope)? {
+                    BookingEvent::BookingRequested {
+                        booking_id,
+                        account_id,
+                        owner,
+                        price,
+                        ..
+                    } if envelope.event_type == "BookingRequested" => {
+                        Ok(Some(Self::ChargeBooking {
+                            booking_id,
+                            account_id,
+                            owner,
+                            price,
+                        }))
+                    }
+                    BookingEvent::BookingCancelled { .. }
+                        if envelope.event_type == "BookingCancelled" =>
+                    {
+                        let booking_id = Uuid::parse_str(&envelope.aggregate_id).map_err(|e| {
+                            format!("aggregate id {:?}: {e}", envelope.aggregate_id)
+                        })?;
+                        Ok(Some(Self::RefundBooking { booking_id }))
+                    }
+                    other => Err(mismatch(other.event_type())),
+                }
+            }
+            ("Payment", "PaymentInitiated") => match payload::<PaymentEvent>(envelope)? {
+                // Its own are charged within the booking flow.
+                PaymentEvent::PaymentInitiated { .. }
+                    if envelope.metadata.actor.as_deref()
+                        == Some(&ProcessManager::actor().subject) =>
+                {
+                    Ok(None)
+                }
+                PaymentEvent::PaymentInitiated {
+                    payment_id,
+                    account_id,
+                    amount,
+                    kind: PaymentKind::OneTime,
+                    ..
+                } => Ok(Some(Self::ChargeClientPayment {
+                    payment_id,
+                    account_id,
+                    amount,
+                })),
+                // Recurring payments are charged by the scheduler when due.
+                PaymentEvent::PaymentInitiated { .. } => Ok(None),
+                other => Err(mismatch(other.event_type())),
+            },
+            _ => Ok(None),
+        }
+    }
+}
+
+fn payload<E: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<E, String> {
+    serde_json::from_value(envelope.payload.clone())
+        .map_err(|e| format!("{} {}: {e}", envelope.aggregate_type, envelope.event_type))
 }
 
 /// A refusal the flow did not expect: it ends the flow, loudly.
@@ -44,20 +135,15 @@ fn unexpected(flow: &Flow<'_>, step: &str, refusal: &DomainError) -> Option<Stri
 impl ProcessManager {
     /// BookingRequested → initiate payment → withdraw → capture → confirm; or fail and
     /// reject when the account cannot pay.
-    pub(crate) async fn charge_booking(&self, envelope: &Envelope) -> Result<(), ProcessError> {
-        let Ok(BookingEvent::BookingRequested {
-            booking_id,
-            account_id,
-            owner,
-            price,
-            ..
-        }) = serde_json::from_value(envelope.payload.clone())
-        else {
-            return Ok(());
-        };
-        let flow = self
-            .flow(envelope.event_id, "booking-charge", booking_id)
-            .await?;
+    pub(crate) async fn charge_booking(
+        &self,
+        event_id: Uuid,
+        booking_id: Uuid,
+        account_id: Uuid,
+        owner: String,
+        price: Money,
+    ) -> Result<(), ProcessError> {
+        let flow = self.flow(event_id, "booking-charge", booking_id).await?;
         let booking = self.commands.load_booking(booking_id).await?;
         if booking
             .state()
@@ -142,13 +228,12 @@ impl ProcessManager {
     }
 
     /// BookingCancelled of a confirmed booking → refund the payment → credit the account.
-    pub(crate) async fn refund_booking(&self, envelope: &Envelope) -> Result<(), ProcessError> {
-        let Ok(booking_id) = Uuid::parse_str(&envelope.aggregate_id) else {
-            return Ok(());
-        };
-        let flow = self
-            .flow(envelope.event_id, "booking-refund", booking_id)
-            .await?;
+    pub(crate) async fn refund_booking(
+        &self,
+        event_id: Uuid,
+        booking_id: Uuid,
+    ) -> Result<(), ProcessError> {
+        let flow = self.flow(event_id, "booking-refund", booking_id).await?;
         let booking = self.commands.load_booking(booking_id).await?;
         let Some((payment_id, account_id)) = booking
             .state()
@@ -171,24 +256,12 @@ impl ProcessManager {
     /// A one-time payment a client initiated → withdraw → capture, or fail.
     pub(crate) async fn charge_client_payment(
         &self,
-        envelope: &Envelope,
+        event_id: Uuid,
+        payment_id: Uuid,
+        account_id: Uuid,
+        amount: Money,
     ) -> Result<(), ProcessError> {
-        if envelope.metadata.actor.as_deref() == Some(&ProcessManager::actor().subject) {
-            return Ok(()); // its own, charged within the booking flow
-        }
-        let Ok(PaymentEvent::PaymentInitiated {
-            payment_id,
-            account_id,
-            amount,
-            kind: PaymentKind::OneTime,
-            ..
-        }) = serde_json::from_value(envelope.payload.clone())
-        else {
-            return Ok(());
-        };
-        let flow = self
-            .flow(envelope.event_id, "payment-charge", payment_id)
-            .await?;
+        let flow = self.flow(event_id, "payment-charge", payment_id).await?;
         let payment = self.commands.load_payment(payment_id).await?;
         if payment
             .state()
@@ -225,7 +298,7 @@ impl ProcessManager {
         let movement = Movement {
             amount: Amount::new("amount", amount.amount).map_err(crate::CommandError::from)?,
             currency: Some(amount.currency),
-            reference: reference(reference_id),
+            reference: Some(Reference::of_id(reference_id)),
         };
         flow.step(step, |m| async move {
             self.commands
@@ -342,7 +415,7 @@ impl ProcessManager {
         let movement = Movement {
             amount: value,
             currency: Some(currency),
-            reference: reference(refund_id),
+            reference: Some(Reference::of_id(refund_id)),
         };
         let credited = flow
             .step(&format!("{purpose}-deposit"), |m| async move {
@@ -362,5 +435,158 @@ impl ProcessManager {
                 unexpected(flow, "deposit", &refusal).unwrap_or_default(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chronicle_eventstore::envelope::EnvelopeMetadata;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const BOOKING: &str = "3f0c2a52-7c55-4d8e-9a7e-1a0b2c3d4e5f";
+    const ACCOUNT: &str = "0b9d8c7e-6f5a-4b3c-8d2e-1f0a9b8c7d6e";
+
+    fn envelope(aggregate_type: &str, event_type: &str, payload: Value) -> Envelope {
+        Envelope {
+            event_id: Uuid::nil(),
+            global_position: 1,
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: BOOKING.into(),
+            sequence: 1,
+            event_type: event_type.into(),
+            event_version: "1".into(),
+            recorded_at: Utc::now(),
+            payload,
+            metadata: EnvelopeMetadata::default(),
+        }
+    }
+
+    fn requested() -> Value {
+        json!({
+            "type": "BookingRequested", "booking_id": BOOKING, "account_id": ACCOUNT,
+            "owner": "ada", "resource_id": "hall-1", "seats": ["A1"],
+            "starts_at": "2030-01-01T10:00:00Z", "ends_at": "2030-01-01T12:00:00Z",
+            "price": {"amount": 1500, "currency": "EUR"},
+            "guest": {"name": "Ada Lovelace", "email": "ada@example.org"},
+            "notes": null, "requested_at": "2029-12-01T00:00:00Z"
+        })
+    }
+
+    fn initiated(kind: &str) -> Value {
+        json!({
+            "type": "PaymentInitiated", "payment_id": BOOKING, "account_id": ACCOUNT,
+            "owner": "ada", "amount": {"amount": 700, "currency": "EUR"}, "kind": kind,
+            "schedule": null, "booking_id": null, "initiated_at": "2029-12-01T00:00:00Z"
+        })
+    }
+
+    #[test]
+    fn a_requested_booking_starts_its_charge() {
+        let start = Start::read(&envelope("Booking", "BookingRequested", requested())).unwrap();
+        let Some(Start::ChargeBooking {
+            booking_id,
+            account_id,
+            owner,
+            price,
+        }) = start
+        else {
+            panic!("expected a charge, got {start:?}");
+        };
+        assert_eq!(booking_id.to_string(), BOOKING);
+        assert_eq!(account_id.to_string(), ACCOUNT);
+        assert_eq!(owner, "ada");
+        assert_eq!(price.amount, 1500);
+    }
+
+    #[test]
+    fn a_cancelled_booking_starts_its_refund() {
+        let cancelled = json!({"type": "BookingCancelled", "reason": null, "cancelled_at": "2029-12-02T00:00:00Z"});
+        let start = Start::read(&envelope("Booking", "BookingCancelled", cancelled)).unwrap();
+        assert_eq!(
+            start,
+            Some(Start::RefundBooking {
+                booking_id: Uuid::parse_str(BOOKING).unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn a_flow_starter_that_cannot_be_read_is_an_error_with_the_reason() {
+        let garbled = Start::read(&envelope(
+            "Booking",
+            "BookingRequested",
+            json!({"type": "BookingRequested", "booking_id": "not a uuid"}),
+        ))
+        .unwrap_err();
+        assert!(
+            garbled.starts_with("Booking BookingRequested: "),
+            "{garbled}"
+        );
+        let mislabelled =
+            Start::read(&envelope("Booking", "BookingCancelled", requested())).unwrap_err();
+        assert_eq!(
+            mislabelled,
+            "event type BookingCancelled with a BookingRequested payload"
+        );
+        let mut bad_id = envelope(
+            "Booking",
+            "BookingCancelled",
+            json!({"type": "BookingCancelled", "reason": null, "cancelled_at": "2029-12-02T00:00:00Z"}),
+        );
+        bad_id.aggregate_id = "b-1".into();
+        assert!(
+            Start::read(&bad_id)
+                .unwrap_err()
+                .starts_with("aggregate id \"b-1\"")
+        );
+    }
+
+    #[test]
+    fn only_one_time_payments_of_clients_start_a_charge() {
+        let one_time = Start::read(&envelope(
+            "Payment",
+            "PaymentInitiated",
+            initiated("one_time"),
+        ));
+        assert!(matches!(
+            one_time,
+            Ok(Some(Start::ChargeClientPayment { .. }))
+        ));
+        let recurring = Start::read(&envelope(
+            "Payment",
+            "PaymentInitiated",
+            initiated("recurring"),
+        ));
+        assert_eq!(recurring, Ok(None));
+        let mut own = envelope("Payment", "PaymentInitiated", initiated("one_time"));
+        own.metadata.actor = Some(ProcessManager::actor().subject);
+        assert_eq!(Start::read(&own), Ok(None));
+        let unknown_kind = Start::read(&envelope(
+            "Payment",
+            "PaymentInitiated",
+            initiated("weekly"),
+        ));
+        assert!(unknown_kind.is_err(), "{unknown_kind:?}");
+    }
+
+    #[test]
+    fn events_that_start_no_flow_are_not_read_at_all() {
+        for (aggregate, event_type) in [
+            ("Booking", "BookingConfirmed"),
+            ("Payment", "PaymentCaptured"),
+            ("Account", "FundsDeposited"),
+        ] {
+            let start = Start::read(&envelope(aggregate, event_type, json!("garbage")));
+            assert_eq!(start, Ok(None), "{aggregate} {event_type}");
+        }
+    }
+
+    #[test]
+    fn a_reference_names_the_whole_id() {
+        let id = Uuid::parse_str(BOOKING).unwrap();
+        assert_eq!(Reference::of_id(id).as_str(), BOOKING);
+        assert_eq!(Reference::parse(BOOKING).unwrap(), Reference::of_id(id));
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use chronicle_eventstore::consumer::{
     Delivered, PartitionKey, Projection, ProjectionError, Projector, ProjectorSettings,
-    load_offsets, store_offsets,
+    dead_letter, load_offsets, store_offsets,
 };
 use chronicle_eventstore::envelope::{Envelope, topic_for};
 use chronicle_eventstore::kafka::KafkaSettings;
@@ -35,6 +35,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::CommandService;
+use booking::Start;
 pub use flow::ProcessError;
 
 /// The process manager's name (offsets, consumer group, actor).
@@ -71,6 +72,16 @@ impl Default for ProcessSettings {
 pub trait StepObserver: Send + Sync {
     /// Called after `step` of a flow completed.
     fn after_step(&self, step: &str) -> BoxFuture<'_, ()>;
+}
+
+/// What the process manager did with a message.
+enum Handled {
+    /// It ran the flow the message starts.
+    Flow,
+    /// The message starts no flow.
+    NoFlow,
+    /// It should start a flow and cannot be read; the reason.
+    Unreadable(String),
 }
 
 /// The process manager.
@@ -110,18 +121,37 @@ impl ProcessManager {
         tokio::join!(consumer.run(shutdown.clone()), self.run_schedules(shutdown));
     }
 
-    /// Runs the flow `envelope` starts, if any; true when there was one.
-    async fn handle(&self, envelope: &Envelope) -> Result<bool, ProcessError> {
-        match (
-            envelope.aggregate_type.as_str(),
-            envelope.event_type.as_str(),
-        ) {
-            ("Booking", "BookingRequested") => self.charge_booking(envelope).await?,
-            ("Booking", "BookingCancelled") => self.refund_booking(envelope).await?,
-            ("Payment", "PaymentInitiated") => self.charge_client_payment(envelope).await?,
-            _ => return Ok(false),
+    /// Runs the flow `envelope` starts, if any.
+    async fn handle(&self, envelope: &Envelope) -> Result<Handled, ProcessError> {
+        let start = match Start::read(envelope) {
+            Ok(Some(start)) => start,
+            Ok(None) => return Ok(Handled::NoFlow),
+            Err(reason) => return Ok(Handled::Unreadable(reason)),
+        };
+        let event_id = envelope.event_id;
+        match start {
+            Start::ChargeBooking {
+                booking_id,
+                account_id,
+                owner,
+                price,
+            } => {
+                self.charge_booking(event_id, booking_id, account_id, owner, price)
+                    .await?;
+            }
+            Start::RefundBooking { booking_id } => {
+                self.refund_booking(event_id, booking_id).await?;
+            }
+            Start::ChargeClientPayment {
+                payment_id,
+                account_id,
+                amount,
+            } => {
+                self.charge_client_payment(event_id, payment_id, account_id, amount)
+                    .await?;
+            }
         }
-        Ok(true)
+        Ok(Handled::Flow)
     }
 }
 
@@ -150,21 +180,19 @@ impl Projection for ProcessManager {
         for delivered in batch {
             let partition = (delivered.topic.as_str(), delivered.partition);
             let next = HashMap::from([(partition, delivered.offset + 1)]);
-            let ran = match delivered
-                .payload
-                .as_deref()
-                .map(serde_json::from_slice::<Envelope>)
-            {
-                Some(Ok(envelope)) => self
+            let handled = match read(delivered) {
+                Ok(envelope) => self
                     .handle(&envelope)
                     .await
                     .map_err(|e| ProjectionError::Other(e.to_string()))?,
-                _ => {
-                    tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped");
-                    false
-                }
+                Err(reason) => Handled::Unreadable(reason),
             };
-            if ran {
+            if let Handled::Unreadable(reason) = &handled {
+                // Recorded with its offset, like a flow's end: a crash re-reads at most
+                // this message, and the record is not written twice.
+                dead_letter(&self.pool, PROCESS_MANAGER, delivered, reason).await?;
+            }
+            if !matches!(handled, Handled::NoFlow) {
                 store_offsets(&self.pool, PROCESS_MANAGER, &next).await?;
                 quiet.remove(&partition);
             } else {
@@ -174,4 +202,10 @@ impl Projection for ProcessManager {
         store_offsets(&self.pool, PROCESS_MANAGER, &quiet).await?;
         Ok(())
     }
+}
+
+/// The event envelope a message carries, or why there is none.
+fn read(delivered: &Delivered) -> Result<Envelope, String> {
+    let payload = delivered.payload.as_deref().ok_or("empty message")?;
+    serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))
 }

@@ -26,7 +26,7 @@ use chronicle_eventstore::envelope::Envelope;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::consumer::{
-    Delivered, PartitionKey, Projection, ProjectionError, load_offsets, store_offsets,
+    Delivered, PartitionKey, Projection, ProjectionError, dead_letter, load_offsets, store_offsets,
 };
 use crate::metrics;
 
@@ -94,12 +94,12 @@ impl Projection for ReadModels {
                     envelopes.push(envelope);
                     sources.push(delivered);
                 }
-                Err(reason) => self.dead_letter(&mut tx, delivered, &reason).await?,
+                Err(reason) => dead_letter(&mut *tx, &self.name, delivered, &reason).await?,
             }
         }
         let outcome = apply_envelopes(&mut tx, &envelopes).await?;
         for (index, reason) in &outcome.unreadable {
-            self.dead_letter(&mut tx, sources[*index], reason).await?;
+            dead_letter(&mut *tx, &self.name, sources[*index], reason).await?;
         }
         metrics::PROJECTOR_DUPLICATE_EVENTS
             .with_label_values(&[&self.name])
@@ -132,33 +132,6 @@ impl Projection for ReadModels {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
-    }
-}
-
-impl ReadModels {
-    async fn dead_letter(
-        &self,
-        tx: &mut Tx<'_>,
-        delivered: &Delivered,
-        reason: &str,
-    ) -> Result<(), ProjectionError> {
-        tracing::error!(projector = %self.name, topic = %delivered.topic, partition = delivered.partition, offset = delivered.offset, %reason, "unreadable message set aside");
-        metrics::PROJECTOR_DEAD_LETTERS
-            .with_label_values(&[&self.name])
-            .inc();
-        sqlx::query(
-            "INSERT INTO projector_dead_letters (projector, topic, partition, \"offset\", error, message) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(&self.name)
-        .bind(&delivered.topic)
-        .bind(delivered.partition)
-        .bind(delivered.offset)
-        .bind(reason)
-        .bind(delivered.payload.as_deref())
-        .execute(&mut **tx)
-        .await?;
         Ok(())
     }
 }

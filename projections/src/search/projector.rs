@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 use chronicle_domain::BookingEvent;
 use chronicle_eventstore::envelope::{Envelope, topic_for};
 use chronicle_eventstore::kafka::KafkaSettings;
+use sqlx::PgPool;
 use tantivy::{IndexWriter, Term};
 use uuid::Uuid;
 
 use super::index::{CommitPayload, SearchBooking, SearchIndex};
-use crate::consumer::{Delivered, PartitionKey, Projection, ProjectionError};
+use crate::consumer::{Delivered, PartitionKey, Projection, ProjectionError, dead_letter};
 use crate::metrics;
 use crate::queries::{GuestView, MoneyView};
+use chronicle_eventstore::metrics as consumer_metrics;
 
 /// The search projector's name (consumer group, metrics).
 pub const SEARCH: &str = "search";
@@ -60,6 +62,8 @@ pub struct SearchProjection {
     index: Arc<SearchIndex>,
     settings: SearchSettings,
     pending: Arc<Mutex<Pending>>,
+    /// Where unreadable messages are set aside (`projector_dead_letters`).
+    dead_letters: Option<PgPool>,
 }
 
 impl SearchProjection {
@@ -76,7 +80,33 @@ impl SearchProjection {
             })),
             index,
             settings,
+            dead_letters: None,
         })
+    }
+
+    /// Sets aside messages it cannot read in `pool`'s `projector_dead_letters`, as every
+    /// consumer does. Without it (benchmarks) they are only logged and counted.
+    #[must_use]
+    pub fn with_dead_letters(mut self, pool: PgPool) -> Self {
+        self.dead_letters = Some(pool);
+        self
+    }
+
+    async fn dead_letter(
+        &self,
+        delivered: &Delivered,
+        reason: &str,
+    ) -> Result<(), ProjectionError> {
+        match &self.dead_letters {
+            Some(pool) => dead_letter(pool, SEARCH, delivered, reason).await?,
+            None => {
+                tracing::error!(topic = %delivered.topic, offset = delivered.offset, %reason, "unreadable message skipped (no dead-letter table)");
+                consumer_metrics::PROJECTOR_DEAD_LETTERS
+                    .with_label_values(&[SEARCH])
+                    .inc();
+            }
+        }
+        Ok(())
     }
 
     /// Runs `work` on the pending state off the async runtime (indexing and commits are
@@ -110,8 +140,20 @@ impl SearchProjection {
         commit_now: bool,
     ) -> Result<(), ProjectionError> {
         self.blocking(move |index, _, pending| {
-            for envelope in &envelopes {
-                apply_envelope(index, pending, envelope)?;
+            for envelope in envelopes {
+                let position = envelope.global_position;
+                match read_envelope(envelope) {
+                    Ok(Some(event)) => apply_event(index, pending, event)?,
+                    Ok(None) => {}
+                    // Read straight from the store, where `chronicle-replay verify` and
+                    // `diff` are the checks; a rebuild logs and counts it.
+                    Err(reason) => {
+                        tracing::error!(position, %reason, "unreadable booking event in the store; not indexed");
+                        consumer_metrics::PROJECTOR_DEAD_LETTERS
+                            .with_label_values(&[SEARCH])
+                            .inc();
+                    }
+                }
             }
             pending.offsets = progress;
             if commit_now {
@@ -143,16 +185,27 @@ impl Projection for SearchProjection {
         self.index.committed_offsets().map_err(search_error)
     }
 
+    /// Unreadable messages are set aside before anything of the batch is applied, so a
+    /// commit never moves the offsets past a message that was neither applied nor
+    /// recorded.
     async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
-        let batch = batch.to_vec();
-        self.blocking(move |index, settings, pending| {
-            for delivered in &batch {
-                apply(index, pending, delivered)?;
-                pending.offsets.insert(
-                    (delivered.topic.clone(), delivered.partition),
-                    delivered.offset + 1,
-                );
+        let mut events = Vec::with_capacity(batch.len());
+        for delivered in batch {
+            match read_message(delivered) {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => {}
+                Err(reason) => self.dead_letter(delivered, &reason).await?,
             }
+        }
+        let next: Vec<(PartitionKey, i64)> = batch
+            .iter()
+            .map(|d| ((d.topic.clone(), d.partition), d.offset + 1))
+            .collect();
+        self.blocking(move |index, settings, pending| {
+            for event in events {
+                apply_event(index, pending, event)?;
+            }
+            pending.offsets.extend(next);
             if pending.changed.len() >= settings.commit_docs
                 || pending.since.elapsed() >= settings.commit_interval
             {
@@ -223,48 +276,46 @@ fn commit(index: &SearchIndex, pending: &mut Pending) -> Result<(), ProjectionEr
     }
 }
 
-fn apply(
-    index: &SearchIndex,
-    pending: &mut Pending,
-    delivered: &Delivered,
-) -> Result<(), ProjectionError> {
-    match delivered
-        .payload
-        .as_deref()
-        .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-    {
-        Some(envelope) => apply_envelope(index, pending, &envelope),
-        None => {
-            tracing::error!(topic = %delivered.topic, offset = delivered.offset, "not an event envelope; skipped");
-            metrics::PROJECTOR_DEAD_LETTERS
-                .with_label_values(&[SEARCH])
-                .inc();
-            Ok(())
-        }
-    }
+/// A booking event, read.
+struct Readable {
+    envelope: Envelope,
+    id: Uuid,
+    event: BookingEvent,
 }
 
-fn apply_envelope(
+/// Reads a message of the booking topic: `None` for another aggregate's event, an error
+/// (the reason) for what cannot be read.
+fn read_message(delivered: &Delivered) -> Result<Option<Readable>, String> {
+    let payload = delivered.payload.as_deref().ok_or("empty message")?;
+    let envelope: Envelope =
+        serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))?;
+    read_envelope(envelope)
+}
+
+fn read_envelope(envelope: Envelope) -> Result<Option<Readable>, String> {
+    if envelope.aggregate_type != "Booking" {
+        return Ok(None);
+    }
+    let id = Uuid::parse_str(&envelope.aggregate_id)
+        .map_err(|e| format!("aggregate id {:?}: {e}", envelope.aggregate_id))?;
+    let event = serde_json::from_value::<BookingEvent>(envelope.payload.clone())
+        .map_err(|e| format!("Booking {}: {e}", envelope.event_type))?;
+    Ok(Some(Readable {
+        envelope,
+        id,
+        event,
+    }))
+}
+
+fn apply_event(
     index: &SearchIndex,
     pending: &mut Pending,
-    envelope: &Envelope,
+    Readable {
+        envelope,
+        id,
+        event,
+    }: Readable,
 ) -> Result<(), ProjectionError> {
-    if envelope.aggregate_type != "Booking" {
-        return Ok(());
-    }
-    let (Ok(id), Ok(event)) = (
-        Uuid::parse_str(&envelope.aggregate_id),
-        serde_json::from_value::<BookingEvent>(envelope.payload.clone()),
-    ) else {
-        tracing::error!(
-            position = envelope.global_position,
-            "unreadable booking event; skipped"
-        );
-        metrics::PROJECTOR_DEAD_LETTERS
-            .with_label_values(&[SEARCH])
-            .inc();
-        return Ok(());
-    };
     let current = match pending.changed.get(&id) {
         Some(booking) => Some(booking.clone()),
         None => index.get(id).map_err(search_error)?,
@@ -278,7 +329,7 @@ fn apply_envelope(
             .inc();
         return Ok(());
     }
-    if let Some(next) = evolve(current, id, envelope, event) {
+    if let Some(next) = evolve(current, id, &envelope, event) {
         pending.changed.insert(id, next);
     }
     Ok(())
