@@ -436,6 +436,13 @@ impl PaymentKind {
             Self::Recurring => "recurring",
         }
     }
+
+    /// The kind `as_str` wrote; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::OneTime, Self::Recurring]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
 }
 
 impl Payment {

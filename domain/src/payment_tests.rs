@@ -392,3 +392,12 @@ fn a_schedule_until_a_date_completes_when_no_charge_is_left() {
     payment.apply(captured(2));
     assert_eq!(payment.state().unwrap().status, PaymentStatus::Completed);
 }
+
+#[test]
+fn a_kind_reads_back_what_it_writes_and_nothing_else() {
+    for kind in [PaymentKind::OneTime, PaymentKind::Recurring] {
+        assert_eq!(PaymentKind::parse(kind.as_str()), Some(kind));
+    }
+    assert_eq!(PaymentKind::parse("weekly"), None);
+    assert_eq!(PaymentKind::parse(""), None);
+}

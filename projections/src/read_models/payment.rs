@@ -54,20 +54,25 @@ impl TryFrom<Row> for State {
     type Error = sqlx::Error;
 
     fn try_from(row: Row) -> Result<Self, Self::Error> {
-        let status = PaymentStatus::parse(&row.status).ok_or_else(|| {
-            sqlx::Error::Decode(
-                format!("payment {} has status {:?}", row.payment_id, row.status).into(),
-            )
-        })?;
+        // A row this projector did not write is an error, never a guess.
+        let corrupt = |what: String| {
+            sqlx::Error::Decode(format!("payment {}: {what}", row.payment_id).into())
+        };
+        let status = PaymentStatus::parse(&row.status)
+            .ok_or_else(|| corrupt(format!("status {:?}", row.status)))?;
+        let kind =
+            PaymentKind::parse(&row.kind).ok_or_else(|| corrupt(format!("kind {:?}", row.kind)))?;
+        let schedule = row
+            .schedule
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| corrupt(format!("schedule: {e}")))?;
         Ok(Self {
             account_id: row.account_id,
             owner: row.owner,
             currency: row.currency,
-            kind: match row.kind.as_str() {
-                "recurring" => PaymentKind::Recurring,
-                _ => PaymentKind::OneTime,
-            },
-            schedule: row.schedule.and_then(|s| serde_json::from_value(s).ok()),
+            kind,
+            schedule,
             started: row.initiated_at.unwrap_or(row.created_at),
             status,
             charges: row.charges_captured as u32,

@@ -184,13 +184,21 @@ impl SearchIndex {
         self.reader.reload()
     }
 
-    /// The offsets recorded by the last commit.
+    /// The offsets recorded by the last commit (none before the first commit). A
+    /// payload that does not read is an error: starting again from offset zero would
+    /// re-index everything without a word.
     pub fn committed_offsets(&self) -> tantivy::Result<HashMap<PartitionKey, i64>> {
-        let payload = self.index.load_metas()?.payload;
-        Ok(payload
-            .and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok())
-            .map(|p| p.offsets())
-            .unwrap_or_default())
+        let Some(payload) = self.index.load_metas()?.payload else {
+            return Ok(HashMap::new());
+        };
+        CommitPayload::read(&payload)
+            .map(CommitPayload::offsets)
+            .map_err(|reason| {
+                tantivy::TantivyError::InternalError(format!(
+                    "the search index's last commit records unreadable offsets ({reason}); \
+                     rebuild it with `chronicle-replay rebuild search`"
+                ))
+            })
     }
 
     /// The indexed booking `id`, as of the latest commit the reader sees.
@@ -276,6 +284,18 @@ impl CommitPayload {
         }
     }
 
+    /// Reads a commit's payload, every key included.
+    fn read(payload: &str) -> Result<Self, String> {
+        let read: Self = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+        if let Some(key) = read.offsets.keys().find(|key| {
+            key.rsplit_once('/')
+                .is_none_or(|(_, partition)| partition.parse::<i32>().is_err())
+        }) {
+            return Err(format!("key {key:?} is not topic/partition"));
+        }
+        Ok(read)
+    }
+
     fn offsets(self) -> HashMap<PartitionKey, i64> {
         self.offsets
             .into_iter()
@@ -284,5 +304,26 @@ impl CommitPayload {
                 Some(((topic.to_owned(), partition.parse().ok()?), next))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_payload_reads_back_its_offsets() {
+        let offsets = HashMap::from([(("t.booking".to_owned(), 3), 17_i64)]);
+        let written = serde_json::to_string(&CommitPayload::from_offsets(&offsets)).unwrap();
+        assert_eq!(CommitPayload::read(&written).unwrap().offsets(), offsets);
+    }
+
+    #[test]
+    fn an_unreadable_commit_payload_is_an_error_not_offset_zero() {
+        assert!(CommitPayload::read("{\"offsets\": ").is_err());
+        assert!(CommitPayload::read("[1, 2]").is_err());
+        let bad_key = CommitPayload::read(r#"{"offsets": {"t.booking": 4}}"#).unwrap_err();
+        assert_eq!(bad_key, "key \"t.booking\" is not topic/partition");
+        assert!(CommitPayload::read(r#"{"offsets": {"t.booking/x": 4}}"#).is_err());
     }
 }
