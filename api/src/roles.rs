@@ -86,6 +86,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = app_state(settings, pool, &shutdown)?;
+    let commands = state.commands.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { commands.expire_idempotency_records(stop).await });
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;

@@ -126,6 +126,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_COMMAND_MAX_ATTEMPTS",
     "CHRONICLE_GROUP_COMMIT_WRITERS",
     "CHRONICLE_GROUP_COMMIT_MAX",
+    "CHRONICLE_IDEMPOTENCY_RETENTION_HOURS",
     "CHRONICLE_BODY_LIMIT_BYTES",
     "CHRONICLE_MIN_POSITION_TIMEOUT_MS",
     "CHRONICLE_KAFKA_BROKERS",
@@ -342,6 +343,15 @@ fn commands(src: &Source) -> Result<CommandSettings, ConfigError> {
                 )?,
             )?,
         },
+        idempotency_retention: Duration::from_secs(
+            3600 * positive(
+                "CHRONICLE_IDEMPOTENCY_RETENTION_HOURS",
+                src.parsed(
+                    "CHRONICLE_IDEMPOTENCY_RETENTION_HOURS",
+                    defaults.idempotency_retention.as_secs() / 3600,
+                )?,
+            )?,
+        ),
     })
 }
 

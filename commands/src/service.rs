@@ -13,6 +13,7 @@ use chronicle_eventstore::repository::{
 use chronicle_eventstore::wake::RelayWake;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::CommandError;
@@ -31,6 +32,11 @@ pub struct CommandSettings {
     /// `CHRONICLE_GROUP_COMMIT_*`: appends of commands arriving together share a
     /// transaction (ADR 0012).
     pub group_commit: GroupCommitSettings,
+    /// `CHRONICLE_IDEMPOTENCY_RETENTION_HOURS`: how long an `Idempotency-Key` is
+    /// honoured. The process manager's commands carry keys too, guarding the moment
+    /// between a command and the record of its step, so keep this longer than any
+    /// outage of the process manager.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for CommandSettings {
@@ -39,6 +45,7 @@ impl Default for CommandSettings {
             snapshot_every: 50,
             max_attempts: 20,
             group_commit: GroupCommitSettings::default(),
+            idempotency_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -86,6 +93,28 @@ impl CommandService {
     /// The pool commands append through.
     pub fn pool(&self) -> &PgPool {
         self.repository.pool()
+    }
+
+    /// Forgets idempotency records older than the retention: at once, then every
+    /// twenty-fourth of the retention (at most hourly), until `shutdown`.
+    pub async fn expire_idempotency_records(&self, shutdown: CancellationToken) {
+        let retention = self.settings.idempotency_retention;
+        let every = (retention / 24).min(Duration::from_secs(3600));
+        loop {
+            match chronicle_eventstore::idempotency::expire(self.pool(), retention).await {
+                Ok(0) => {}
+                Ok(expired) => {
+                    tracing::info!(expired, "idempotency records past retention forgotten")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "expiring idempotency records failed; retrying later")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     /// Executes a command on account `id`.

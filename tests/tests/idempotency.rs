@@ -93,3 +93,76 @@ async fn concurrent_retries_with_one_key_create_one_account() {
     }
     assert_eq!(app.count_events("AccountOpened").await, 1);
 }
+
+/// Records past the retention are forgotten by the sweeper `serve` runs; younger ones
+/// are kept and still answer repeats.
+#[tokio::test]
+async fn records_past_the_retention_are_forgotten_and_younger_ones_kept() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chronicle_commands::{CommandService, CommandSettings};
+    use tokio_util::sync::CancellationToken;
+
+    let app = spawn_app().await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    let path = format!("/v1/accounts/{account}/deposits");
+    for key in ["old-1", "young-1"] {
+        let reply = app
+            .post(
+                &path,
+                Some(&token),
+                &[("Idempotency-Key", key)],
+                &json!({ "amount": 5 }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '3 hours' \
+          WHERE idempotency_key = 'old-1'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let sweeper = Arc::new(CommandService::new(
+        app.pool.clone(),
+        CommandSettings {
+            idempotency_retention: Duration::from_secs(2 * 3600),
+            ..CommandSettings::default()
+        },
+    ));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (sweeper, stop) = (sweeper.clone(), stop.clone());
+        async move { sweeper.expire_idempotency_records(stop).await }
+    });
+    let remaining = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT idempotency_key FROM idempotency_keys WHERE actor = 'alice' ORDER BY 1",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while remaining().await.contains(&"old-1".to_owned()) {
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(remaining().await, ["young-1"]);
+    let repeat = app
+        .post(
+            &path,
+            Some(&token),
+            &[("Idempotency-Key", "young-1")],
+            &json!({ "amount": 5 }),
+        )
+        .await;
+    assert_eq!(repeat.status, StatusCode::OK);
+    assert_eq!(app.count_events("FundsDeposited").await, 2);
+}
