@@ -2,8 +2,48 @@
 //! one. Each is a pure function of the stored payload; the event store applies them when
 //! loading, so aggregates and projections only ever see current versions.
 
-use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use serde_json::Value;
+
+/// Reads `event_type` stored under an older version as version `to`. Versions are
+/// whole numbers written as text ("1", "2"), the form `DomainEvent::event_version`
+/// writes; an upcast event carries exactly that form. (cqrs-es's
+/// `SemanticVersionEventUpcaster` would write "2.0.0" for the same event read through
+/// an upcaster and "2" for one written new.)
+pub struct VersionUpcaster {
+    event_type: &'static str,
+    to: u32,
+    upcast: fn(Value) -> Value,
+}
+
+impl VersionUpcaster {
+    pub fn new(event_type: &'static str, to: u32, upcast: fn(Value) -> Value) -> Self {
+        Self {
+            event_type,
+            to,
+            upcast,
+        }
+    }
+}
+
+/// The major number of a stored version ("1", or "1.0.0" as other tools write it).
+fn major(version: &str) -> Option<u32> {
+    version.split('.').next()?.parse().ok()
+}
+
+impl EventUpcaster for VersionUpcaster {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        event_type == self.event_type && major(event_version).is_some_and(|v| v < self.to)
+    }
+
+    fn upcast(&self, event: SerializedEvent) -> SerializedEvent {
+        SerializedEvent {
+            payload: (self.upcast)(event.payload),
+            event_version: self.to.to_string(),
+            ..event
+        }
+    }
+}
 
 /// `AccountOpened` v1 predates overdrafts; such accounts have a limit of zero.
 pub fn account_opened_v1_to_v2(mut payload: Value) -> Value {
@@ -17,10 +57,10 @@ pub fn account_opened_v1_to_v2(mut payload: Value) -> Value {
 
 /// Every upcaster, in the order they apply.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    vec![Box::new(SemanticVersionEventUpcaster::new(
+    vec![Box::new(VersionUpcaster::new(
         "AccountOpened",
-        "2",
-        Box::new(account_opened_v1_to_v2),
+        2,
+        account_opened_v1_to_v2,
     ))]
 }
 
@@ -44,6 +84,9 @@ mod tests {
         let upcast = upcasters();
         assert!(upcast[0].can_upcast("AccountOpened", "1"));
         assert!(!upcast[0].can_upcast("AccountOpened", "2"));
+        assert!(upcast[0].can_upcast("AccountOpened", "1.0.0"));
+        assert!(!upcast[0].can_upcast("AccountClosed", "1"));
+        assert!(!upcast[0].can_upcast("AccountOpened", "one"));
         let event: AccountEvent = serde_json::from_value(account_opened_v1_to_v2(v1)).unwrap();
         let AccountEvent::AccountOpened {
             overdraft_limit, ..
@@ -52,5 +95,22 @@ mod tests {
             panic!("expected AccountOpened, got {event:?}");
         };
         assert_eq!(overdraft_limit, 0);
+    }
+
+    #[test]
+    fn an_upcast_event_carries_the_version_a_new_one_is_written_with() {
+        let stored = SerializedEvent {
+            aggregate_id: "a-1".into(),
+            sequence: 1,
+            aggregate_type: "Account".into(),
+            event_type: "AccountOpened".into(),
+            event_version: "1".into(),
+            payload: json!({"type": "AccountOpened"}),
+            metadata: json!({}),
+        };
+        let upcast = upcasters()[0].upcast(stored);
+        assert_eq!(upcast.event_version, "2");
+        assert_eq!(upcast.payload["overdraft_limit"], 0);
+        assert_eq!(upcast.aggregate_id, "a-1");
     }
 }

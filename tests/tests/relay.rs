@@ -199,7 +199,7 @@ async fn stored_old_versions_go_out_upcast_and_long_transactions_show_as_held_ba
         .iter()
         .find(|(_, _, e)| e.aggregate_id == id.to_string())
         .unwrap();
-    assert_eq!(upcast.event_version, "2.0.0");
+    assert_eq!(upcast.event_version, "2");
     assert_eq!(upcast.payload["overdraft_limit"], 0);
 }
 
