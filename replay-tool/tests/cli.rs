@@ -6,6 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use chronicle_tests::{AppOptions, TestApp, TestDb, spawn_app, spawn_app_with, spawn_on};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -181,25 +182,33 @@ async fn rebuild_then_diff_finds_nothing_and_the_projector_carries_on() {
                 &TestApp::booking_body(account, "hall", &[&format!("R{n}")], 3, 0),
             )
             .await;
+        assert_eq!(booking.status, StatusCode::CREATED, "{booking:?}");
         if n == 0 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            app.post(
-                &format!("/v1/bookings/{}/cancel", booking.id("booking_id")),
-                Some(&token),
-                &[],
-                &json!({}),
-            )
-            .await;
+            // Cancel it once the process manager has confirmed it, so it is refunded.
+            let id = booking.id("booking_id");
+            settled(&app, &token, &format!("/v1/bookings/{id}")).await;
+            let cancelled = app
+                .post(
+                    &format!("/v1/bookings/{id}/cancel"),
+                    Some(&token),
+                    &[],
+                    &json!({}),
+                )
+                .await;
+            assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
         }
     }
-    app.post(
-        "/v1/payments",
-        Some(&token),
-        &[],
-        &json!({"account_id": account, "amount": 70, "currency": "EUR", "kind": "one_time"}),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let payment = app
+        .post(
+            "/v1/payments",
+            Some(&token),
+            &[],
+            &json!({"account_id": account, "amount": 70, "currency": "EUR", "kind": "one_time"}),
+        )
+        .await;
+    assert_eq!(payment.status, StatusCode::CREATED, "{payment:?}");
+    // Four charges, one refund and the payment's charge: six flows, all finished.
+    flows_finished(&app, 6).await;
     app.wait_until_projected().await;
 
     let clean = replay(&url, &["diff", "read-models"]).await;
@@ -297,4 +306,38 @@ async fn a_seeded_store_rebuilds_and_diffs_clean_and_the_search_index_swaps() {
         "{}",
         stderr(&refused)
     );
+}
+
+/// Polls `path` until its status is no longer `pending`.
+async fn settled(app: &TestApp, token: &str, path: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = app.get(path, token).await;
+        if reply.status == StatusCode::OK && reply.body["status"] != "pending" {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path}: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the process manager has started `count` flows and finished them all.
+async fn flows_finished(app: &TestApp, count: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (finished, all): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status <> 'running'), count(*) FROM pm_flows",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if (finished, all) == (count, count) {
+            return;
+        }
+        assert!(
+            all <= count && tokio::time::Instant::now() < deadline,
+            "{finished} of {all} flows finished, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -146,7 +146,25 @@ async fn commands_beyond_the_in_flight_bound_answer_503_overloaded() {
                 .status()
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The booking holds the only slot once its append waits for the seat's lock.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting_on_lock: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if waiting_on_lock > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the booking never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let refused = app
         .post(
             &format!("/v1/accounts/{account}/deposits"),

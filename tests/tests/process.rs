@@ -192,10 +192,33 @@ async fn recurring_payments_charge_each_due_time_exactly_once_even_with_two_sche
         (Some(3), Some(450))
     );
     balance(&app, &token, account, 1_000 - 450).await;
-    // Give the schedulers time to do anything extra they would, then count.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Nothing more can be charged once no flow is running and nothing is due; only
+    // then count (a fixed wait would pass whenever the schedulers happened to be slow).
+    no_flow_running(&app).await;
+    let scheduler = chronicle_api::roles::process_manager(&app.settings, app.pool.clone());
+    assert_eq!(scheduler.charge_due().await.unwrap(), 0, "nothing is due");
     let debits = withdrawals(&app, account).await;
     assert_eq!(debits.len(), 3, "{debits:?}");
+}
+
+/// Waits until every flow the process managers started has finished.
+async fn no_flow_running(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pm_flows WHERE status = 'running'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if running == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{running} flows still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -404,7 +427,14 @@ async fn a_booking_pending_past_its_hold_expires_and_frees_its_seats() {
     app.wait_until_projected().await;
     let process = chronicle_api::roles::process_manager(&app.settings, app.pool.clone());
     assert_eq!(process.expire_holds().await.unwrap(), 0, "not yet");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The hold is over once the booking is older than it: age it rather than wait.
+    sqlx::query(
+        "UPDATE bookings SET created_at = created_at - interval '5 seconds' WHERE booking_id = $1",
+    )
+    .bind(booking)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(process.expire_holds().await.unwrap(), 1);
     let expired = eventually(&app, &token, &format!("/v1/bookings/{booking}"), |b| {
         b["status"] == "expired"

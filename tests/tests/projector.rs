@@ -333,7 +333,20 @@ async fn a_projector_started_before_its_topics_exist_projects_once_they_do() {
     let token = app.client_token("alice");
     let account = app.open_account(&token, "EUR", 0).await;
     app.start_projector();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // It has met the missing topics and is retrying: only then let the relay create them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !app
+        .get_text("/metrics")
+        .await
+        .lines()
+        .any(|l| l.starts_with("chronicle_projector_restarts_total{projector=\"read-models\"}"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.start_relay();
     app.deposit(&token, account, 250).await;
     app.wait_until_projected().await;
