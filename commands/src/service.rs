@@ -355,3 +355,50 @@ fn backoff(attempt: u32) -> Duration {
     let jitter = (Uuid::new_v4().as_u128() % u128::from(cap.max(1))) as u64;
     Duration::from_millis(1 + jitter)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_between_one_and_a_hundred_milliseconds() {
+        assert_eq!(backoff(0), Duration::from_millis(1));
+        for attempt in 0..40 {
+            for _ in 0..50 {
+                let wait = backoff(attempt);
+                let cap = 2u64.saturating_pow(attempt.min(16)).min(100);
+                assert!(
+                    wait >= Duration::from_millis(1) && wait <= Duration::from_millis(cap),
+                    "attempt {attempt}: {wait:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conflicts_are_retried_and_refusals_are_final() {
+        assert!(matches!(classify::<DomainError>(Ok(())), Ok(())));
+        assert!(matches!(
+            classify::<DomainError>(Err(AggregateError::AggregateConflict)),
+            Err(Failure::Retry)
+        ));
+        assert!(matches!(
+            classify(Err(AggregateError::UserError(DomainError::NotFound))),
+            Err(Failure::Final(CommandError::Rejected(
+                DomainError::NotFound
+            )))
+        ));
+        assert!(matches!(
+            classify::<DomainError>(Err(AggregateError::DeserializationError("bad".into()))),
+            Err(Failure::Final(CommandError::Internal(_)))
+        ));
+        assert!(matches!(
+            classify::<DomainError>(Err(AggregateError::UnexpectedError("odd".into()))),
+            Err(Failure::Final(CommandError::Internal(_)))
+        ));
+        assert!(matches!(
+            classify::<DomainError>(Err(AggregateError::DatabaseConnectionError("down".into()))),
+            Err(Failure::Final(CommandError::Unavailable(_)))
+        ));
+    }
+}

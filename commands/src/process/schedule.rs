@@ -16,8 +16,8 @@ use sqlx::pool::PoolConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::ProcessManager;
 use super::flow::{ProcessError, Step};
+use super::{ProcessManager, ProcessSettings};
 
 #[derive(Debug, sqlx::FromRow)]
 struct DueCharge {
@@ -167,10 +167,7 @@ impl ProcessManager {
 
     /// When attempt `attempt + 1` is due, or `None` when `attempt` was the last.
     fn retry_at(&self, attempt: u32) -> Option<DateTime<Utc>> {
-        if attempt >= self.settings.charge_max_attempts {
-            return None;
-        }
-        let wait = self.settings.charge_retry * 2u32.saturating_pow(attempt.saturating_sub(1));
+        let wait = retry_delay(&self.settings, attempt)?;
         Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
     }
 
@@ -251,5 +248,51 @@ impl Drop for ChargeLocks {
         if self.may_hold {
             self.conn.close_on_drop();
         }
+    }
+}
+
+/// How long after failed attempt `attempt` (from 1) the next one is due: the retry
+/// interval, doubled for each attempt after the first; `None` after the last attempt.
+fn retry_delay(settings: &ProcessSettings, attempt: u32) -> Option<std::time::Duration> {
+    if attempt >= settings.charge_max_attempts {
+        return None;
+    }
+    Some(settings.charge_retry * 2u32.saturating_pow(attempt.saturating_sub(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn retries_double_from_the_interval_until_the_last_attempt() {
+        let settings = ProcessSettings {
+            charge_max_attempts: 4,
+            charge_retry: Duration::from_secs(60),
+            ..ProcessSettings::default()
+        };
+        let delays: Vec<_> = (1..=5).map(|a| retry_delay(&settings, a)).collect();
+        assert_eq!(
+            delays,
+            [
+                Some(Duration::from_secs(60)),
+                Some(Duration::from_secs(120)),
+                Some(Duration::from_secs(240)),
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn a_huge_attempt_number_saturates_instead_of_overflowing() {
+        let settings = ProcessSettings {
+            charge_max_attempts: u32::MAX,
+            charge_retry: Duration::from_millis(1),
+            ..ProcessSettings::default()
+        };
+        assert!(retry_delay(&settings, 200).is_some());
     }
 }

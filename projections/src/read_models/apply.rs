@@ -272,3 +272,34 @@ impl JournalColumns {
             .push(serde_json::to_value(&envelope.metadata).unwrap_or_default());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_next_stale_or_early_against_its_row() {
+        assert_eq!(Order::of(None, 1), Order::Next);
+        assert_eq!(Order::of(None, 2), Order::Early);
+        assert_eq!(Order::of(Some(3), 4), Order::Next);
+        assert_eq!(Order::of(Some(3), 3), Order::Stale);
+        assert_eq!(Order::of(Some(3), 1), Order::Stale);
+        assert_eq!(Order::of(Some(3), 5), Order::Early);
+    }
+
+    #[test]
+    fn only_the_next_event_is_admitted_and_the_others_are_counted() {
+        let mut tally = Tally::default();
+        assert!(Order::Next.admits(&mut tally, 10));
+        assert!(!Order::Stale.admits(&mut tally, 11));
+        assert!(!Order::Early.admits(&mut tally, 12));
+        assert_eq!(
+            tally,
+            Tally {
+                applied: 0,
+                stale: 1,
+                early: vec![12]
+            }
+        );
+    }
+}
