@@ -5,7 +5,9 @@
 use std::process::Output;
 use std::time::Duration;
 
-use chronicle_tests::{AppOptions, TestApp, TestDb, spawn_app, spawn_app_with, spawn_on};
+use chronicle_tests::{
+    AppOptions, TestApp, TestDb, eventually, spawn_app, spawn_app_with, spawn_on,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -310,34 +312,32 @@ async fn a_seeded_store_rebuilds_and_diffs_clean_and_the_search_index_swaps() {
 
 /// Polls `path` until its status is no longer `pending`.
 async fn settled(app: &TestApp, token: &str, path: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(path, || async {
         let reply = app.get(path, token).await;
         if reply.status == StatusCode::OK && reply.body["status"] != "pending" {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{reply:?}"))
         }
-        assert!(tokio::time::Instant::now() < deadline, "{path}: {reply:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 /// Waits until the process manager has started `count` flows and finished them all.
 async fn flows_finished(app: &TestApp, count: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(&format!("{count} finished flows"), || async {
         let (finished, all): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status <> 'running'), count(*) FROM pm_flows",
         )
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        if (finished, all) == (count, count) {
-            return;
+        assert!(all <= count, "{all} flows, expected {count}");
+        if finished == count {
+            Ok(())
+        } else {
+            Err(format!("{finished} of {all} finished"))
         }
-        assert!(
-            all <= count && tokio::time::Instant::now() < deadline,
-            "{finished} of {all} flows finished, expected {count}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }

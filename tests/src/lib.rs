@@ -37,6 +37,27 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// Polls `check` every 20 ms until it gives `Ok`, and returns that; fails the test
+/// with `what` and the last `Err` (what was seen instead) after 30 s. The one way tests here wait for
+/// something to happen (never a fixed sleep).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} did not happen within 30 s; last seen: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The server login used to create and drop test databases.
 pub fn admin_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&admin_url())

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chronicle_eventstore::envelope::{Envelope, EnvelopeMetadata, topic_for};
 use chronicle_eventstore::kafka::ensure_topics;
-use chronicle_tests::{AppOptions, TestApp, spawn_app_with};
+use chronicle_tests::{AppOptions, TestApp, eventually, spawn_app_with};
 use chrono::Utc;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
@@ -58,8 +58,7 @@ fn envelope(aggregate_type: &str, id: Uuid, event_type: &str, payload: Value) ->
 /// Waits until `projector` has set aside `count` messages; returns their reasons, in
 /// offset order.
 async fn dead_letters(app: &TestApp, projector: &str, count: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let reasons = eventually(&format!("{count} dead letters of {projector}"), || async {
         let reasons: Vec<String> = sqlx::query_scalar(
             "SELECT error FROM projector_dead_letters WHERE projector = $1 \
              ORDER BY topic, partition, \"offset\"",
@@ -69,16 +68,14 @@ async fn dead_letters(app: &TestApp, projector: &str, count: usize) -> Vec<Strin
         .await
         .unwrap();
         if reasons.len() >= count {
-            assert_eq!(reasons.len(), count, "{reasons:?}");
-            return reasons;
+            Ok(reasons)
+        } else {
+            Err(format!("{reasons:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{projector} set aside {} of {count}: {reasons:?}",
-            reasons.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(reasons.len(), count, "{reasons:?}");
+    reasons
 }
 
 async fn counted(app: &TestApp, projector: &str) -> String {
@@ -91,20 +88,17 @@ async fn counted(app: &TestApp, projector: &str) -> String {
         .to_owned()
 }
 
-/// Polls the account until the read model shows `balance`.
-async fn balance_shows(app: &TestApp, token: &str, account: Uuid, balance: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let reply = app.get(&format!("/v1/accounts/{account}"), token).await;
-        if reply.status == StatusCode::OK && reply.body["balance"] == balance {
-            return;
+/// Waits until `path`, read with `token`, answers 200 with a body `done` accepts.
+async fn shows(app: &TestApp, token: &str, path: &str, done: impl Fn(&Value) -> bool) {
+    eventually(path, || async {
+        let reply = app.get(path, token).await;
+        if reply.status == StatusCode::OK && done(&reply.body) {
+            Ok(())
+        } else {
+            Err(format!("{reply:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never showed {balance}: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +132,10 @@ async fn the_read_models_set_aside_what_they_cannot_read_and_go_on() {
     let account = app.open_account(&token, "EUR", 0).await;
     let deposit = app.deposit(&token, account, 250).await;
     assert_eq!(deposit.status, StatusCode::OK, "{deposit:?}");
-    balance_shows(&app, &token, account, 250).await;
+    shows(&app, &token, &format!("/v1/accounts/{account}"), |a| {
+        a["balance"] == 250
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,18 +178,11 @@ async fn the_search_projector_sets_aside_what_it_cannot_read_and_goes_on() {
     )
     .await;
     let token = app.client_token("ada");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = app.get("/v1/search/bookings?q=quillfeather", &token).await;
-        if found.status == StatusCode::OK && found.body.to_string().contains(&booking.to_string()) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never indexed: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let id = booking.to_string();
+    shows(&app, &token, "/v1/search/bookings?q=quillfeather", |page| {
+        page.to_string().contains(&id)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,21 +215,14 @@ async fn the_process_manager_sets_aside_what_it_cannot_read_and_goes_on() {
     );
     assert_eq!(counted(&app, "process-manager").await, "2");
     // Both offsets are stored: a restart reads neither again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("both offsets stored", || async {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT sum(next_offset)::bigint FROM projector_offsets WHERE projector = 'process-manager'",
         )
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        if next == Some(2) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "offsets at {next:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if next == Some(2) { Ok(()) } else { Err(format!("{next:?}")) }
+    })
+    .await;
 }

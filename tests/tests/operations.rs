@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_api::limits::LimitSettings;
-use chronicle_tests::{AppOptions, TestApp, TestDb, spawn_app, spawn_with_settings, test_settings};
+use chronicle_tests::{
+    AppOptions, TestApp, TestDb, eventually, spawn_app, spawn_with_settings, test_settings,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -147,8 +149,7 @@ async fn commands_beyond_the_in_flight_bound_answer_503_overloaded() {
         })
     };
     // The booking holds the only slot once its append waits for the seat's lock.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("the booking waiting on the seat lock", || async {
         let waiting_on_lock: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity \
               WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -157,14 +158,12 @@ async fn commands_beyond_the_in_flight_bound_answer_503_overloaded() {
         .await
         .unwrap();
         if waiting_on_lock > 0 {
-            break;
+            Ok(())
+        } else {
+            Err("no backend waits on a lock".into())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the booking never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     let refused = app
         .post(
             &format!("/v1/accounts/{account}/deposits"),

@@ -28,18 +28,15 @@ async fn eventually(
     path: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    chronicle_tests::eventually(path, || async {
         let reply = app.get(path, token).await;
         if reply.status == StatusCode::OK && done(&reply.body) {
-            return reply.body;
+            Ok(reply.body)
+        } else {
+            Err(format!("{reply:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} never got there: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn settled(app: &TestApp, token: &str, booking: Uuid) -> Value {
@@ -203,22 +200,19 @@ async fn recurring_payments_charge_each_due_time_exactly_once_even_with_two_sche
 
 /// Waits until every flow the process managers started has finished.
 async fn no_flow_running(app: &TestApp) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    chronicle_tests::eventually("no flow running", || async {
         let running: i64 =
             sqlx::query_scalar("SELECT count(*) FROM pm_flows WHERE status = 'running'")
                 .fetch_one(&app.pool)
                 .await
                 .unwrap();
         if running == 0 {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{running} running"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{running} flows still running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

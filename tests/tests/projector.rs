@@ -11,7 +11,7 @@ use chronicle_eventstore::relay::relay_lag;
 use chronicle_projections::read_models::{ApplyObserver, ReadModels};
 use chronicle_projections::{Assignment, Projector, ProjectorSettings};
 use chronicle_tests::{
-    AppOptions, TestApp, TestDb, read_models_snapshot, spawn_app_with, spawn_full_app,
+    AppOptions, TestApp, TestDb, eventually, read_models_snapshot, spawn_app_with, spawn_full_app,
 };
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
@@ -334,19 +334,18 @@ async fn a_projector_started_before_its_topics_exist_projects_once_they_do() {
     let account = app.open_account(&token, "EUR", 0).await;
     app.start_projector();
     // It has met the missing topics and is retrying: only then let the relay create them.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !app
-        .get_text("/metrics")
-        .await
-        .lines()
-        .any(|l| l.starts_with("chronicle_projector_restarts_total{projector=\"read-models\"}"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the projector never retried"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the projector's first retry", || async {
+        let metrics = app.get_text("/metrics").await;
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("chronicle_projector_restarts_total{projector=\"read-models\"}"))
+        {
+            Ok(())
+        } else {
+            Err("no restart counted".into())
+        }
+    })
+    .await;
     app.start_relay();
     app.deposit(&token, account, 250).await;
     app.wait_until_projected().await;
