@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
 
 use std::process::Output;
-use std::time::Duration;
 
 use chronicle_tests::{
     AppOptions, TestApp, TestDb, eventually, spawn_app, spawn_app_with, spawn_on,
@@ -256,18 +255,15 @@ async fn rebuild_then_diff_finds_nothing_and_the_projector_carries_on() {
     );
     // The search index commits on its own schedule: wait for it to catch up.
     let search_dir = app.settings.search_dir.to_string_lossy().into_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut search = replay(&url, &["diff", "search", "--search-dir", &search_dir]).await;
-    while !search.status.success() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        search = replay(&url, &["diff", "search", "--search-dir", &search_dir]).await;
-    }
-    assert!(
-        search.status.success(),
-        "{}{}",
-        stdout(&search),
-        stderr(&search)
-    );
+    eventually("the search index agreeing with the store", || async {
+        let search = replay(&url, &["diff", "search", "--search-dir", &search_dir]).await;
+        if search.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{}{}", stdout(&search), stderr(&search)))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,20 +38,29 @@ fn admin_url() -> String {
 }
 
 /// Polls `check` every 20 ms until it gives `Ok`, and returns that; fails the test
-/// with `what` and the last `Err` (what was seen instead) after 30 s. The one way tests here wait for
-/// something to happen (never a fixed sleep).
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// with `what` and the last `Err` (what was seen instead) after 30 s. The one way tests
+/// here wait for something to happen (never a fixed sleep).
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    eventually_within(what, Duration::from_secs(30), check).await
+}
+
+/// [`eventually`] with a bound of its own, for waits over large workloads.
+pub async fn eventually_within<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
     loop {
         match check().await {
             Ok(value) => return value,
             Err(last) => assert!(
                 tokio::time::Instant::now() < deadline,
-                "{what} did not happen within 30 s; last seen: {last}"
+                "{what} did not happen within {bound:?}; last seen: {last}"
             ),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

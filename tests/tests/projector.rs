@@ -11,7 +11,8 @@ use chronicle_eventstore::relay::relay_lag;
 use chronicle_projections::read_models::{ApplyObserver, ReadModels};
 use chronicle_projections::{Assignment, Projector, ProjectorSettings};
 use chronicle_tests::{
-    AppOptions, TestApp, TestDb, eventually, read_models_snapshot, spawn_app_with, spawn_full_app,
+    AppOptions, TestApp, TestDb, eventually, eventually_within, read_models_snapshot,
+    spawn_app_with, spawn_full_app,
 };
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
@@ -77,22 +78,43 @@ async fn restart_projector(
 }
 
 async fn wait_for_offsets(app: &TestApp, total: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let sum: Option<i64> =
-            sqlx::query_scalar("SELECT sum(next_offset)::bigint FROM projector_offsets")
-                .fetch_one(&app.pool)
+    eventually_within(
+        &format!("offsets summing to {total}"),
+        Duration::from_secs(60),
+        || async {
+            let sum: Option<i64> =
+                sqlx::query_scalar("SELECT sum(next_offset)::bigint FROM projector_offsets")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            if sum == Some(total) {
+                Ok(())
+            } else {
+                Err(format!("{sum:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until `pool`'s journal lists `events` applied events.
+async fn journal_lists(pool: &sqlx::PgPool, events: i64) {
+    eventually_within(
+        &format!("{events} applied events"),
+        Duration::from_secs(60),
+        || async {
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_applied_events")
+                .fetch_one(pool)
                 .await
                 .unwrap();
-        if sum == Some(total) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "offsets at {sum:?}, expected {total}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            if applied == events {
+                Ok(())
+            } else {
+                Err(format!("{applied}"))
+            }
+        },
+    )
+    .await;
 }
 
 async fn offsets_total(app: &TestApp) -> i64 {
@@ -188,14 +210,13 @@ async fn a_projector_killed_mid_batch_resumes_without_loss_or_double_effect() {
         .await
         .unwrap();
     // Everything is on the topics before the projector starts, so its batches are full.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while relay_lag(&app.pool, "default").await.unwrap().unpublished > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the relay caught up", || async {
+        match relay_lag(&app.pool, "default").await.unwrap().unpublished {
+            0 => Ok(()),
+            left => Err(format!("{left} unpublished")),
+        }
+    })
+    .await;
 
     let reached = Arc::new(Notify::new());
     let observer = Arc::new(StopMidBatch {
@@ -242,21 +263,7 @@ async fn a_projector_killed_mid_batch_resumes_without_loss_or_double_effect() {
         let stop = stop_fresh.clone();
         async move { fresh.run(stop).await }
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_applied_events")
-            .fetch_one(&fresh_pool)
-            .await
-            .unwrap();
-        if applied == events {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fresh projection at {applied} of {events}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    journal_lists(&fresh_pool, events).await;
     assert_eq!(
         read_models_snapshot(&app.pool).await,
         read_models_snapshot(&fresh_pool).await
@@ -302,16 +309,7 @@ async fn two_instances_split_the_partitions_by_explicit_assignment() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rm_applied_events")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        < events
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    journal_lists(&pool, events).await;
     assert_eq!(read_models_snapshot(&pool).await, expected);
     let partitions: Vec<(String, i32)> =
         sqlx::query_as("SELECT topic, partition FROM projector_offsets ORDER BY 1, 2")

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle_tests::{AppOptions, TestApp, TestDb, spawn_with_settings, test_settings};
+use chronicle_tests::{
+    AppOptions, TestApp, TestDb, eventually, spawn_with_settings, test_settings,
+};
 use reqwest::StatusCode;
 use sqlx::Executor;
 
@@ -21,31 +23,27 @@ async fn readyz(app: &TestApp) -> (StatusCode, serde_json::Value) {
 }
 
 async fn wait_for_reason(app: &TestApp, fragment: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(&format!("readiness failing with {fragment:?}"), || async {
         let (status, body) = readyz(app).await;
-        let reasons = body["reasons"].to_string();
-        if status == StatusCode::SERVICE_UNAVAILABLE && reasons.contains(fragment) {
-            return body;
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && body["reasons"].to_string().contains(fragment)
+        {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {fragment:?} in {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 async fn wait_until_ready(app: &TestApp) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while readyz(app).await.0 != StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never ready: {:?}",
-            readyz(app).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("ready", || async {
+        match readyz(app).await {
+            (StatusCode::OK, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
