@@ -20,17 +20,11 @@ const REBUILD_SCHEMA: &str = "chronicle_rebuild";
 const PREVIOUS_SCHEMA: &str = "chronicle_previous";
 
 /// Every table the read-model projector maintains.
-pub const READ_MODEL_TABLES: [&str; 9] = [
-    "accounts",
-    "account_ledger",
-    "account_balance_history",
-    "bookings",
-    "booking_status_history",
-    "payments",
-    "payment_schedules",
-    "payment_ledger",
-    "rm_applied_events",
-];
+fn read_model_tables() -> impl Iterator<Item = &'static str> {
+    chronicle_projections::read_models::TABLES
+        .iter()
+        .map(|table| table.name)
+}
 
 const BATCH: i64 = 2_000;
 
@@ -123,7 +117,7 @@ async fn prepare_schema(pool: &PgPool, fresh: bool) -> anyhow::Result<bool> {
     sqlx::query(&format!("CREATE SCHEMA {REBUILD_SCHEMA}"))
         .execute(&mut *tx)
         .await?;
-    for table in READ_MODEL_TABLES {
+    for table in read_model_tables() {
         sqlx::query(&format!(
             "CREATE TABLE {REBUILD_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL)"
         ))
@@ -196,10 +190,7 @@ async fn swap_in(
     sqlx::query("SET LOCAL lock_timeout = '30s'")
         .execute(&mut *tx)
         .await?;
-    let live: Vec<String> = READ_MODEL_TABLES
-        .iter()
-        .map(|t| format!("public.{t}"))
-        .collect();
+    let live: Vec<String> = read_model_tables().map(|t| format!("public.{t}")).collect();
     sqlx::query(&format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
         live.join(", ")
@@ -213,7 +204,7 @@ async fn swap_in(
     sqlx::query(&format!("CREATE SCHEMA {PREVIOUS_SCHEMA}"))
         .execute(&mut *tx)
         .await?;
-    for table in READ_MODEL_TABLES {
+    for table in read_model_tables() {
         sqlx::query(&format!(
             "ALTER TABLE public.{table} SET SCHEMA {PREVIOUS_SCHEMA}"
         ))

@@ -215,17 +215,9 @@ async fn apply_in_batches(pool: &PgPool, batches: impl IntoIterator<Item = Vec<E
 /// Every read-model table, rows in key order.
 async fn tables(pool: &PgPool) -> Value {
     let mut snapshot = serde_json::Map::new();
-    for (table, key) in [
-        ("accounts", "account_id"),
-        ("account_ledger", "account_id, sequence"),
-        ("account_balance_history", "account_id, sequence"),
-        ("bookings", "booking_id"),
-        ("booking_status_history", "booking_id, sequence"),
-        ("payments", "payment_id"),
-        ("payment_ledger", "payment_id, sequence"),
-        ("payment_schedules", "payment_id"),
-        ("rm_applied_events", "global_position"),
-    ] {
+    for chronicle_projections::read_models::ReadTable { name: table, key } in
+        chronicle_projections::read_models::TABLES
+    {
         let rows: Value = sqlx::query_scalar(&format!(
             "SELECT coalesce(json_agg(to_jsonb(t) - 'applied_at' ORDER BY {key}), '[]'::json) \
                FROM {table} t"

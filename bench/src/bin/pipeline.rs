@@ -80,17 +80,11 @@ const WRITE_BATCH: usize = 1_000;
 /// Schema of the empty table copies the raw write baseline fills.
 const COPY_SCHEMA: &str = "bench_copy";
 /// Every table the read-model projector writes.
-const READ_TABLES: [&str; 9] = [
-    "accounts",
-    "account_ledger",
-    "account_balance_history",
-    "bookings",
-    "booking_status_history",
-    "payments",
-    "payment_schedules",
-    "payment_ledger",
-    "rm_applied_events",
-];
+fn read_tables_names() -> impl Iterator<Item = &'static str> {
+    chronicle_projections::read_models::TABLES
+        .iter()
+        .map(|table| table.name)
+}
 
 /// The offset after the last message of each partition.
 type Ends = HashMap<PartitionKey, i64>;
@@ -480,8 +474,8 @@ async fn raw_consume(kafka: &KafkaSettings, ends: &Ends) -> anyhow::Result<Run> 
 
 /// Every row of every read table, in PostgreSQL's text form of a row.
 async fn read_tables(pool: &PgPool) -> anyhow::Result<Vec<(&'static str, Vec<String>)>> {
-    let mut tables = Vec::with_capacity(READ_TABLES.len());
-    for table in READ_TABLES {
+    let mut tables = Vec::new();
+    for table in read_tables_names() {
         let rows: Vec<String> =
             sqlx::query_scalar(&format!("SELECT t::text FROM public.{table} t"))
                 .fetch_all(pool)
@@ -496,7 +490,7 @@ async fn create_copies(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query(&format!("CREATE SCHEMA {COPY_SCHEMA}"))
         .execute(pool)
         .await?;
-    for table in READ_TABLES {
+    for table in read_tables_names() {
         sqlx::query(&format!(
             "CREATE TABLE {COPY_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL)"
         ))

@@ -30,6 +30,54 @@ use crate::consumer::{
 };
 use crate::metrics;
 
+/// A table the read-model projector writes, with the columns its rows are keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadTable {
+    pub name: &'static str,
+    pub key: &'static str,
+}
+
+/// Every table the read-model projector writes: the one list that rebuilds, tests and
+/// benchmarks use.
+pub const TABLES: [ReadTable; 9] = [
+    ReadTable {
+        name: "accounts",
+        key: "account_id",
+    },
+    ReadTable {
+        name: "account_ledger",
+        key: "account_id, sequence",
+    },
+    ReadTable {
+        name: "account_balance_history",
+        key: "account_id, sequence",
+    },
+    ReadTable {
+        name: "bookings",
+        key: "booking_id",
+    },
+    ReadTable {
+        name: "booking_status_history",
+        key: "booking_id, sequence",
+    },
+    ReadTable {
+        name: "payments",
+        key: "payment_id",
+    },
+    ReadTable {
+        name: "payment_schedules",
+        key: "payment_id",
+    },
+    ReadTable {
+        name: "payment_ledger",
+        key: "payment_id, sequence",
+    },
+    ReadTable {
+        name: "rm_applied_events",
+        key: "global_position",
+    },
+];
+
 /// The channel a batch commit notifies, for read-your-writes waiters.
 pub const PROJECTED_CHANNEL: &str = "chronicle_projected";
 
