@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chronicle_domain::{Account, Booking, DomainError, Issued, Payment};
+use chronicle_domain::{Account, Actor, Booking, Currency, DomainError, Issued, Payment};
 use chronicle_eventstore::AppendRejection;
 use chronicle_eventstore::error::is_unavailable;
 use chronicle_eventstore::idempotency::IdempotencyRecord;
@@ -151,6 +151,24 @@ impl CommandService {
     /// command needs before it can be built.
     pub async fn load_account(&self, id: Uuid) -> Result<Account, CommandError> {
         self.load(id).await
+    }
+
+    /// The owner of the account a booking or payment in `currency` is charged to: it
+    /// must exist and be one `actor` may act for (`not_found` otherwise, as for any
+    /// aggregate of someone else), be open, and hold `currency`.
+    pub async fn chargeable_account(
+        &self,
+        actor: &Actor,
+        account_id: Uuid,
+        currency: Currency,
+    ) -> Result<String, CommandError> {
+        let account = self.load_account(account_id).await?;
+        let account = account
+            .state()
+            .filter(|a| actor.may_act_for(&a.owner))
+            .ok_or(DomainError::NotFound)?;
+        account.chargeable_in(currency)?;
+        Ok(account.owner.clone())
     }
 
     /// The current state of booking `id`.

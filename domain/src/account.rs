@@ -106,6 +106,21 @@ pub struct AccountState {
 }
 
 impl AccountState {
+    /// Whether a booking or payment in `currency` may be charged to this account: it must
+    /// be open and hold that currency.
+    pub fn chargeable_in(&self, currency: Currency) -> Result<(), DomainError> {
+        if self.closed {
+            return Err(DomainError::AccountClosed);
+        }
+        if self.currency != currency {
+            return Err(DomainError::CurrencyMismatch {
+                expected: self.currency,
+                actual: currency,
+            });
+        }
+        Ok(())
+    }
+
     fn check_movement(&self, movement: &Movement) -> Result<(), DomainError> {
         if self.closed {
             return Err(DomainError::AccountClosed);

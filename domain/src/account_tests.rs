@@ -353,3 +353,28 @@ proptest! {
         prop_assert_eq!(restored, history);
     }
 }
+
+#[test]
+fn only_an_open_account_in_the_same_currency_is_chargeable() {
+    let mut state = AccountState {
+        account_id: Uuid::nil(),
+        owner: "alice".into(),
+        currency: Currency::parse("EUR").unwrap(),
+        overdraft_limit: 0,
+        balance: 0,
+        closed: false,
+        references: Default::default(),
+    };
+    let eur = Currency::parse("EUR").unwrap();
+    let usd = Currency::parse("USD").unwrap();
+    assert_eq!(state.chargeable_in(eur), Ok(()));
+    assert_eq!(
+        state.chargeable_in(usd),
+        Err(DomainError::CurrencyMismatch {
+            expected: eur,
+            actual: usd
+        })
+    );
+    state.closed = true;
+    assert_eq!(state.chargeable_in(eur), Err(DomainError::AccountClosed));
+}

@@ -2,10 +2,9 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use chronicle_commands::CommandError;
 use chronicle_domain::booking::BookingRequest;
 use chronicle_domain::values::{Guest, Note, ResourceId, Seats};
-use chronicle_domain::{Actor, Amount, BookingCommand, Currency, DomainError, Issued, Money};
+use chronicle_domain::{Amount, BookingCommand, Currency, DomainError, Issued, Money};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -81,32 +80,6 @@ impl BookingAccepted {
     }
 }
 
-/// Looks up the account a booking or payment is charged to: it must exist and be the
-/// actor's (otherwise 404), be open, and hold `currency`. Returns its owner.
-pub(crate) async fn chargeable_account(
-    state: &AppState,
-    actor: &Actor,
-    account_id: Uuid,
-    currency: Currency,
-) -> Result<String, CommandError> {
-    let account = state.commands.load_account(account_id).await?;
-    let account = account
-        .state()
-        .filter(|a| actor.may_act_for(&a.owner))
-        .ok_or(DomainError::NotFound)?;
-    if account.closed {
-        return Err(DomainError::AccountClosed.into());
-    }
-    if account.currency != currency {
-        return Err(DomainError::CurrencyMismatch {
-            expected: account.currency,
-            actual: currency,
-        }
-        .into());
-    }
-    Ok(account.owner.clone())
-}
-
 fn booking_request(
     body: &RequestBookingBody,
     id: Uuid,
@@ -155,7 +128,10 @@ pub async fn request(
         body,
         |metadata| async move {
             let currency = Currency::parse(&body.price.currency)?;
-            let owner = chargeable_account(state, actor, body.account_id, currency).await?;
+            let owner = state
+                .commands
+                .chargeable_account(actor, body.account_id, currency)
+                .await?;
             let id = body.booking_id.unwrap_or_else(Uuid::new_v4);
             let request = booking_request(body, id, owner)?;
             let issued = Issued::new(

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::bookings::chargeable_account;
 use super::{created, ok};
 use crate::AppState;
 use crate::auth::Principal;
@@ -108,7 +107,10 @@ pub async fn initiate(
         body,
         |metadata| async move {
             let currency = Currency::parse(&body.currency)?;
-            let owner = chargeable_account(state, actor, body.account_id, currency).await?;
+            let owner = state
+                .commands
+                .chargeable_account(actor, body.account_id, currency)
+                .await?;
             let id = body.payment_id.unwrap_or_else(Uuid::new_v4);
             let request = PaymentRequest {
                 payment_id: id,
