@@ -6,6 +6,7 @@
 
 use chronicle_eventstore::envelope::event_id;
 use chronicle_tests::spawn_full_app;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,16 +16,20 @@ async fn kafka_python_reads_and_parses_every_envelope() {
     let app = spawn_full_app().await;
     let token = app.client_token("alice");
     let account = app.open_account(&token, "EUR", 0).await;
-    app.deposit(&token, account, 40).await;
+    let deposit = app.deposit(&token, account, 40).await;
+    assert_eq!(deposit.status, StatusCode::OK, "{deposit:?}");
     let booking = chronicle_tests::TestApp::booking_body(account, "deck", &["1"], 2, 0);
-    app.post("/v1/bookings", Some(&token), &[], &booking).await;
-    app.post(
-        "/v1/payments",
-        Some(&token),
-        &[],
-        &json!({ "account_id": account, "amount": 5, "currency": "EUR", "kind": "one_time" }),
-    )
-    .await;
+    let booked = app.post("/v1/bookings", Some(&token), &[], &booking).await;
+    assert_eq!(booked.status, StatusCode::CREATED, "{booked:?}");
+    let paid = app
+        .post(
+            "/v1/payments",
+            Some(&token),
+            &[],
+            &json!({ "account_id": account, "amount": 5, "currency": "EUR", "kind": "one_time" }),
+        )
+        .await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{paid:?}");
     app.wait_until_projected().await;
 
     let stored: Vec<(String, String, i64)> = sqlx::query_as(
