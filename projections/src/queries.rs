@@ -318,3 +318,45 @@ mod tests {
         assert!(last.next_cursor.is_none());
     }
 }
+
+/// A recurring payment's next charge, due now (`payment_schedules`).
+#[derive(Debug, sqlx::FromRow)]
+pub struct DueCharge {
+    pub payment_id: Uuid,
+    pub account_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub next_charge: i32,
+    pub attempts: i32,
+}
+
+/// Up to `limit` recurring charges that are due, the longest due first.
+pub async fn due_charges(pool: &PgPool, limit: i64) -> Result<Vec<DueCharge>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT payment_id, account_id, amount, currency, next_charge, attempts \
+           FROM payment_schedules \
+          WHERE status = 'active' AND next_due_at <= now() \
+          ORDER BY next_due_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Up to `limit` bookings still pending longer than `hold` after they were requested,
+/// the oldest first.
+pub async fn bookings_pending_longer_than(
+    pool: &PgPool,
+    hold: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT booking_id FROM bookings \
+          WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) \
+          ORDER BY created_at LIMIT $2",
+    )
+    .bind(hold.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -18,16 +18,7 @@ use uuid::Uuid;
 
 use super::flow::{ProcessError, Step};
 use super::{ProcessManager, ProcessSettings};
-
-#[derive(Debug, sqlx::FromRow)]
-struct DueCharge {
-    payment_id: Uuid,
-    account_id: Uuid,
-    amount: i64,
-    currency: String,
-    next_charge: i32,
-    attempts: i32,
-}
+use chronicle_projections::queries::{self, DueCharge};
 
 fn issued<C>(command: C) -> Issued<C> {
     Issued::new(ProcessManager::actor(), Utc::now(), command)
@@ -53,14 +44,8 @@ impl ProcessManager {
     /// Charges every recurring payment whose next charge is due (up to 50 a tick) and
     /// returns how many it took on; a payment another instance is charging is skipped.
     pub async fn charge_due(&self) -> Result<usize, ProcessError> {
-        let due: Vec<DueCharge> = sqlx::query_as(
-            "SELECT payment_id, account_id, amount, currency, next_charge, attempts \
-               FROM payment_schedules \
-              WHERE status = 'active' AND next_due_at <= now() \
-              ORDER BY next_due_at LIMIT 50",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        // The schedules are a read model; the projections crate owns their queries.
+        let due = queries::due_charges(&self.pool, 50).await?;
         if due.is_empty() {
             return Ok(0);
         }
@@ -173,15 +158,9 @@ impl ProcessManager {
 
     /// Expires pending bookings older than the hold time; their seats are released.
     pub async fn expire_holds(&self) -> Result<usize, ProcessError> {
-        let hold = self.settings.booking_hold.as_secs_f64();
-        let stale: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT booking_id FROM bookings \
-              WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) \
-              ORDER BY created_at LIMIT 100",
-        )
-        .bind(hold)
-        .fetch_all(&self.pool)
-        .await?;
+        let stale =
+            queries::bookings_pending_longer_than(&self.pool, self.settings.booking_hold, 100)
+                .await?;
         for booking_id in &stale {
             let flow_id = Uuid::new_v5(booking_id, b"expire");
             let flow = self.flow(flow_id, "booking-expiry", *booking_id).await?;
