@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::envelope::Envelope;
 use crate::kafka::KafkaSettings;
+use prometheus::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -39,6 +41,15 @@ pub struct Delivered {
     pub payload: Option<Vec<u8>>,
     /// The message's timestamp (milliseconds since the epoch): when the relay sent it.
     pub sent_at_ms: Option<i64>,
+}
+
+impl Delivered {
+    /// The event envelope the message carries, or why it carries none (the reason a
+    /// consumer dead-letters it with).
+    pub fn envelope(&self) -> Result<Envelope, String> {
+        let payload = self.payload.as_deref().ok_or("empty message")?;
+        serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))
+    }
 }
 
 /// Why a projection could not apply a batch. The batch is retried from the stored
@@ -243,6 +254,9 @@ pub struct Projector<P> {
     projection: Arc<P>,
     kafka: KafkaSettings,
     settings: ProjectorSettings,
+    /// `chronicle_projector_event_delay_seconds` of this projection, received / applied,
+    /// looked up once rather than per message.
+    delay: [Histogram; 2],
 }
 
 /// Per-partition bookkeeping of the loop.
@@ -255,10 +269,14 @@ struct Positions {
 
 impl<P: Projection> Projector<P> {
     pub fn new(projection: Arc<P>, kafka: KafkaSettings, settings: ProjectorSettings) -> Self {
+        let delay = ["received", "applied"].map(|stage| {
+            metrics::PROJECTOR_EVENT_DELAY.with_label_values(&[projection.name(), stage])
+        });
         Self {
             projection,
             kafka,
             settings,
+            delay,
         }
     }
 
@@ -338,7 +356,7 @@ impl<P: Projection> Projector<P> {
             metrics::PROJECTOR_BATCH_SECONDS
                 .with_label_values(&[self.projection.name()])
                 .observe(started.elapsed().as_secs_f64());
-            self.observe_delay("applied", &accepted);
+            observe_delay(&self.delay[1], &accepted);
             metrics::PROJECTOR_APPLIED
                 .with_label_values(&[self.projection.name()])
                 .inc_by(accepted.len() as u64);
@@ -435,19 +453,8 @@ impl<P: Projection> Projector<P> {
     /// Takes a received message, timing its way from the relay.
     fn received(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Delivered {
         let delivered = owned(message);
-        self.observe_delay("received", std::slice::from_ref(&delivered));
+        observe_delay(&self.delay[0], std::slice::from_ref(&delivered));
         delivered
-    }
-
-    /// Observes, per message, the time since the relay sent it (`stage`: `received` or
-    /// `applied`); the stages of command → visible that happen after the relay.
-    fn observe_delay(&self, stage: &str, messages: &[Delivered]) {
-        let now = chrono::Utc::now().timestamp_millis();
-        let histogram =
-            metrics::PROJECTOR_EVENT_DELAY.with_label_values(&[self.projection.name(), stage]);
-        for sent in messages.iter().filter_map(|m| m.sent_at_ms) {
-            histogram.observe((now - sent).max(0) as f64 / 1000.0);
-        }
     }
 
     /// Keeps the messages that come next per the stored offsets. Redeliveries are
@@ -503,6 +510,15 @@ impl<P: Projection> Projector<P> {
             tracing::warn!(%error, "seek failed; will retry");
         }
         positions.sought.insert(key, Instant::now());
+    }
+}
+
+/// Observes, per message, the time since the relay sent it (the message timestamp) in
+/// `histogram`: the stages of command → visible that happen after the relay.
+fn observe_delay(histogram: &Histogram, messages: &[Delivered]) {
+    let now = chrono::Utc::now().timestamp_millis();
+    for sent in messages.iter().filter_map(|m| m.sent_at_ms) {
+        histogram.observe((now - sent).max(0) as f64 / 1000.0);
     }
 }
 

@@ -180,7 +180,7 @@ impl Projection for ProcessManager {
         for delivered in batch {
             let partition = (delivered.topic.as_str(), delivered.partition);
             let next = HashMap::from([(partition, delivered.offset + 1)]);
-            let handled = match read(delivered) {
+            let handled = match delivered.envelope() {
                 Ok(envelope) => self
                     .handle(&envelope)
                     .await
@@ -202,10 +202,4 @@ impl Projection for ProcessManager {
         store_offsets(&self.pool, PROCESS_MANAGER, &quiet).await?;
         Ok(())
     }
-}
-
-/// The event envelope a message carries, or why there is none.
-fn read(delivered: &Delivered) -> Result<Envelope, String> {
-    let payload = delivered.payload.as_deref().ok_or("empty message")?;
-    serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))
 }

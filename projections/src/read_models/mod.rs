@@ -22,7 +22,6 @@ pub use apply::{BatchOutcome, apply_envelopes};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chronicle_eventstore::envelope::Envelope;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::consumer::{
@@ -137,7 +136,7 @@ impl Projection for ReadModels {
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut sources = Vec::with_capacity(batch.len());
         for delivered in batch {
-            match parse(delivered) {
+            match delivered.envelope() {
                 Ok(envelope) => {
                     envelopes.push(envelope);
                     sources.push(delivered);
@@ -182,9 +181,4 @@ impl Projection for ReadModels {
         tx.commit().await?;
         Ok(())
     }
-}
-
-fn parse(delivered: &Delivered) -> Result<Envelope, String> {
-    let payload = delivered.payload.as_deref().ok_or("empty message")?;
-    serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))
 }

@@ -286,10 +286,7 @@ struct Readable {
 /// Reads a message of the booking topic: `None` for another aggregate's event, an error
 /// (the reason) for what cannot be read.
 fn read_message(delivered: &Delivered) -> Result<Option<Readable>, String> {
-    let payload = delivered.payload.as_deref().ok_or("empty message")?;
-    let envelope: Envelope =
-        serde_json::from_slice(payload).map_err(|e| format!("not an event envelope: {e}"))?;
-    read_envelope(envelope)
+    read_envelope(delivered.envelope()?)
 }
 
 fn read_envelope(envelope: Envelope) -> Result<Option<Readable>, String> {
