@@ -105,7 +105,24 @@ pub struct AccountState {
     pub references: BTreeSet<String>,
 }
 
+crate::worded! {
+    /// Whether an account takes movements.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum AccountStatus {
+        Open = "open",
+        Closed = "closed",
+    }
+}
+
 impl AccountState {
+    pub fn status(&self) -> AccountStatus {
+        if self.closed {
+            AccountStatus::Closed
+        } else {
+            AccountStatus::Open
+        }
+    }
+
     /// Whether a booking or payment in `currency` may be charged to this account: it must
     /// be open and hold that currency.
     pub fn chargeable_in(&self, currency: Currency) -> Result<(), DomainError> {

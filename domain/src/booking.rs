@@ -94,40 +94,16 @@ impl DomainEvent for BookingEvent {
     }
 }
 
-/// Where a booking stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BookingStatus {
-    Pending,
-    Confirmed,
-    Rejected,
-    Cancelled,
-    Expired,
-}
-
-impl BookingStatus {
-    /// The status as it appears in the API and the read models.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Confirmed => "confirmed",
-            Self::Rejected => "rejected",
-            Self::Cancelled => "cancelled",
-            Self::Expired => "expired",
-        }
-    }
-
-    /// Parses a status as [`BookingStatus::as_str`] writes it.
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Confirmed,
-            Self::Rejected,
-            Self::Cancelled,
-            Self::Expired,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+crate::worded! {
+    /// Where a booking stands.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum BookingStatus {
+        Pending = "pending",
+        Confirmed = "confirmed",
+        Rejected = "rejected",
+        Cancelled = "cancelled",
+        Expired = "expired",
     }
 }
 
@@ -297,21 +273,49 @@ impl Aggregate for Booking {
 
     fn apply(&mut self, event: Self::Event) {
         self.version += 1;
-        if let BookingEvent::BookingRequested {
-            booking_id,
-            account_id,
-            owner,
-            resource_id,
-            seats,
-            starts_at,
-            ends_at,
-            price,
-            guest,
-            notes,
-            ..
-        } = event
-        {
-            self.state = Some(BookingState {
+        match event.change() {
+            BookingChange::Requested(state) => self.state = Some(*state),
+            BookingChange::Status(change) => {
+                if let Some(state) = self.state.as_mut() {
+                    state.follow(&change);
+                }
+            }
+        }
+    }
+}
+
+/// What an event does to a booking: the one reading of booking events, shared by the
+/// aggregate and by every projection of bookings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BookingChange {
+    /// The booking as requested (pending).
+    Requested(Box<BookingState>),
+    /// A later move to another status.
+    Status(StatusChange),
+}
+
+/// A booking's move to another status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusChange {
+    pub status: BookingStatus,
+    /// Why, where the event says: a rejection's or a cancellation's reason.
+    pub reason: Option<String>,
+    /// The payment that confirmed the booking.
+    pub payment_id: Option<Uuid>,
+}
+
+impl BookingEvent {
+    /// What this event does to its booking.
+    pub fn change(&self) -> BookingChange {
+        let status = |status, reason: Option<&String>, payment_id| {
+            BookingChange::Status(StatusChange {
+                status,
+                reason: reason.cloned(),
+                payment_id,
+            })
+        };
+        match self {
+            Self::BookingRequested {
                 booking_id,
                 account_id,
                 owner,
@@ -322,24 +326,40 @@ impl Aggregate for Booking {
                 price,
                 guest,
                 notes,
+                ..
+            } => BookingChange::Requested(Box::new(BookingState {
+                booking_id: *booking_id,
+                account_id: *account_id,
+                owner: owner.clone(),
+                resource_id: resource_id.clone(),
+                seats: seats.clone(),
+                starts_at: *starts_at,
+                ends_at: *ends_at,
+                price: *price,
+                guest: guest.clone(),
+                notes: notes.clone(),
                 status: BookingStatus::Pending,
                 payment_id: None,
-            });
-            return;
-        }
-        let Some(state) = self.state.as_mut() else {
-            return;
-        };
-        match event {
-            BookingEvent::BookingRequested { .. } => {}
-            BookingEvent::BookingConfirmed { payment_id, .. } => {
-                state.status = BookingStatus::Confirmed;
-                state.payment_id = Some(payment_id);
+            })),
+            Self::BookingConfirmed { payment_id, .. } => {
+                status(BookingStatus::Confirmed, None, Some(*payment_id))
             }
-            BookingEvent::BookingRejected { .. } => state.status = BookingStatus::Rejected,
-            BookingEvent::BookingCancelled { .. } => state.status = BookingStatus::Cancelled,
-            BookingEvent::BookingExpired { .. } => state.status = BookingStatus::Expired,
+            Self::BookingRejected { reason, .. } => {
+                status(BookingStatus::Rejected, Some(reason), None)
+            }
+            Self::BookingCancelled { reason, .. } => {
+                status(BookingStatus::Cancelled, reason.as_ref(), None)
+            }
+            Self::BookingExpired { .. } => status(BookingStatus::Expired, None, None),
         }
+    }
+}
+
+impl BookingState {
+    /// The booking after `change`: its status, and the payment once one confirmed it.
+    pub fn follow(&mut self, change: &StatusChange) {
+        self.status = change.status;
+        self.payment_id = change.payment_id.or(self.payment_id);
     }
 }
 

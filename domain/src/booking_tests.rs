@@ -278,3 +278,40 @@ proptest! {
         prop_assert!(statuses.len() <= 2);
     }
 }
+
+#[test]
+fn each_event_reads_as_one_change_of_the_booking() {
+    let BookingChange::Requested(mut state) = requested().change() else {
+        panic!("a request creates the booking");
+    };
+    assert_eq!(state.status, BookingStatus::Pending);
+    assert_eq!(state.payment_id, None);
+    let payment_id = Uuid::from_u128(9);
+    let confirmed = BookingEvent::BookingConfirmed {
+        payment_id,
+        confirmed_at: now(),
+    };
+    let BookingChange::Status(change) = confirmed.change() else {
+        panic!("a confirmation changes the status");
+    };
+    assert_eq!(
+        change,
+        StatusChange {
+            status: BookingStatus::Confirmed,
+            reason: None,
+            payment_id: Some(payment_id),
+        }
+    );
+    state.follow(&change);
+    let cancelled = BookingEvent::BookingCancelled {
+        reason: Some("plans changed".to_owned()),
+        cancelled_at: now(),
+    };
+    let BookingChange::Status(change) = cancelled.change() else {
+        panic!("a cancellation changes the status");
+    };
+    assert_eq!(change.reason.as_deref(), Some("plans changed"));
+    state.follow(&change);
+    assert_eq!(state.status, BookingStatus::Cancelled);
+    assert_eq!(state.payment_id, Some(payment_id), "the payment stays");
+}

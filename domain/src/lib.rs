@@ -17,10 +17,15 @@ pub mod money;
 pub mod payment;
 pub mod upcast;
 pub mod values;
+mod worded;
 
-pub use account::{Account, AccountCommand, AccountEvent};
+pub use worded::checked_words;
+
+pub use account::{Account, AccountCommand, AccountEvent, AccountStatus};
 pub use actor::{Actor, Role};
-pub use booking::{Booking, BookingCommand, BookingEvent, BookingStatus};
+pub use booking::{
+    Booking, BookingChange, BookingCommand, BookingEvent, BookingStatus, StatusChange,
+};
 pub use error::DomainError;
 pub use issued::Issued;
 pub use money::{Amount, Currency, MAX_AMOUNT, Money};

@@ -53,12 +53,14 @@ pub struct PaymentRequest {
     pub booking_id: Option<Uuid>,
 }
 
-/// One charge, or a charge per interval.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentKind {
-    OneTime,
-    Recurring,
+crate::worded! {
+    /// One charge, or a charge per interval.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum PaymentKind {
+        OneTime = "one_time",
+        Recurring = "recurring",
+    }
 }
 
 /// When a recurring payment charges: every `interval_seconds`, `count` times and/or
@@ -170,38 +172,25 @@ impl DomainEvent for PaymentEvent {
     }
 }
 
-/// Where a payment stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentStatus {
-    /// Initiated, not yet charged (one-time).
-    Pending,
-    /// Charged (one-time), possibly partly refunded.
-    Captured,
-    /// The charge did not go through (one-time).
-    Failed,
-    /// Everything captured has been refunded.
-    Refunded,
-    /// A recurring payment with charges still to come.
-    Active,
-    /// A recurring payment whose schedule has run out.
-    Completed,
-    /// A recurring payment whose charge kept failing; no more charges are tried.
-    Suspended,
-}
-
-impl PaymentStatus {
-    /// The status as it appears in the API and the read models.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Captured => "captured",
-            Self::Failed => "failed",
-            Self::Refunded => "refunded",
-            Self::Active => "active",
-            Self::Completed => "completed",
-            Self::Suspended => "suspended",
-        }
+crate::worded! {
+    /// Where a payment stands.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum PaymentStatus {
+        /// Initiated, not yet charged (one-time).
+        Pending = "pending",
+        /// Charged (one-time), possibly partly refunded.
+        Captured = "captured",
+        /// The charge did not go through (one-time).
+        Failed = "failed",
+        /// Everything captured has been refunded.
+        Refunded = "refunded",
+        /// A recurring payment with charges still to come.
+        Active = "active",
+        /// A recurring payment whose schedule has run out.
+        Completed = "completed",
+        /// A recurring payment whose charge kept failing; no more charges are tried.
+        Suspended = "suspended",
     }
 }
 
@@ -410,38 +399,6 @@ impl PaymentStatus {
             (PaymentKind::Recurring, Active) if schedule_done => Completed,
             (_, status) => status,
         }
-    }
-
-    /// Parses a status as [`PaymentStatus::as_str`] writes it.
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Captured,
-            Self::Failed,
-            Self::Refunded,
-            Self::Active,
-            Self::Completed,
-            Self::Suspended,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
-    }
-}
-
-impl PaymentKind {
-    /// The kind as the API and read models write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OneTime => "one_time",
-            Self::Recurring => "recurring",
-        }
-    }
-
-    /// The kind `as_str` wrote; `None` for anything else.
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::OneTime, Self::Recurring]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
     }
 }
 

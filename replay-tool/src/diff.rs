@@ -203,7 +203,7 @@ pub async fn diff_read_models(
     differ.presence("accounts", &accounts, expected.accounts.keys().copied());
     for (id, (state, version, moved)) in &expected.accounts {
         if let Some(row) = accounts.get(id) {
-            let status = if state.closed { "closed" } else { "open" };
+            let status = state.status().as_str();
             differ.check(
                 "accounts",
                 id,

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chronicle_domain::BookingEvent;
+use chronicle_domain::booking::BookingState;
+use chronicle_domain::{BookingChange, BookingEvent};
 use chronicle_eventstore::envelope::{Envelope, topic_for};
 use chronicle_eventstore::kafka::KafkaSettings;
 use sqlx::PgPool;
@@ -326,34 +327,36 @@ fn apply_event(
             .inc();
         return Ok(());
     }
-    if let Some(next) = evolve(current, id, &envelope, event) {
+    if let Some(next) = evolve(current, &envelope, &event) {
         pending.changed.insert(id, next);
     }
     Ok(())
 }
 
-/// The booking after `event`.
+/// The booking after `event`, as the domain reads it ([`BookingEvent::change`]).
 fn evolve(
     current: Option<SearchBooking>,
-    id: Uuid,
     envelope: &Envelope,
-    event: BookingEvent,
+    event: &BookingEvent,
 ) -> Option<SearchBooking> {
-    let (status, at) = match event {
-        BookingEvent::BookingRequested {
-            account_id,
-            owner,
-            resource_id,
-            seats,
-            starts_at,
-            ends_at,
-            price,
-            guest,
-            notes,
-            ..
-        } => {
+    let change = match event.change() {
+        BookingChange::Requested(booking) => {
+            let BookingState {
+                booking_id,
+                account_id,
+                owner,
+                resource_id,
+                seats,
+                starts_at,
+                ends_at,
+                price,
+                guest,
+                notes,
+                status,
+                ..
+            } = *booking;
             return Some(SearchBooking {
-                booking_id: id,
+                booking_id,
                 account_id,
                 owner,
                 resource_id,
@@ -369,24 +372,21 @@ fn evolve(
                     email: guest.email,
                 },
                 notes,
-                status: "pending".to_owned(),
+                status: status.as_str().to_owned(),
                 version: envelope.sequence,
                 created_at: envelope.recorded_at,
                 updated_at: envelope.recorded_at,
                 last_position: envelope.global_position,
             });
         }
-        BookingEvent::BookingConfirmed { .. } => ("confirmed", envelope.recorded_at),
-        BookingEvent::BookingRejected { .. } => ("rejected", envelope.recorded_at),
-        BookingEvent::BookingCancelled { .. } => ("cancelled", envelope.recorded_at),
-        BookingEvent::BookingExpired { .. } => ("expired", envelope.recorded_at),
+        BookingChange::Status(change) => change,
     };
     // A status change for a booking the index never saw (its request was lost to a
     // failed message) has nothing to update.
     let mut booking = current?;
-    booking.status = status.to_owned();
+    booking.status = change.status.as_str().to_owned();
     booking.version = envelope.sequence;
-    booking.updated_at = at;
+    booking.updated_at = envelope.recorded_at;
     booking.last_position = envelope.global_position;
     Some(booking)
 }
