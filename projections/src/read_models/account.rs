@@ -2,30 +2,44 @@
 
 use std::collections::HashMap;
 
-use chronicle_domain::AccountEvent;
+use chronicle_domain::{AccountEvent, AccountStatus};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Tx;
-use super::apply::{Fresh, Order, Tally};
+use super::fold::{At, Fold, Folded, Stamp, Table};
 use super::history::Versions;
+use super::unnest::Unnest;
+
+/// An account's row.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Row {
+    account_id: Uuid,
+    owner: String,
+    currency: String,
+    balance: i64,
+    overdraft_limit: i64,
+    status: AccountStatus,
+    opened_at: DateTime<Utc>,
+    stamp: Stamp,
+}
 
 #[derive(sqlx::FromRow)]
-struct Row {
+struct Stored {
     account_id: Uuid,
     owner: String,
     currency: String,
     balance: i64,
     overdraft_limit: i64,
     status: String,
-    version: i64,
     opened_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    last_position: i64,
+    #[sqlx(flatten)]
+    stamp: Stamp,
 }
 
 /// A ledger line: money in or out.
-struct Movement {
+#[derive(Debug, PartialEq)]
+pub(crate) struct Movement {
     id: Uuid,
     sequence: i64,
     kind: &'static str,
@@ -33,234 +47,287 @@ struct Movement {
     balance_after: i64,
     reference: Option<String>,
     occurred_at: DateTime<Utc>,
-    recorded_at: DateTime<Utc>,
-    position: i64,
+    at: At,
 }
 
 /// The account's state after a change, as the history records it.
-struct Balance {
+#[derive(Debug, PartialEq)]
+pub(crate) struct Balance {
     balance: i64,
-    status: String,
+    status: AccountStatus,
     effective_at: DateTime<Utc>,
 }
 
-pub(crate) async fn apply(
-    tx: &mut Tx<'_>,
-    events: &[Fresh<'_, AccountEvent>],
-) -> Result<Tally, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(Tally::default());
+/// What a batch of account events writes besides the accounts' rows.
+#[derive(Default)]
+pub(crate) struct Accounts {
+    ledger: Vec<Movement>,
+    history: Versions<Balance>,
+    /// When the latest change took effect in the world (not when it was recorded).
+    effective_at: Option<DateTime<Utc>>,
+}
+
+impl Fold for Accounts {
+    type Event = AccountEvent;
+    type State = Row;
+
+    fn stamp(row: &mut Row) -> &mut Stamp {
+        &mut row.stamp
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let mut rows: HashMap<Uuid, Row> = sqlx::query_as::<_, Row>(
-        "SELECT account_id, owner, currency, balance, overdraft_limit, status, version, opened_at, \
-         updated_at, last_position FROM accounts WHERE account_id = ANY($1) \
-         ORDER BY account_id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|row| (row.account_id, row))
-    .collect();
-    let mut tally = Tally::default();
-    let mut ledger = Vec::new();
-    let mut history = Versions::new();
-    let mut dirty = Vec::new();
-    for Fresh {
-        envelope,
-        id,
-        event,
-    } in events
-    {
-        let (seq, at, pos) = (
-            envelope.sequence,
-            envelope.recorded_at,
-            envelope.global_position,
-        );
-        if !Order::of(rows.get(id).map(|row| row.version), seq).admits(&mut tally, pos) {
-            continue;
-        }
-        let effective_at = match event.clone() {
-            AccountEvent::AccountOpened {
-                owner,
-                currency,
-                overdraft_limit,
-                opened_at,
-                ..
-            } => {
-                if rows.contains_key(id) {
-                    tally.stale += 1;
-                    continue;
-                }
-                rows.insert(
-                    *id,
-                    Row {
-                        account_id: *id,
-                        owner,
-                        currency: currency.as_str().to_owned(),
-                        balance: 0,
-                        overdraft_limit,
-                        status: "open".to_owned(),
-                        version: seq,
-                        opened_at,
-                        updated_at: at,
-                        last_position: pos,
-                    },
-                );
-                opened_at
-            }
-            change => {
-                let Some(row) = rows.get_mut(id).filter(|row| row.version < seq) else {
-                    tally.stale += 1;
-                    continue;
-                };
-                (row.version, row.updated_at, row.last_position) = (seq, at, pos);
-                match change {
-                    AccountEvent::FundsDeposited {
-                        amount,
-                        reference,
-                        balance_after,
-                        occurred_at,
-                    }
-                    | AccountEvent::FundsWithdrawn {
-                        amount,
-                        reference,
-                        balance_after,
-                        occurred_at,
-                    } => {
-                        row.balance = balance_after;
-                        ledger.push(Movement {
-                            id: *id,
-                            sequence: seq,
-                            kind: match event {
-                                AccountEvent::FundsDeposited { .. } => "deposit",
-                                _ => "withdrawal",
-                            },
-                            amount,
-                            balance_after,
-                            reference,
-                            occurred_at,
-                            recorded_at: at,
-                            position: pos,
-                        });
-                        occurred_at
-                    }
-                    AccountEvent::AccountClosed { closed_at } => {
-                        row.status = "closed".to_owned();
-                        closed_at
-                    }
-                    AccountEvent::AccountOpened { opened_at, .. } => opened_at,
-                }
-            }
+
+    fn open(&mut self, id: Uuid, event: &AccountEvent, at: At) -> Option<Row> {
+        let AccountEvent::AccountOpened {
+            owner,
+            currency,
+            overdraft_limit,
+            opened_at,
+            ..
+        } = event
+        else {
+            return None;
         };
-        let row = &rows[id];
-        history.push(
-            *id,
-            seq,
+        self.effective_at = Some(*opened_at);
+        Some(Row {
+            account_id: id,
+            owner: owner.clone(),
+            currency: currency.as_str().to_owned(),
+            balance: 0,
+            overdraft_limit: *overdraft_limit,
+            status: AccountStatus::Open,
+            opened_at: *opened_at,
+            stamp: Stamp::from(at),
+        })
+    }
+
+    fn change(&mut self, id: Uuid, row: &mut Row, event: &AccountEvent, at: At) -> bool {
+        let (kind, amount, reference, balance_after, occurred_at) = match event {
+            AccountEvent::AccountOpened { .. } => return false,
+            AccountEvent::AccountClosed { closed_at } => {
+                row.status = AccountStatus::Closed;
+                self.effective_at = Some(*closed_at);
+                return true;
+            }
+            AccountEvent::FundsDeposited {
+                amount,
+                reference,
+                balance_after,
+                occurred_at,
+            } => ("deposit", amount, reference, balance_after, occurred_at),
+            AccountEvent::FundsWithdrawn {
+                amount,
+                reference,
+                balance_after,
+                occurred_at,
+            } => ("withdrawal", amount, reference, balance_after, occurred_at),
+        };
+        row.balance = *balance_after;
+        self.effective_at = Some(*occurred_at);
+        self.ledger.push(Movement {
+            id,
+            sequence: at.sequence,
+            kind,
+            amount: *amount,
+            balance_after: *balance_after,
+            reference: reference.clone(),
+            occurred_at: *occurred_at,
             at,
-            Balance {
-                balance: row.balance,
-                status: row.status.clone(),
-                effective_at,
-            },
-        );
-        dirty.push(*id);
-        tally.applied += 1;
+        });
+        true
     }
-    dirty.sort();
-    dirty.dedup();
-    let changed: Vec<&Row> = dirty.iter().map(|id| &rows[id]).collect();
-    upsert(tx, &changed).await?;
-    record_movements(tx, &ledger).await?;
-    record_history(tx, &history).await?;
-    Ok(tally)
+
+    fn applied(&mut self, id: Uuid, row: &Row, at: At) {
+        let balance = Balance {
+            balance: row.balance,
+            status: row.status,
+            effective_at: self.effective_at.take().unwrap_or(at.recorded_at),
+        };
+        self.history.push(id, at.sequence, at.recorded_at, balance);
+    }
 }
 
-/// Writes the accounts' new states; an account's row only ever moves forward.
-async fn upsert(tx: &mut Tx<'_>, rows: &[&Row]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let column = |field: fn(&Row) -> String| rows.iter().map(|r| field(r)).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO accounts (account_id, owner, currency, balance, overdraft_limit, status, \
-         version, opened_at, updated_at, last_position) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::bigint[], $8::timestamptz[], $9::timestamptz[], \
-                              $10::bigint[]) \
-         ON CONFLICT (account_id) DO UPDATE SET balance = EXCLUDED.balance, \
-             status = EXCLUDED.status, version = EXCLUDED.version, \
-             updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position \
-         WHERE accounts.version < EXCLUDED.version",
-    )
-    .bind(rows.iter().map(|r| r.account_id).collect::<Vec<_>>())
-    .bind(column(|r| r.owner.clone()))
-    .bind(column(|r| r.currency.clone()))
-    .bind(rows.iter().map(|r| r.balance).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.overdraft_limit).collect::<Vec<_>>())
-    .bind(column(|r| r.status.clone()))
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.opened_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn record_movements(tx: &mut Tx<'_>, ledger: &[Movement]) -> Result<(), sqlx::Error> {
-    if ledger.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO account_ledger (account_id, sequence, kind, amount, balance_after, reference, \
-         occurred_at, recorded_at, global_position) \
-         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::timestamptz[], $8::timestamptz[], $9::bigint[]) \
-         ON CONFLICT (account_id, sequence) DO NOTHING",
-    )
-    .bind(ledger.iter().map(|m| m.id).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.sequence).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.kind).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.amount).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.balance_after).collect::<Vec<_>>())
-    .bind(
-        ledger
-            .iter()
-            .map(|m| m.reference.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(ledger.iter().map(|m| m.occurred_at).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.recorded_at).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.position).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn record_history(tx: &mut Tx<'_>, history: &Versions<Balance>) -> Result<(), sqlx::Error> {
-    if history.rows.is_empty() {
-        return Ok(());
-    }
-    history
-        .close_current(tx, "account_balance_history", "account_id")
+impl Table for Accounts {
+    async fn load(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Row>, sqlx::Error> {
+        let stored: Vec<Stored> = sqlx::query_as(
+            "SELECT account_id, owner, currency, balance, overdraft_limit, status, opened_at, \
+             version, updated_at, last_position FROM accounts WHERE account_id = ANY($1) \
+             ORDER BY account_id FOR UPDATE",
+        )
+        .bind(ids)
+        .fetch_all(&mut **tx)
         .await?;
-    sqlx::query(
-        "INSERT INTO account_balance_history (account_id, sequence, balance, status, effective_at, \
-         valid_from, valid_to) \
-         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], \
-                              $5::timestamptz[], $6::timestamptz[], $7::timestamptz[]) \
-         ON CONFLICT (account_id, sequence) DO NOTHING",
-    )
-    .bind(history.ids())
-    .bind(history.sequences())
-    .bind(history.column(|b| b.balance))
-    .bind(history.column(|b| b.status.clone()))
-    .bind(history.column(|b| b.effective_at))
-    .bind(history.valid_froms())
-    .bind(history.valid_to())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+        stored
+            .into_iter()
+            .map(|row| {
+                let status = AccountStatus::parse(&row.status).ok_or_else(|| {
+                    sqlx::Error::Decode(
+                        format!("account {}: status {:?}", row.account_id, row.status).into(),
+                    )
+                })?;
+                let row = Row {
+                    account_id: row.account_id,
+                    owner: row.owner,
+                    currency: row.currency,
+                    balance: row.balance,
+                    overdraft_limit: row.overdraft_limit,
+                    status,
+                    opened_at: row.opened_at,
+                    stamp: row.stamp,
+                };
+                Ok((row.account_id, row))
+            })
+            .collect()
+    }
+
+    async fn write(tx: &mut Tx<'_>, folded: &Folded<Self>) -> Result<(), sqlx::Error> {
+        let mut touched: Vec<&Row> = folded.states_of(&folded.created).collect();
+        touched.extend(folded.states_of(&folded.changed));
+        touched.sort_by_key(|row| row.account_id);
+        // An account's row only ever moves forward.
+        Unnest::of(&touched)
+            .column("account_id", |r| r.account_id)
+            .column("owner", |r| r.owner.as_str())
+            .column("currency", |r| r.currency.as_str())
+            .column("balance", |r| r.balance)
+            .column("overdraft_limit", |r| r.overdraft_limit)
+            .column("status", |r| r.status.as_str())
+            .column("version", |r| r.stamp.version)
+            .column("opened_at", |r| r.opened_at)
+            .column("updated_at", |r| r.stamp.updated_at)
+            .column("last_position", |r| r.stamp.last_position)
+            .insert(
+                "accounts",
+                "ON CONFLICT (account_id) DO UPDATE SET balance = EXCLUDED.balance, \
+                     status = EXCLUDED.status, version = EXCLUDED.version, \
+                     updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position \
+                 WHERE t.version < EXCLUDED.version",
+            )
+            .execute(tx)
+            .await?;
+        let ledger = &folded.effects.ledger;
+        Unnest::of(ledger)
+            .column("account_id", |m| m.id)
+            .column("sequence", |m| m.sequence)
+            .column("kind", |m| m.kind)
+            .column("amount", |m| m.amount)
+            .column("balance_after", |m| m.balance_after)
+            .column("reference", |m| m.reference.as_deref())
+            .column("occurred_at", |m| m.occurred_at)
+            .column("recorded_at", |m| m.at.recorded_at)
+            .column("global_position", |m| m.at.position)
+            .insert(
+                "account_ledger",
+                "ON CONFLICT (account_id, sequence) DO NOTHING",
+            )
+            .execute(tx)
+            .await?;
+        folded
+            .effects
+            .history
+            .write(tx, "account_balance_history", "account_id", |rows| {
+                rows.column("balance", |v| v.state.balance)
+                    .column("status", |v| v.state.status.as_str())
+                    .column("effective_at", |v| v.state.effective_at)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chronicle_domain::Currency;
+
+    use super::super::fold::fold;
+    use super::super::fold::tests::at;
+    use super::*;
+
+    const ID: Uuid = Uuid::from_u128(7);
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(seconds, 0).unwrap_or_default()
+    }
+
+    fn events() -> Vec<AccountEvent> {
+        vec![
+            AccountEvent::AccountOpened {
+                account_id: ID,
+                owner: "alice".into(),
+                currency: Currency::parse("EUR").unwrap(),
+                overdraft_limit: 500,
+                opened_at: t(100),
+            },
+            AccountEvent::FundsDeposited {
+                amount: 1_000,
+                reference: Some("salary".into()),
+                balance_after: 1_000,
+                occurred_at: t(200),
+            },
+            AccountEvent::FundsWithdrawn {
+                amount: 300,
+                reference: None,
+                balance_after: 700,
+                occurred_at: t(300),
+            },
+            AccountEvent::AccountClosed { closed_at: t(400) },
+        ]
+    }
+
+    #[test]
+    fn an_account_folds_into_its_row_ledger_and_balance_history() {
+        let events = events();
+        let folded = fold::<Accounts>(
+            HashMap::new(),
+            events.iter().zip(1..).map(|(e, n)| (ID, e, at(n))),
+        );
+        assert_eq!(folded.created, vec![ID]);
+        let row = &folded.states[&ID];
+        assert_eq!((row.balance, row.status), (700, AccountStatus::Closed));
+        assert_eq!(row.stamp, Stamp::from(at(4)));
+        assert_eq!(row.opened_at, t(100));
+        let ledger: Vec<_> = folded
+            .effects
+            .ledger
+            .iter()
+            .map(|m| (m.kind, m.amount, m.balance_after, m.reference.as_deref()))
+            .collect();
+        assert_eq!(
+            ledger,
+            vec![
+                ("deposit", 1_000, 1_000, Some("salary")),
+                ("withdrawal", 300, 700, None)
+            ]
+        );
+        let history: Vec<_> = folded
+            .effects
+            .history
+            .rows
+            .iter()
+            .map(|v| {
+                (
+                    v.sequence,
+                    v.state.balance,
+                    v.state.status,
+                    v.state.effective_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                (1, 0, AccountStatus::Open, t(100)),
+                (2, 1_000, AccountStatus::Open, t(200)),
+                (3, 700, AccountStatus::Open, t(300)),
+                (4, 700, AccountStatus::Closed, t(400)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_opening_is_not_applied() {
+        let events = events();
+        let mut opened = fold::<Accounts>(HashMap::new(), [(ID, &events[0], at(1))]).states;
+        let again = fold::<Accounts>(std::mem::take(&mut opened), [(ID, &events[0], at(2))]);
+        assert_eq!(again.tally.stale, 1);
+        assert!(again.changed.is_empty());
+        assert!(again.effects.history.rows.is_empty());
+    }
 }

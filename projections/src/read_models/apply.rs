@@ -12,13 +12,30 @@ use chronicle_domain::{AccountEvent, BookingEvent, PaymentEvent};
 use chronicle_eventstore::envelope::Envelope;
 use uuid::Uuid;
 
-use super::{Tx, account, booking, payment};
+use super::Tx;
+use super::account::Accounts;
+use super::booking::Bookings;
+use super::fold::{self, At};
+use super::payment::Payments;
+use super::unnest::Unnest;
 
 /// An event the read models can read, with its envelope and aggregate id.
 pub(crate) struct Fresh<'a, E> {
     pub envelope: &'a Envelope,
     pub id: Uuid,
     pub event: E,
+}
+
+impl<E> Fresh<'_, E> {
+    /// The aggregate, the event and where it stands, as a fold takes them.
+    pub fn parts(&self) -> (Uuid, &E, At) {
+        let at = At {
+            sequence: self.envelope.sequence,
+            recorded_at: self.envelope.recorded_at,
+            position: self.envelope.global_position,
+        };
+        (self.id, &self.event, at)
+    }
 }
 
 /// What applying a batch did.
@@ -102,60 +119,22 @@ pub async fn apply_envelopes(
         .execute(&mut **tx)
         .await?;
     let mut outcome = BatchOutcome::default();
-    let mut accounts = Vec::new();
-    let mut bookings = Vec::new();
-    let mut payments = Vec::new();
-    let mut seen = HashSet::new();
-    let mut readable = Vec::with_capacity(envelopes.len());
-    for (index, envelope) in envelopes.iter().enumerate() {
-        if !seen.insert(envelope.global_position) {
-            outcome.duplicates += 1;
-            continue;
-        }
-        match read(envelope) {
-            Ok(event) => readable.push((envelope, event)),
-            Err(reason) => outcome.unreadable.push((index, reason)),
-        }
-    }
-    // Each aggregate's events in sequence order: all of an aggregate's messages come
-    // from one partition, and a redelivery can put a copy of a later event before an
-    // earlier one within a batch.
-    readable.sort_by(|(a, _), (b, _)| {
-        (&a.aggregate_type, &a.aggregate_id, a.sequence).cmp(&(
-            &b.aggregate_type,
-            &b.aggregate_id,
-            b.sequence,
-        ))
-    });
-    let new = journal(tx, readable.iter().map(|(e, r)| (*e, r.id()))).await?;
+    let readable = readable_in_order(envelopes, &mut outcome);
+    let journaled: Vec<(&Envelope, Uuid)> = readable.iter().map(|(e, r)| (*e, r.id())).collect();
+    let new = journal(tx, &journaled).await?;
+    let mut fresh = ByAggregate::default();
     for (envelope, event) in readable {
-        if !new.contains(&envelope.global_position) {
+        if new.contains(&envelope.global_position) {
+            fresh.push(envelope, event);
+        } else {
             outcome.duplicates += 1;
-            continue;
-        }
-        match event {
-            Readable::Account(id, event) => accounts.push(Fresh {
-                envelope,
-                id,
-                event,
-            }),
-            Readable::Booking(id, event) => bookings.push(Fresh {
-                envelope,
-                id,
-                event,
-            }),
-            Readable::Payment(id, event) => payments.push(Fresh {
-                envelope,
-                id,
-                event,
-            }),
         }
     }
     let mut early = Vec::new();
     for tally in [
-        account::apply(tx, &accounts).await?,
-        booking::apply(tx, &bookings).await?,
-        payment::apply(tx, &payments).await?,
+        fold::apply::<Accounts>(tx, &fresh.accounts).await?,
+        fold::apply::<Bookings>(tx, &fresh.bookings).await?,
+        fold::apply::<Payments>(tx, &fresh.payments).await?,
     ] {
         outcome.applied += tally.applied;
         outcome.duplicates += tally.stale;
@@ -169,6 +148,66 @@ pub async fn apply_envelopes(
             .await?;
     }
     Ok(outcome)
+}
+
+/// The envelopes' events, read, without repeats, each aggregate's in sequence order;
+/// repeats and unreadable ones are counted in `outcome`.
+fn readable_in_order<'a>(
+    envelopes: &'a [Envelope],
+    outcome: &mut BatchOutcome,
+) -> Vec<(&'a Envelope, Readable)> {
+    let mut seen = HashSet::new();
+    let mut readable = Vec::with_capacity(envelopes.len());
+    for (index, envelope) in envelopes.iter().enumerate() {
+        if !seen.insert(envelope.global_position) {
+            outcome.duplicates += 1;
+            continue;
+        }
+        match read(envelope) {
+            Ok(event) => readable.push((envelope, event)),
+            Err(reason) => outcome.unreadable.push((index, reason)),
+        }
+    }
+    // All of an aggregate's messages come from one partition, and a redelivery can put
+    // a copy of a later event before an earlier one within a batch.
+    readable.sort_by(|(a, _), (b, _)| {
+        (&a.aggregate_type, &a.aggregate_id, a.sequence).cmp(&(
+            &b.aggregate_type,
+            &b.aggregate_id,
+            b.sequence,
+        ))
+    });
+    readable
+}
+
+/// A batch's new events, by aggregate type.
+#[derive(Default)]
+struct ByAggregate<'a> {
+    accounts: Vec<Fresh<'a, AccountEvent>>,
+    bookings: Vec<Fresh<'a, BookingEvent>>,
+    payments: Vec<Fresh<'a, PaymentEvent>>,
+}
+
+impl<'a> ByAggregate<'a> {
+    fn push(&mut self, envelope: &'a Envelope, event: Readable) {
+        match event {
+            Readable::Account(id, event) => self.accounts.push(Fresh {
+                envelope,
+                id,
+                event,
+            }),
+            Readable::Booking(id, event) => self.bookings.push(Fresh {
+                envelope,
+                id,
+                event,
+            }),
+            Readable::Payment(id, event) => self.payments.push(Fresh {
+                envelope,
+                id,
+                event,
+            }),
+        }
+    }
 }
 
 enum Readable {
@@ -202,75 +241,29 @@ fn read(envelope: &Envelope) -> Result<Readable, String> {
 }
 
 /// Records the events in the journal; returns the positions that were not there yet.
-async fn journal<'a>(
+async fn journal(
     tx: &mut Tx<'_>,
-    events: impl Iterator<Item = (&'a Envelope, Uuid)>,
+    events: &[(&Envelope, Uuid)],
 ) -> Result<HashSet<i64>, sqlx::Error> {
-    let mut columns = JournalColumns::default();
-    for (envelope, id) in events {
-        columns.push(envelope, id);
-    }
-    if columns.positions.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let JournalColumns {
-        positions,
-        types,
-        ids,
-        sequences,
-        event_types,
-        recorded,
-        versions,
-        payloads,
-        metadata,
-    } = columns;
-    let new: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO rm_applied_events (global_position, aggregate_type, aggregate_id, sequence, \
-         event_type, recorded_at, event_version, payload, metadata) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], \
-                              $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[]) \
-         ON CONFLICT (global_position) DO NOTHING RETURNING global_position",
-    )
-    .bind(positions)
-    .bind(types)
-    .bind(ids)
-    .bind(sequences)
-    .bind(event_types)
-    .bind(recorded)
-    .bind(versions)
-    .bind(payloads)
-    .bind(metadata)
-    .fetch_all(&mut **tx)
-    .await?;
+    let new: Vec<i64> = Unnest::of(events)
+        .column("global_position", |(e, _)| e.global_position)
+        .column("aggregate_type", |(e, _)| e.aggregate_type.as_str())
+        .column("aggregate_id", |(_, id)| *id)
+        .column("sequence", |(e, _)| e.sequence)
+        .column("event_type", |(e, _)| e.event_type.as_str())
+        .column("recorded_at", |(e, _)| e.recorded_at)
+        .column("event_version", |(e, _)| e.event_version.as_str())
+        .column("payload", |(e, _)| &e.payload)
+        .column("metadata", |(e, _)| {
+            serde_json::to_value(&e.metadata).unwrap_or_default()
+        })
+        .insert(
+            "rm_applied_events",
+            "ON CONFLICT (global_position) DO NOTHING RETURNING global_position",
+        )
+        .returning(tx)
+        .await?;
     Ok(new.into_iter().collect())
-}
-
-#[derive(Default)]
-struct JournalColumns {
-    positions: Vec<i64>,
-    types: Vec<String>,
-    ids: Vec<Uuid>,
-    sequences: Vec<i64>,
-    event_types: Vec<String>,
-    recorded: Vec<chrono::DateTime<chrono::Utc>>,
-    versions: Vec<String>,
-    payloads: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
-}
-
-impl JournalColumns {
-    fn push(&mut self, envelope: &Envelope, id: Uuid) {
-        self.positions.push(envelope.global_position);
-        self.types.push(envelope.aggregate_type.clone());
-        self.ids.push(id);
-        self.sequences.push(envelope.sequence);
-        self.event_types.push(envelope.event_type.clone());
-        self.recorded.push(envelope.recorded_at);
-        self.versions.push(envelope.event_version.clone());
-        self.payloads.push(envelope.payload.clone());
-        self.metadata
-            .push(serde_json::to_value(&envelope.metadata).unwrap_or_default());
-    }
 }
 
 #[cfg(test)]

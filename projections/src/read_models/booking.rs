@@ -1,338 +1,297 @@
-//! `bookings` and `booking_status_history`.
+//! `bookings` and `booking_status_history`. What an event does to a booking is the
+//! domain's reading ([`BookingEvent::change`]), the same the aggregate and the search
+//! index follow.
 
 use std::collections::HashMap;
 
-use chronicle_domain::BookingEvent;
-use chrono::{DateTime, Utc};
+use chronicle_domain::booking::BookingState;
+use chronicle_domain::{BookingChange, BookingEvent, BookingStatus};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::Tx;
-use super::apply::{Fresh, Order, Tally};
+use super::fold::{At, Fold, Folded, Stamp, Table};
 use super::history::Versions;
+use super::unnest::Unnest;
 
-/// What changes after a booking is requested.
-#[derive(Clone, sqlx::FromRow)]
-struct Status {
+/// What changes in a booking's row after its request.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Row {
     booking_id: Uuid,
-    version: i64,
+    status: BookingStatus,
+    status_reason: Option<String>,
+    payment_id: Option<Uuid>,
+    stamp: Stamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    booking_id: Uuid,
     status: String,
     status_reason: Option<String>,
     payment_id: Option<Uuid>,
-    updated_at: DateTime<Utc>,
-    last_position: i64,
+    #[sqlx(flatten)]
+    stamp: Stamp,
 }
 
-/// A booking first requested in this batch: what never changes afterwards.
-struct Requested {
-    account_id: Uuid,
-    owner: String,
-    resource_id: String,
-    seats: Value,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
-    price_amount: i64,
-    price_currency: String,
-    guest_name: String,
-    guest_email: String,
-    notes: Option<String>,
-    created_at: DateTime<Utc>,
-    created_position: i64,
+/// A status as the history records it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Recorded {
+    status: BookingStatus,
+    status_reason: Option<String>,
+    payment_id: Option<Uuid>,
 }
 
-type Recorded = (String, Option<String>, Option<Uuid>);
+/// What a batch of booking events writes besides the rows' changes.
+#[derive(Default)]
+pub(crate) struct Bookings {
+    /// Bookings first requested in this batch: what never changes afterwards, and when.
+    requested: HashMap<Uuid, (Box<BookingState>, At)>,
+    history: Versions<Recorded>,
+}
 
-pub(crate) async fn apply(
-    tx: &mut Tx<'_>,
-    events: &[Fresh<'_, BookingEvent>],
-) -> Result<Tally, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(Tally::default());
+impl Fold for Bookings {
+    type Event = BookingEvent;
+    type State = Row;
+
+    fn stamp(row: &mut Row) -> &mut Stamp {
+        &mut row.stamp
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let mut statuses: HashMap<Uuid, Status> = sqlx::query_as::<_, Status>(
-        "SELECT booking_id, version, status, status_reason, payment_id, updated_at, last_position \
-           FROM bookings WHERE booking_id = ANY($1) ORDER BY booking_id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|s| (s.booking_id, s))
-    .collect();
-    let mut requested: HashMap<Uuid, Requested> = HashMap::new();
-    let mut tally = Tally::default();
-    let mut history: Versions<Recorded> = Versions::new();
-    let mut dirty = Vec::new();
-    for Fresh {
-        envelope,
-        id,
-        event,
-    } in events
-    {
-        let (seq, at, pos) = (
-            envelope.sequence,
-            envelope.recorded_at,
-            envelope.global_position,
-        );
-        if !Order::of(statuses.get(id).map(|s| s.version), seq).admits(&mut tally, pos) {
-            continue;
-        }
-        let (status, reason, payment_id) = match event.clone() {
-            BookingEvent::BookingRequested {
-                account_id,
-                owner,
-                resource_id,
-                seats,
-                starts_at,
-                ends_at,
-                price,
-                guest,
-                notes,
-                ..
-            } => {
-                if statuses.contains_key(id) {
-                    tally.stale += 1;
-                    continue;
-                }
-                requested.insert(
-                    *id,
-                    Requested {
-                        account_id,
-                        owner,
-                        resource_id,
-                        seats: Value::from(seats),
-                        starts_at,
-                        ends_at,
-                        price_amount: price.amount,
-                        price_currency: price.currency.as_str().to_owned(),
-                        guest_name: guest.name,
-                        guest_email: guest.email,
-                        notes,
-                        created_at: at,
-                        created_position: pos,
-                    },
-                );
-                statuses.insert(
-                    *id,
-                    Status {
-                        booking_id: *id,
-                        version: seq - 1,
-                        status: String::new(),
-                        status_reason: None,
-                        payment_id: None,
-                        updated_at: at,
-                        last_position: pos,
-                    },
-                );
-                ("pending", None, None)
-            }
-            BookingEvent::BookingConfirmed { payment_id, .. } => {
-                ("confirmed", None, Some(payment_id))
-            }
-            BookingEvent::BookingRejected { reason, .. } => ("rejected", Some(reason), None),
-            BookingEvent::BookingCancelled { reason, .. } => ("cancelled", reason, None),
-            BookingEvent::BookingExpired { .. } => ("expired", None, None),
+
+    fn open(&mut self, id: Uuid, event: &BookingEvent, at: At) -> Option<Row> {
+        let BookingChange::Requested(booking) = event.change() else {
+            return None;
         };
-        let Some(state) = statuses.get_mut(id).filter(|s| s.version < seq) else {
-            tally.stale += 1;
-            continue;
+        let row = Row {
+            booking_id: id,
+            status: booking.status,
+            status_reason: None,
+            payment_id: booking.payment_id,
+            stamp: Stamp::from(at),
         };
-        state.status = status.to_owned();
-        state.status_reason = reason.or(state.status_reason.take());
-        state.payment_id = payment_id.or(state.payment_id);
-        (state.version, state.updated_at, state.last_position) = (seq, at, pos);
-        history.push(
-            *id,
-            seq,
-            at,
-            (
-                state.status.clone(),
-                state.status_reason.clone(),
-                state.payment_id,
-            ),
-        );
-        dirty.push(*id);
-        tally.applied += 1;
+        self.requested.insert(id, (booking, at));
+        Some(row)
     }
-    dirty.sort();
-    dirty.dedup();
-    let (created, changed): (Vec<Uuid>, Vec<Uuid>) =
-        dirty.into_iter().partition(|id| requested.contains_key(id));
-    let created: Vec<(&Requested, &Status)> = created
-        .iter()
-        .map(|id| (&requested[id], &statuses[id]))
-        .collect();
-    let changed: Vec<&Status> = changed.iter().map(|id| &statuses[id]).collect();
-    insert(tx, &created).await?;
-    update(tx, &changed).await?;
-    record_history(tx, &history).await?;
-    Ok(tally)
+
+    fn change(&mut self, _id: Uuid, row: &mut Row, event: &BookingEvent, _at: At) -> bool {
+        let BookingChange::Status(change) = event.change() else {
+            return false;
+        };
+        row.status = change.status;
+        row.status_reason = change.reason.or(row.status_reason.take());
+        row.payment_id = change.payment_id.or(row.payment_id);
+        true
+    }
+
+    fn applied(&mut self, id: Uuid, row: &Row, at: At) {
+        let recorded = Recorded {
+            status: row.status,
+            status_reason: row.status_reason.clone(),
+            payment_id: row.payment_id,
+        };
+        self.history.push(id, at.sequence, at.recorded_at, recorded);
+    }
 }
 
-async fn insert(tx: &mut Tx<'_>, created: &[(&Requested, &Status)]) -> Result<(), sqlx::Error> {
-    if created.is_empty() {
-        return Ok(());
-    }
-    let first = |f: fn(&Requested) -> String| created.iter().map(|(r, _)| f(r)).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO bookings (booking_id, account_id, owner, resource_id, seats, starts_at, \
-         ends_at, price_amount, price_currency, guest_name, guest_email, notes, status, \
-         status_reason, payment_id, version, created_at, updated_at, created_position, \
-         last_position) \
-         SELECT b.id, b.account_id, b.owner, b.resource_id, \
-                ARRAY(SELECT jsonb_array_elements_text(b.seats)), b.starts_at, b.ends_at, \
-                b.price_amount, b.price_currency, b.guest_name, b.guest_email, b.notes, b.status, \
-                b.status_reason, b.payment_id, b.version, b.created_at, b.updated_at, \
-                b.created_position, b.last_position \
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], \
-                       $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::text[], \
-                       $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-                       $15::uuid[], $16::bigint[], $17::timestamptz[], $18::timestamptz[], \
-                       $19::bigint[], $20::bigint[]) \
-             AS b(id, account_id, owner, resource_id, seats, starts_at, ends_at, price_amount, \
-                  price_currency, guest_name, guest_email, notes, status, status_reason, \
-                  payment_id, version, created_at, updated_at, created_position, last_position) \
-         ON CONFLICT (booking_id) DO NOTHING",
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(_, s)| s.booking_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(r, _)| r.account_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(first(|r| r.owner.clone()))
-    .bind(first(|r| r.resource_id.clone()))
-    .bind(
-        created
-            .iter()
-            .map(|(r, _)| r.seats.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(created.iter().map(|(r, _)| r.starts_at).collect::<Vec<_>>())
-    .bind(created.iter().map(|(r, _)| r.ends_at).collect::<Vec<_>>())
-    .bind(
-        created
-            .iter()
-            .map(|(r, _)| r.price_amount)
-            .collect::<Vec<_>>(),
-    )
-    .bind(first(|r| r.price_currency.clone()))
-    .bind(first(|r| r.guest_name.clone()))
-    .bind(first(|r| r.guest_email.clone()))
-    .bind(
-        created
-            .iter()
-            .map(|(r, _)| r.notes.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(_, s)| s.status.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(_, s)| s.status_reason.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(_, s)| s.payment_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(created.iter().map(|(_, s)| s.version).collect::<Vec<_>>())
-    .bind(
-        created
-            .iter()
-            .map(|(r, _)| r.created_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(_, s)| s.updated_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(r, _)| r.created_position)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|(_, s)| s.last_position)
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Writes the new status of bookings that existed before the batch.
-async fn update(tx: &mut Tx<'_>, changed: &[&Status]) -> Result<(), sqlx::Error> {
-    if changed.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE bookings b SET status = v.status, status_reason = v.status_reason, \
-                payment_id = v.payment_id, version = v.version, updated_at = v.updated_at, \
-                last_position = v.last_position \
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bigint[], \
-                       $6::timestamptz[], $7::bigint[]) \
-             AS v(id, status, status_reason, payment_id, version, updated_at, last_position) \
-          WHERE b.booking_id = v.id AND b.version < v.version",
-    )
-    .bind(changed.iter().map(|s| s.booking_id).collect::<Vec<_>>())
-    .bind(changed.iter().map(|s| s.status.clone()).collect::<Vec<_>>())
-    .bind(
-        changed
-            .iter()
-            .map(|s| s.status_reason.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(changed.iter().map(|s| s.payment_id).collect::<Vec<_>>())
-    .bind(changed.iter().map(|s| s.version).collect::<Vec<_>>())
-    .bind(changed.iter().map(|s| s.updated_at).collect::<Vec<_>>())
-    .bind(changed.iter().map(|s| s.last_position).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn record_history(tx: &mut Tx<'_>, history: &Versions<Recorded>) -> Result<(), sqlx::Error> {
-    if history.rows.is_empty() {
-        return Ok(());
-    }
-    history
-        .close_current(tx, "booking_status_history", "booking_id")
+impl Table for Bookings {
+    async fn load(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Row>, sqlx::Error> {
+        let stored: Vec<Stored> = sqlx::query_as(
+            "SELECT booking_id, version, status, status_reason, payment_id, updated_at, \
+             last_position FROM bookings WHERE booking_id = ANY($1) \
+             ORDER BY booking_id FOR UPDATE",
+        )
+        .bind(ids)
+        .fetch_all(&mut **tx)
         .await?;
-    sqlx::query(
-        "INSERT INTO booking_status_history (booking_id, sequence, status, status_reason, \
-         payment_id, valid_from, valid_to) \
-         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::uuid[], \
-                              $6::timestamptz[], $7::timestamptz[]) \
-         ON CONFLICT (booking_id, sequence) DO NOTHING",
-    )
-    .bind(history.ids())
-    .bind(history.sequences())
-    .bind(history.column(|r| r.0.clone()))
-    .bind(history.column(|r| r.1.clone()))
-    .bind(history.column(|r| r.2))
-    .bind(history.valid_froms())
-    .bind(history.valid_to())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+        stored
+            .into_iter()
+            .map(|row| {
+                let status = BookingStatus::parse(&row.status).ok_or_else(|| {
+                    sqlx::Error::Decode(
+                        format!("booking {}: status {:?}", row.booking_id, row.status).into(),
+                    )
+                })?;
+                let row = Row {
+                    booking_id: row.booking_id,
+                    status,
+                    status_reason: row.status_reason,
+                    payment_id: row.payment_id,
+                    stamp: row.stamp,
+                };
+                Ok((row.booking_id, row))
+            })
+            .collect()
+    }
+
+    async fn write(tx: &mut Tx<'_>, folded: &Folded<Self>) -> Result<(), sqlx::Error> {
+        insert(tx, folded).await?;
+        let changed: Vec<&Row> = folded.states_of(&folded.changed).collect();
+        Unnest::of(&changed)
+            .column("booking_id", |r| r.booking_id)
+            .column("status", |r| r.status.as_str())
+            .column("status_reason", |r| r.status_reason.as_deref())
+            .column("payment_id", |r| r.payment_id)
+            .column("version", |r| r.stamp.version)
+            .column("updated_at", |r| r.stamp.updated_at)
+            .column("last_position", |r| r.stamp.last_position)
+            .update("bookings", "booking_id", "t.version < v.version")
+            .execute(tx)
+            .await?;
+        folded
+            .effects
+            .history
+            .write(tx, "booking_status_history", "booking_id", |rows| {
+                rows.column("status", |v| v.state.status.as_str())
+                    .column("status_reason", |v| v.state.status_reason.as_deref())
+                    .column("payment_id", |v| v.state.payment_id)
+            })
+            .await
+    }
+}
+
+/// Inserts the bookings requested in this batch, as the batch left them.
+async fn insert(tx: &mut Tx<'_>, folded: &Folded<Bookings>) -> Result<(), sqlx::Error> {
+    let created: Vec<(&BookingState, &At, &Row)> = folded
+        .created
+        .iter()
+        .map(|id| {
+            let (booking, at) = &folded.effects.requested[id];
+            (booking.as_ref(), at, &folded.states[id])
+        })
+        .collect();
+    Unnest::of(&created)
+        .column("booking_id", |(_, _, r)| r.booking_id)
+        .column("account_id", |(b, _, _)| b.account_id)
+        .column("owner", |(b, _, _)| b.owner.as_str())
+        .column("resource_id", |(b, _, _)| b.resource_id.as_str())
+        .column_as(
+            "seats",
+            "ARRAY(SELECT jsonb_array_elements_text(v.seats))",
+            |(b, _, _)| Value::from(b.seats.clone()),
+        )
+        .column("starts_at", |(b, _, _)| b.starts_at)
+        .column("ends_at", |(b, _, _)| b.ends_at)
+        .column("price_amount", |(b, _, _)| b.price.amount)
+        .column("price_currency", |(b, _, _)| b.price.currency.as_str())
+        .column("guest_name", |(b, _, _)| b.guest.name.as_str())
+        .column("guest_email", |(b, _, _)| b.guest.email.as_str())
+        .column("notes", |(b, _, _)| b.notes.as_deref())
+        .column("status", |(_, _, r)| r.status.as_str())
+        .column("status_reason", |(_, _, r)| r.status_reason.as_deref())
+        .column("payment_id", |(_, _, r)| r.payment_id)
+        .column("version", |(_, _, r)| r.stamp.version)
+        .column("created_at", |(_, at, _)| at.recorded_at)
+        .column("updated_at", |(_, _, r)| r.stamp.updated_at)
+        .column("created_position", |(_, at, _)| at.position)
+        .column("last_position", |(_, _, r)| r.stamp.last_position)
+        .insert("bookings", "ON CONFLICT (booking_id) DO NOTHING")
+        .execute(tx)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use chronicle_domain::booking::BookingEvent as E;
+    use chronicle_domain::values::Guest;
+    use chronicle_domain::{Currency, Money};
+    use chrono::{DateTime, Utc};
+
+    use super::super::fold::fold;
+    use super::super::fold::tests::at;
+    use super::*;
+
+    const ID: Uuid = Uuid::from_u128(11);
+    const PAYMENT: Uuid = Uuid::from_u128(12);
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(seconds, 0).unwrap_or_default()
+    }
+
+    fn requested() -> E {
+        E::BookingRequested {
+            booking_id: ID,
+            account_id: Uuid::from_u128(1),
+            owner: "alice".into(),
+            resource_id: "hall-1".into(),
+            seats: vec!["A1".into()],
+            starts_at: t(1_000),
+            ends_at: t(2_000),
+            price: Money {
+                amount: 2_500,
+                currency: Currency::parse("EUR").unwrap(),
+            },
+            guest: Guest::parse("Zoë Adams", "zoe@example.org").unwrap(),
+            notes: None,
+            requested_at: t(10),
+        }
+    }
+
+    #[test]
+    fn a_booking_folds_into_its_row_and_status_history() {
+        let events = [
+            requested(),
+            E::BookingConfirmed {
+                payment_id: PAYMENT,
+                confirmed_at: t(20),
+            },
+            E::BookingCancelled {
+                reason: Some("plans changed".into()),
+                cancelled_at: t(30),
+            },
+        ];
+        let folded = fold::<Bookings>(
+            HashMap::new(),
+            events.iter().zip(1..).map(|(e, n)| (ID, e, at(n))),
+        );
+        assert_eq!(folded.created, vec![ID]);
+        let (booking, created) = &folded.effects.requested[&ID];
+        assert_eq!((booking.resource_id.as_str(), *created), ("hall-1", at(1)));
+        assert_eq!(
+            folded.states[&ID],
+            Row {
+                booking_id: ID,
+                status: BookingStatus::Cancelled,
+                status_reason: Some("plans changed".into()),
+                payment_id: Some(PAYMENT),
+                stamp: Stamp::from(at(3)),
+            }
+        );
+        let history: Vec<_> = folded
+            .effects
+            .history
+            .rows
+            .iter()
+            .map(|v| (v.sequence, v.state.status, v.state.payment_id, v.valid_to))
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                (1, BookingStatus::Pending, None, Some(at(2).recorded_at)),
+                (
+                    2,
+                    BookingStatus::Confirmed,
+                    Some(PAYMENT),
+                    Some(at(3).recorded_at)
+                ),
+                (3, BookingStatus::Cancelled, Some(PAYMENT), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_change_to_a_stored_booking_keeps_its_earlier_reason() {
+        let stored = Row {
+            booking_id: ID,
+            status: BookingStatus::Rejected,
+            status_reason: Some("no seats".into()),
+            payment_id: None,
+            stamp: Stamp::from(at(2)),
+        };
+        let expired = E::BookingExpired { expired_at: t(40) };
+        let folded = fold::<Bookings>(HashMap::from([(ID, stored)]), [(ID, &expired, at(3))]);
+        assert_eq!(folded.changed, vec![ID]);
+        let row = &folded.states[&ID];
+        assert_eq!(row.status, BookingStatus::Expired);
+        assert_eq!(row.status_reason.as_deref(), Some("no seats"));
+    }
 }

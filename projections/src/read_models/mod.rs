@@ -14,10 +14,13 @@
 mod account;
 mod apply;
 mod booking;
+mod fold;
 mod history;
 mod payment;
+mod unnest;
 
 pub use apply::{BatchOutcome, apply_envelopes};
+pub use payment::ScheduleStatus;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,3 +185,4 @@ impl Projection for ReadModels {
         Ok(())
     }
 }
+

@@ -10,10 +10,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Tx;
-use super::apply::{Fresh, Order, Tally};
+use super::fold::{At, Fold, Folded, Stamp, Table};
+use super::unnest::Unnest;
 
-/// A payment as the fold needs it.
-struct State {
+/// A payment's row as the fold needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct State {
+    payment_id: Uuid,
     account_id: Uuid,
     owner: String,
     currency: String,
@@ -26,13 +29,11 @@ struct State {
     refunded: i64,
     /// The latest failure reason this batch saw (the row keeps its own otherwise).
     failure: Option<String>,
-    version: i64,
-    updated_at: DateTime<Utc>,
-    last_position: i64,
+    stamp: Stamp,
 }
 
 #[derive(sqlx::FromRow)]
-struct Row {
+struct Stored {
     payment_id: Uuid,
     account_id: Uuid,
     owner: String,
@@ -43,17 +44,16 @@ struct Row {
     charges_captured: i32,
     captured_total: i64,
     refunded_total: i64,
-    version: i64,
     initiated_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    last_position: i64,
+    #[sqlx(flatten)]
+    stamp: Stamp,
 }
 
-impl TryFrom<Row> for State {
+impl TryFrom<Stored> for State {
     type Error = sqlx::Error;
 
-    fn try_from(row: Row) -> Result<Self, Self::Error> {
+    fn try_from(row: Stored) -> Result<Self, Self::Error> {
         // A row this projector did not write is an error, never a guess.
         let corrupt = |what: String| {
             sqlx::Error::Decode(format!("payment {}: {what}", row.payment_id).into())
@@ -68,6 +68,7 @@ impl TryFrom<Row> for State {
             .transpose()
             .map_err(|e| corrupt(format!("schedule: {e}")))?;
         Ok(Self {
+            payment_id: row.payment_id,
             account_id: row.account_id,
             owner: row.owner,
             currency: row.currency,
@@ -79,81 +80,84 @@ impl TryFrom<Row> for State {
             captured: row.captured_total,
             refunded: row.refunded_total,
             failure: None,
-            version: row.version,
-            updated_at: row.updated_at,
-            last_position: row.last_position,
+            stamp: row.stamp,
         })
     }
 }
 
+impl State {
+    fn totals(&self) -> PaymentTotals<'_> {
+        PaymentTotals {
+            kind: self.kind,
+            status: self.status,
+            schedule: self.schedule.as_ref(),
+            initiated_at: self.started,
+            charges_captured: self.charges,
+            captured_total: self.captured,
+            refunded_total: self.refunded,
+        }
+    }
+}
+
 /// A payment first initiated in this batch: what never changes afterwards.
+#[derive(Debug, PartialEq)]
 struct Initiated {
     amount: i64,
     booking_id: Option<Uuid>,
-    created_at: DateTime<Utc>,
-    /// The initiating event's sequence: where the schedule row starts.
-    version: i64,
+    at: At,
 }
 
 /// A capture or a refund, for the payment ledger.
+#[derive(Debug, PartialEq)]
 struct Money {
     id: Uuid,
-    sequence: i64,
     kind: &'static str,
     amount: i64,
-    recorded_at: DateTime<Utc>,
+    at: At,
+}
+
+chronicle_domain::worded! {
+    /// Whether a recurring payment's schedule has charges to come.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum ScheduleStatus {
+        /// A charge is due at `next_due_at`.
+        Active = "active",
+        /// Every charge of the schedule was captured.
+        Completed = "completed",
+        /// Charges kept failing; no more are tried.
+        Suspended = "suspended",
+    }
 }
 
 /// What the batch changed in a recurring payment's schedule; `None` keeps the stored
 /// value.
+#[derive(Debug, PartialEq)]
 struct Reschedule {
     next_charge: Option<i32>,
     next_due_at: Option<DateTime<Utc>>,
     attempts: Option<i32>,
-    status: &'static str,
+    status: ScheduleStatus,
     version: i64,
 }
 
-pub(crate) async fn apply(
-    tx: &mut Tx<'_>,
-    events: &[Fresh<'_, PaymentEvent>],
-) -> Result<Tally, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(Tally::default());
+/// What a batch of payment events writes besides the payments' rows.
+#[derive(Default)]
+pub(crate) struct Payments {
+    initiated: HashMap<Uuid, Initiated>,
+    ledger: Vec<Money>,
+    reschedules: HashMap<Uuid, Reschedule>,
+}
+
+impl Fold for Payments {
+    type Event = PaymentEvent;
+    type State = State;
+
+    fn stamp(state: &mut State) -> &mut Stamp {
+        &mut state.stamp
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT payment_id, account_id, owner, currency, kind, schedule, status, charges_captured, \
-         captured_total, refunded_total, version, initiated_at, created_at, updated_at, \
-         last_position FROM payments WHERE payment_id = ANY($1) ORDER BY payment_id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut states = HashMap::with_capacity(rows.len());
-    for row in rows {
-        states.insert(row.payment_id, State::try_from(row)?);
-    }
-    let mut initiated: HashMap<Uuid, Initiated> = HashMap::new();
-    let mut reschedules: HashMap<Uuid, Reschedule> = HashMap::new();
-    let mut ledger = Vec::new();
-    let mut dirty = Vec::new();
-    let mut tally = Tally::default();
-    for Fresh {
-        envelope,
-        id,
-        event,
-    } in events
-    {
-        let (seq, at, pos) = (
-            envelope.sequence,
-            envelope.recorded_at,
-            envelope.global_position,
-        );
-        if !Order::of(states.get(id).map(|s| s.version), seq).admits(&mut tally, pos) {
-            continue;
-        }
-        if let PaymentEvent::PaymentInitiated {
+
+    fn open(&mut self, id: Uuid, event: &PaymentEvent, at: At) -> Option<State> {
+        let PaymentEvent::PaymentInitiated {
             account_id,
             owner,
             amount,
@@ -163,89 +167,99 @@ pub(crate) async fn apply(
             initiated_at,
             ..
         } = event
-        {
-            if states.contains_key(id) {
-                tally.stale += 1;
-                continue;
-            }
-            initiated.insert(
-                *id,
-                Initiated {
-                    amount: amount.amount,
-                    booking_id: *booking_id,
-                    created_at: at,
-                    version: seq,
-                },
-            );
-            states.insert(
-                *id,
-                State {
-                    account_id: *account_id,
-                    owner: owner.clone(),
-                    currency: amount.currency.as_str().to_owned(),
-                    kind: *kind,
-                    schedule: schedule.clone(),
-                    started: *initiated_at,
-                    status: match kind {
-                        PaymentKind::OneTime => PaymentStatus::Pending,
-                        PaymentKind::Recurring => PaymentStatus::Active,
-                    },
-                    charges: 0,
-                    captured: 0,
-                    refunded: 0,
-                    failure: None,
-                    version: seq,
-                    updated_at: at,
-                    last_position: pos,
-                },
-            );
-            dirty.push(*id);
-            tally.applied += 1;
-            continue;
-        }
-        let Some(state) = states.get_mut(id).filter(|s| s.version < seq) else {
-            tally.stale += 1;
-            continue;
+        else {
+            return None;
         };
+        let initiated = Initiated {
+            amount: amount.amount,
+            booking_id: *booking_id,
+            at,
+        };
+        self.initiated.insert(id, initiated);
+        Some(State {
+            payment_id: id,
+            account_id: *account_id,
+            owner: owner.clone(),
+            currency: amount.currency.as_str().to_owned(),
+            kind: *kind,
+            schedule: schedule.clone(),
+            started: *initiated_at,
+            status: match kind {
+                PaymentKind::OneTime => PaymentStatus::Pending,
+                PaymentKind::Recurring => PaymentStatus::Active,
+            },
+            charges: 0,
+            captured: 0,
+            refunded: 0,
+            failure: None,
+            stamp: Stamp::from(at),
+        })
+    }
+
+    fn change(&mut self, id: Uuid, state: &mut State, event: &PaymentEvent, at: At) -> bool {
+        if matches!(event, PaymentEvent::PaymentInitiated { .. }) {
+            return false;
+        }
         let next = fold(state, event);
-        state.status = PaymentStatus::derive(&PaymentTotals {
-            kind: state.kind,
-            status: state.status,
-            schedule: state.schedule.as_ref(),
-            initiated_at: state.started,
-            charges_captured: state.charges,
-            captured_total: state.captured,
-            refunded_total: state.refunded,
-        });
-        (state.version, state.updated_at, state.last_position) = (seq, at, pos);
+        state.status = PaymentStatus::derive(&state.totals());
         if let Some((kind, amount)) = next.money {
-            ledger.push(Money {
-                id: *id,
-                sequence: seq,
+            self.ledger.push(Money {
+                id,
                 kind,
                 amount,
-                recorded_at: at,
+                at,
             });
         }
         if let (Some(due), Some(schedule)) = (next.due, &state.schedule) {
-            let change = due.reschedule(schedule, state.started, seq);
-            reschedules
-                .entry(*id)
+            let change = due.reschedule(schedule, state.started, at.sequence);
+            self.reschedules
+                .entry(id)
                 .and_modify(|earlier| earlier.then(&change))
                 .or_insert(change);
         }
-        dirty.push(*id);
-        tally.applied += 1;
+        true
     }
-    dirty.sort();
-    dirty.dedup();
-    let (created, changed): (Vec<Uuid>, Vec<Uuid>) =
-        dirty.into_iter().partition(|id| initiated.contains_key(id));
-    insert(tx, &created, &states, &initiated).await?;
-    update(tx, &changed, &states).await?;
-    record_money(tx, &ledger, &states).await?;
-    write_schedules(tx, &reschedules).await?;
-    Ok(tally)
+}
+
+impl Table for Payments {
+    async fn load(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, State>, sqlx::Error> {
+        let stored: Vec<Stored> = sqlx::query_as(
+            "SELECT payment_id, account_id, owner, currency, kind, schedule, status, \
+             charges_captured, captured_total, refunded_total, version, initiated_at, created_at, \
+             updated_at, last_position FROM payments WHERE payment_id = ANY($1) \
+             ORDER BY payment_id FOR UPDATE",
+        )
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        stored
+            .into_iter()
+            .map(|row| Ok((row.payment_id, State::try_from(row)?)))
+            .collect()
+    }
+
+    async fn write(tx: &mut Tx<'_>, folded: &Folded<Self>) -> Result<(), sqlx::Error> {
+        insert(tx, folded).await?;
+        insert_schedules(tx, folded).await?;
+        update(tx, folded).await?;
+        let ledger = &folded.effects.ledger;
+        Unnest::of(ledger)
+            .column("payment_id", |m| m.id)
+            .column("sequence", |m| m.at.sequence)
+            .column("kind", |m| m.kind)
+            .column("amount", |m| m.amount)
+            .column("currency", |m| folded.states[&m.id].currency.as_str())
+            .column("account_id", |m| folded.states[&m.id].account_id)
+            .column("owner", |m| folded.states[&m.id].owner.as_str())
+            .column("recorded_at", |m| m.at.recorded_at)
+            .insert(
+                "payment_ledger",
+                "ON CONFLICT (payment_id, sequence) DO NOTHING",
+            )
+            .execute(tx)
+            .await?;
+        write_schedules(tx, &folded.effects.reschedules).await
+    }
 }
 
 /// What an event means beyond the payment's totals.
@@ -322,13 +336,16 @@ impl NextDue {
         let (next_charge, next_due_at, attempts, status) = match self {
             NextDue::After(charge) => {
                 let due = schedule.due_at(started, charge + 1);
-                let status = if due.is_some() { "active" } else { "completed" };
+                let status = match due {
+                    Some(_) => ScheduleStatus::Active,
+                    None => ScheduleStatus::Completed,
+                };
                 (Some(charge as i32 + 1), due, Some(0), status)
             }
             NextDue::Retry { attempt, retry_at } => {
-                (None, retry_at, Some(attempt as i32), "active")
+                (None, retry_at, Some(attempt as i32), ScheduleStatus::Active)
             }
-            NextDue::Suspended => (None, None, None, "suspended"),
+            NextDue::Suspended => (None, None, None, ScheduleStatus::Suspended),
         };
         Reschedule {
             next_charge,
@@ -351,298 +368,248 @@ impl Reschedule {
     }
 }
 
-async fn insert(
-    tx: &mut Tx<'_>,
-    created: &[Uuid],
-    states: &HashMap<Uuid, State>,
-    initiated: &HashMap<Uuid, Initiated>,
-) -> Result<(), sqlx::Error> {
-    if created.is_empty() {
-        return Ok(());
-    }
-    let s = |f: fn(&State) -> String| created.iter().map(|id| f(&states[id])).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO payments (payment_id, account_id, owner, amount, currency, kind, schedule, \
-         booking_id, status, charges_captured, captured_total, refunded_total, failure_reason, \
-         version, created_at, updated_at, last_position, initiated_at) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], \
-                              $6::text[], $7::jsonb[], $8::uuid[], $9::text[], $10::int[], \
-                              $11::bigint[], $12::bigint[], $13::text[], $14::bigint[], \
-                              $15::timestamptz[], $16::timestamptz[], $17::bigint[], \
-                              $18::timestamptz[]) \
-         ON CONFLICT (payment_id) DO NOTHING",
-    )
-    .bind(created)
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].account_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(s(|p| p.owner.clone()))
-    .bind(
-        created
-            .iter()
-            .map(|id| initiated[id].amount)
-            .collect::<Vec<_>>(),
-    )
-    .bind(s(|p| p.currency.clone()))
-    .bind(s(|p| p.kind.as_str().to_owned()))
-    .bind(
-        created
-            .iter()
-            .map(|id| {
-                states[id]
-                    .schedule
-                    .as_ref()
-                    .map(|s| serde_json::to_value(s).unwrap_or_default())
-            })
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| initiated[id].booking_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(s(|p| p.status.as_str().to_owned()))
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].charges as i32)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].captured)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].refunded)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].failure.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].version)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| initiated[id].created_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].updated_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].last_position)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        created
-            .iter()
-            .map(|id| states[id].started)
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut **tx)
-    .await?;
-    let recurring: Vec<(&Uuid, &State, &Schedule)> = created
+/// Inserts the payments initiated in this batch, as the batch left them.
+async fn insert(tx: &mut Tx<'_>, folded: &Folded<Payments>) -> Result<(), sqlx::Error> {
+    let created: Vec<(&State, &Initiated)> = folded
+        .created
+        .iter()
+        .map(|id| (&folded.states[id], &folded.effects.initiated[id]))
+        .collect();
+    Unnest::of(&created)
+        .column("payment_id", |(s, _)| s.payment_id)
+        .column("account_id", |(s, _)| s.account_id)
+        .column("owner", |(s, _)| s.owner.as_str())
+        .column("amount", |(_, i)| i.amount)
+        .column("currency", |(s, _)| s.currency.as_str())
+        .column("kind", |(s, _)| s.kind.as_str())
+        .column("schedule", |(s, _)| {
+            s.schedule
+                .as_ref()
+                .map(|s| serde_json::to_value(s).unwrap_or_default())
+        })
+        .column("booking_id", |(_, i)| i.booking_id)
+        .column("status", |(s, _)| s.status.as_str())
+        .column("charges_captured", |(s, _)| s.charges as i32)
+        .column("captured_total", |(s, _)| s.captured)
+        .column("refunded_total", |(s, _)| s.refunded)
+        .column("failure_reason", |(s, _)| s.failure.as_deref())
+        .column("version", |(s, _)| s.stamp.version)
+        .column("created_at", |(_, i)| i.at.recorded_at)
+        .column("updated_at", |(s, _)| s.stamp.updated_at)
+        .column("last_position", |(s, _)| s.stamp.last_position)
+        .column("initiated_at", |(s, _)| s.started)
+        .insert("payments", "ON CONFLICT (payment_id) DO NOTHING")
+        .execute(tx)
+        .await
+}
+
+/// Inserts the schedules of recurring payments initiated in this batch, as initiated;
+/// the batch's later events arrive as reschedules.
+async fn insert_schedules(tx: &mut Tx<'_>, folded: &Folded<Payments>) -> Result<(), sqlx::Error> {
+    let recurring: Vec<(&State, &Schedule, &Initiated)> = folded
+        .created
         .iter()
         .filter_map(|id| {
-            let state = &states[id];
-            state
-                .schedule
-                .as_ref()
-                .map(|schedule| (id, state, schedule))
+            let state = &folded.states[id];
+            let schedule = state.schedule.as_ref()?;
+            Some((state, schedule, &folded.effects.initiated[id]))
         })
         .collect();
-    if recurring.is_empty() {
-        return Ok(());
-    }
-    // The schedule as initiated; later events of this batch arrive as reschedules.
-    sqlx::query(
-        "INSERT INTO payment_schedules (payment_id, account_id, owner, amount, currency, \
-         interval_seconds, charge_count, until, starts_at, next_charge, next_due_at, attempts, \
-         status, version) \
-         SELECT id, account_id, owner, amount, currency, interval_seconds, charge_count, until, \
-                starts_at, 1, next_due_at, 0, 'active', version \
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::int[], \
-                       $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], \
-                       $11::bigint[]) \
-             AS s(id, account_id, owner, amount, currency, interval_seconds, charge_count, until, \
-                  starts_at, next_due_at, version) \
-         ON CONFLICT (payment_id) DO NOTHING",
-    )
-    .bind(recurring.iter().map(|r| *r.0).collect::<Vec<_>>())
-    .bind(recurring.iter().map(|r| r.1.account_id).collect::<Vec<_>>())
-    .bind(
-        recurring
-            .iter()
-            .map(|r| r.1.owner.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recurring
-            .iter()
-            .map(|r| initiated[r.0].amount)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recurring
-            .iter()
-            .map(|r| r.1.currency.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recurring
-            .iter()
-            .map(|r| r.2.interval_seconds as i32)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recurring
-            .iter()
-            .map(|r| r.2.count.map(|c| c as i32))
-            .collect::<Vec<_>>(),
-    )
-    .bind(recurring.iter().map(|r| r.2.until).collect::<Vec<_>>())
-    .bind(recurring.iter().map(|r| r.1.started).collect::<Vec<_>>())
-    .bind(
-        recurring
-            .iter()
-            .map(|r| r.2.due_at(r.1.started, 1))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        recurring
-            .iter()
-            .map(|r| initiated[r.0].version)
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    Unnest::of(&recurring)
+        .column("payment_id", |(s, _, _)| s.payment_id)
+        .column("account_id", |(s, _, _)| s.account_id)
+        .column("owner", |(s, _, _)| s.owner.as_str())
+        .column("amount", |(_, _, i)| i.amount)
+        .column("currency", |(s, _, _)| s.currency.as_str())
+        .column("interval_seconds", |(_, p, _)| p.interval_seconds as i32)
+        .column("charge_count", |(_, p, _)| p.count.map(|c| c as i32))
+        .column("until", |(_, p, _)| p.until)
+        .column("starts_at", |(s, _, _)| s.started)
+        .column("next_charge", |_| 1_i32)
+        .column("next_due_at", |(s, p, _)| p.due_at(s.started, 1))
+        .column("attempts", |_| 0_i32)
+        .column("status", |_| ScheduleStatus::Active.as_str())
+        .column("version", |(_, _, i)| i.at.sequence)
+        .insert("payment_schedules", "ON CONFLICT (payment_id) DO NOTHING")
+        .execute(tx)
+        .await
 }
 
 /// Writes the new totals of payments that existed before the batch.
-async fn update(
-    tx: &mut Tx<'_>,
-    changed: &[Uuid],
-    states: &HashMap<Uuid, State>,
-) -> Result<(), sqlx::Error> {
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let finals: Vec<&State> = changed.iter().map(|id| &states[id]).collect();
-    sqlx::query(
-        "UPDATE payments p SET status = v.status, charges_captured = v.charges, \
-                captured_total = v.captured, refunded_total = v.refunded, \
-                failure_reason = coalesce(v.failure, p.failure_reason), version = v.version, \
-                updated_at = v.updated_at, last_position = v.last_position \
-           FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], \
-                       $7::bigint[], $8::timestamptz[], $9::bigint[]) \
-             AS v(id, status, charges, captured, refunded, failure, version, updated_at, \
-                  last_position) \
-          WHERE p.payment_id = v.id AND p.version < v.version",
-    )
-    .bind(changed)
-    .bind(finals.iter().map(|s| s.status.as_str()).collect::<Vec<_>>())
-    .bind(finals.iter().map(|s| s.charges as i32).collect::<Vec<_>>())
-    .bind(finals.iter().map(|s| s.captured).collect::<Vec<_>>())
-    .bind(finals.iter().map(|s| s.refunded).collect::<Vec<_>>())
-    .bind(finals.iter().map(|s| s.failure.clone()).collect::<Vec<_>>())
-    .bind(finals.iter().map(|s| s.version).collect::<Vec<_>>())
-    .bind(finals.iter().map(|s| s.updated_at).collect::<Vec<_>>())
-    .bind(finals.iter().map(|s| s.last_position).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn record_money(
-    tx: &mut Tx<'_>,
-    ledger: &[Money],
-    states: &HashMap<Uuid, State>,
-) -> Result<(), sqlx::Error> {
-    if ledger.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO payment_ledger (payment_id, sequence, kind, amount, currency, account_id, \
-         owner, recorded_at) \
-         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], \
-                              $6::uuid[], $7::text[], $8::timestamptz[]) \
-         ON CONFLICT (payment_id, sequence) DO NOTHING",
-    )
-    .bind(ledger.iter().map(|m| m.id).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.sequence).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.kind).collect::<Vec<_>>())
-    .bind(ledger.iter().map(|m| m.amount).collect::<Vec<_>>())
-    .bind(
-        ledger
-            .iter()
-            .map(|m| states[&m.id].currency.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        ledger
-            .iter()
-            .map(|m| states[&m.id].account_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        ledger
-            .iter()
-            .map(|m| states[&m.id].owner.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(ledger.iter().map(|m| m.recorded_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+async fn update(tx: &mut Tx<'_>, folded: &Folded<Payments>) -> Result<(), sqlx::Error> {
+    let changed: Vec<&State> = folded.states_of(&folded.changed).collect();
+    Unnest::of(&changed)
+        .column("payment_id", |s| s.payment_id)
+        .column("status", |s| s.status.as_str())
+        .column("charges_captured", |s| s.charges as i32)
+        .column("captured_total", |s| s.captured)
+        .column("refunded_total", |s| s.refunded)
+        .column_as(
+            "failure_reason",
+            "coalesce(v.failure_reason, t.failure_reason)",
+            |s| s.failure.as_deref(),
+        )
+        .column("version", |s| s.stamp.version)
+        .column("updated_at", |s| s.stamp.updated_at)
+        .column("last_position", |s| s.stamp.last_position)
+        .update("payments", "payment_id", "t.version < v.version")
+        .execute(tx)
+        .await
 }
 
 async fn write_schedules(
     tx: &mut Tx<'_>,
     reschedules: &HashMap<Uuid, Reschedule>,
 ) -> Result<(), sqlx::Error> {
-    if reschedules.is_empty() {
-        return Ok(());
+    let changes: Vec<(&Uuid, &Reschedule)> = reschedules.iter().collect();
+    Unnest::of(&changes)
+        .column("payment_id", |(id, _)| **id)
+        .column_as(
+            "next_charge",
+            "coalesce(v.next_charge, t.next_charge)",
+            |(_, c)| c.next_charge,
+        )
+        .column("next_due_at", |(_, c)| c.next_due_at)
+        .column_as("attempts", "coalesce(v.attempts, t.attempts)", |(_, c)| {
+            c.attempts
+        })
+        .column("status", |(_, c)| c.status.as_str())
+        .column("version", |(_, c)| c.version)
+        .update("payment_schedules", "payment_id", "t.version < v.version")
+        .execute(tx)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use chronicle_domain::Currency;
+
+    use super::super::fold::fold;
+    use super::super::fold::tests::at;
+    use super::*;
+
+    const ID: Uuid = Uuid::from_u128(21);
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(seconds, 0).unwrap_or_default()
     }
-    let (ids, changes): (Vec<Uuid>, Vec<&Reschedule>) =
-        reschedules.iter().map(|(id, r)| (*id, r)).unzip();
-    sqlx::query(
-        "UPDATE payment_schedules s SET next_charge = coalesce(v.next_charge, s.next_charge), \
-                next_due_at = v.next_due_at, attempts = coalesce(v.attempts, s.attempts), \
-                status = v.status, version = v.version \
-           FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::text[], \
-                       $6::bigint[]) \
-             AS v(id, next_charge, next_due_at, attempts, status, version) \
-          WHERE s.payment_id = v.id AND s.version < v.version",
-    )
-    .bind(ids)
-    .bind(changes.iter().map(|c| c.next_charge).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.next_due_at).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.attempts).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.status).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.version).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+
+    fn initiated(kind: PaymentKind, schedule: Option<Schedule>) -> PaymentEvent {
+        PaymentEvent::PaymentInitiated {
+            payment_id: ID,
+            account_id: Uuid::from_u128(1),
+            owner: "alice".into(),
+            amount: chronicle_domain::Money {
+                amount: 1_000,
+                currency: Currency::parse("EUR").unwrap(),
+            },
+            kind,
+            schedule,
+            booking_id: None,
+            initiated_at: t(0),
+        }
+    }
+
+    fn captured(charge: u32) -> PaymentEvent {
+        PaymentEvent::PaymentCaptured {
+            charge,
+            amount: 1_000,
+            captured_at: t(charge as i64 * 60),
+        }
+    }
+
+    fn run(events: &[PaymentEvent]) -> Folded<Payments> {
+        fold::<Payments>(
+            HashMap::new(),
+            events.iter().zip(1..).map(|(e, n)| (ID, e, at(n))),
+        )
+    }
+
+    #[test]
+    fn a_one_time_payment_folds_into_totals_status_and_ledger() {
+        let folded = run(&[
+            initiated(PaymentKind::OneTime, None),
+            captured(1),
+            PaymentEvent::PaymentRefunded {
+                refund_id: Uuid::from_u128(5),
+                amount: 1_000,
+                refunded_at: t(90),
+            },
+        ]);
+        assert_eq!(folded.created, vec![ID]);
+        let state = &folded.states[&ID];
+        assert_eq!(
+            (state.status, state.charges, state.captured, state.refunded),
+            (PaymentStatus::Refunded, 1, 1_000, 1_000)
+        );
+        let ledger: Vec<_> = folded
+            .effects
+            .ledger
+            .iter()
+            .map(|m| (m.kind, m.amount, m.at.sequence))
+            .collect();
+        assert_eq!(ledger, vec![("capture", 1_000, 2), ("refund", 1_000, 3)]);
+        assert!(folded.effects.reschedules.is_empty(), "no schedule");
+    }
+
+    #[test]
+    fn a_recurring_payment_reschedules_after_each_charge_and_completes_after_the_last() {
+        let schedule = Schedule {
+            interval_seconds: 60,
+            count: Some(2),
+            until: None,
+        };
+        let folded = run(&[
+            initiated(PaymentKind::Recurring, Some(schedule.clone())),
+            captured(1),
+            PaymentEvent::ChargeFailed {
+                charge: 2,
+                attempt: 1,
+                reason: "declined".into(),
+                retry_at: Some(t(200)),
+                failed_at: t(150),
+            },
+            captured(2),
+        ]);
+        let state = &folded.states[&ID];
+        assert_eq!(state.status, PaymentStatus::Completed);
+        assert_eq!(state.failure.as_deref(), Some("declined"));
+        assert_eq!(
+            folded.effects.reschedules[&ID],
+            Reschedule {
+                next_charge: Some(3),
+                next_due_at: None,
+                attempts: Some(0),
+                status: ScheduleStatus::Completed,
+                version: 4,
+            }
+        );
+    }
+
+    #[test]
+    fn a_suspension_keeps_the_schedules_counters_and_stops_it() {
+        let schedule = Schedule {
+            interval_seconds: 60,
+            count: Some(5),
+            until: None,
+        };
+        let mut states = run(&[initiated(PaymentKind::Recurring, Some(schedule))]).states;
+        let suspended = PaymentEvent::PaymentSuspended {
+            reason: "three failures".into(),
+            suspended_at: t(500),
+        };
+        let folded = fold::<Payments>(std::mem::take(&mut states), [(ID, &suspended, at(2))]);
+        assert_eq!(folded.changed, vec![ID]);
+        assert_eq!(folded.states[&ID].status, PaymentStatus::Suspended);
+        assert_eq!(
+            folded.effects.reschedules[&ID],
+            Reschedule {
+                next_charge: None,
+                next_due_at: None,
+                attempts: None,
+                status: ScheduleStatus::Suspended,
+                version: 2,
+            }
+        );
+    }
 }
