@@ -30,7 +30,7 @@ pub async fn prepare_database(settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = chronicle_eventstore::connect(&settings.database)
         .await
         .with_context(|| format!("cannot connect to {target}"))?;
-    chronicle_eventstore::migrate(&pool)
+    chronicle_commands::schema::migrate(&pool)
         .await
         .context("cannot migrate the database")?;
     tracing::info!(database = %target, "database ready");

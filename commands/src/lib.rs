@@ -9,6 +9,7 @@ mod locks;
 mod metadata;
 mod metrics;
 pub mod process;
+pub mod schema;
 mod service;
 
 pub use error::CommandError;

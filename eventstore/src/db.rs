@@ -8,7 +8,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::StoreError;
 
-/// The schema, embedded at compile time.
+/// The event store's own tables (and, as history, the first read-model and process
+/// tables), embedded at compile time. Only part of the schema: `chronicle_commands::schema`
+/// applies it together with the other crates' migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How to reach the event store's database.
@@ -97,12 +99,5 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
         }
     }
     admin.close().await?;
-    Ok(())
-}
-
-/// Applies every pending migration. Safe to run from several processes at once (sqlx
-/// serialises migrators with an advisory lock).
-pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
     Ok(())
 }

@@ -20,7 +20,7 @@ pub mod relay;
 pub mod repository;
 pub mod wake;
 
-pub use db::{DatabaseSettings, connect, ensure_database, migrate};
+pub use db::{DatabaseSettings, connect, ensure_database};
 pub use error::{AppendRejection, StoreError};
 /// postgres-es's repository: the reference [`repository::EventRepository`] is tested
 /// against (ADR 0011).

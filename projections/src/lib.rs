@@ -24,3 +24,8 @@ pub mod watch;
 pub use consumer::{
     Assignment, Delivered, Projection, ProjectionError, Projector, ProjectorSettings,
 };
+
+/// The migrations of the read-model tables (the later ones; the first read-model tables
+/// were created by migrations the event store crate still holds, see ADR 0018). Applied
+/// with every other crate's by `chronicle_commands::schema`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

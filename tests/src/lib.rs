@@ -119,7 +119,9 @@ impl TestDb {
             .connect_with(options.clone())
             .await
             .unwrap();
-        chronicle_eventstore::migrate(&pool).await.expect("migrate");
+        chronicle_commands::schema::migrate(&pool)
+            .await
+            .expect("migrate");
         pool.close().await;
         Self { name, options }
     }

@@ -419,7 +419,7 @@ async fn the_chain_hashes_as_before_the_trigger_was_inlined() {
         .await
         .unwrap();
     let mut before = sqlx::migrate::Migrator {
-        migrations: chronicle_eventstore::db::MIGRATOR.migrations.clone(),
+        migrations: chronicle_commands::schema::migrator().migrations,
         ..sqlx::migrate::Migrator::DEFAULT
     };
     let inlined = before
@@ -443,7 +443,7 @@ async fn the_chain_hashes_as_before_the_trigger_was_inlined() {
     for sequence in 1..=3 {
         append(sequence).execute(&old).await.unwrap();
     }
-    chronicle_eventstore::migrate(&old).await.unwrap();
+    chronicle_commands::schema::migrate(&old).await.unwrap();
     for sequence in 4..=6 {
         append(sequence).execute(&old).await.unwrap();
     }

@@ -14,7 +14,7 @@ use cqrs_es::DomainEvent;
 use uuid::Uuid;
 
 use super::ProcessManager;
-use super::flow::{Flow, ProcessError, Step};
+use super::flow::{Flow, FlowKind, FlowStatus, ProcessError, Step};
 
 /// The reason recorded on a payment or booking when a charge is refused.
 fn reason(refusal: &DomainError) -> Note {
@@ -143,14 +143,19 @@ impl ProcessManager {
         owner: String,
         price: Money,
     ) -> Result<(), ProcessError> {
-        let flow = self.flow(event_id, "booking-charge", booking_id).await?;
+        let flow = self
+            .flow(event_id, FlowKind::BookingCharge, booking_id)
+            .await?;
         let booking = self.commands.load_booking(booking_id).await?;
         if booking
             .state()
             .is_none_or(|b| b.status != BookingStatus::Pending)
         {
             return flow
-                .finish("skipped", Some("the booking is no longer pending".into()))
+                .finish(
+                    FlowStatus::Skipped,
+                    Some("the booking is no longer pending".into()),
+                )
                 .await;
         }
         let payment_id = flow.derive("payment");
@@ -188,7 +193,7 @@ impl ProcessManager {
         }
         if let Step::Refused(refusal) = self.capture(&flow, payment_id).await? {
             return flow
-                .finish("stuck", unexpected(&flow, "capture", &refusal))
+                .finish(FlowStatus::Stuck, unexpected(&flow, "capture", &refusal))
                 .await;
         }
         let confirmed = flow
@@ -203,17 +208,17 @@ impl ProcessManager {
             })
             .await?;
         match confirmed {
-            Step::Done => flow.finish("confirmed", None).await,
+            Step::Done => flow.finish(FlowStatus::Confirmed, None).await,
             // Cancelled or expired while it was being charged: give the money back.
             Step::Refused(DomainError::InvalidTransition { status, .. }) => {
                 match self
                     .refund(&flow, payment_id, account_id, "compensation")
                     .await?
                 {
-                    Refund::Stuck(detail) => flow.finish("stuck", Some(detail)).await,
+                    Refund::Stuck(detail) => flow.finish(FlowStatus::Stuck, Some(detail)).await,
                     _ => {
                         flow.finish(
-                            "compensated",
+                            FlowStatus::Compensated,
                             Some(format!("the booking was {status} meanwhile")),
                         )
                         .await
@@ -221,8 +226,11 @@ impl ProcessManager {
                 }
             }
             Step::Refused(refusal) => {
-                flow.finish("stuck", unexpected(&flow, "confirm-booking", &refusal))
-                    .await
+                flow.finish(
+                    FlowStatus::Stuck,
+                    unexpected(&flow, "confirm-booking", &refusal),
+                )
+                .await
             }
         }
     }
@@ -233,23 +241,28 @@ impl ProcessManager {
         event_id: Uuid,
         booking_id: Uuid,
     ) -> Result<(), ProcessError> {
-        let flow = self.flow(event_id, "booking-refund", booking_id).await?;
+        let flow = self
+            .flow(event_id, FlowKind::BookingRefund, booking_id)
+            .await?;
         let booking = self.commands.load_booking(booking_id).await?;
         let Some((payment_id, account_id)) = booking
             .state()
             .and_then(|b| b.payment_id.map(|p| (p, b.account_id)))
         else {
             return flow
-                .finish("skipped", Some("the booking was never paid".into()))
+                .finish(
+                    FlowStatus::Skipped,
+                    Some("the booking was never paid".into()),
+                )
                 .await;
         };
         match self.refund(&flow, payment_id, account_id, "refund").await? {
-            Refund::Done => flow.finish("refunded", None).await,
+            Refund::Done => flow.finish(FlowStatus::Refunded, None).await,
             Refund::Nothing => {
-                flow.finish("skipped", Some("nothing was captured".into()))
+                flow.finish(FlowStatus::Skipped, Some("nothing was captured".into()))
                     .await
             }
-            Refund::Stuck(detail) => flow.finish("stuck", Some(detail)).await,
+            Refund::Stuck(detail) => flow.finish(FlowStatus::Stuck, Some(detail)).await,
         }
     }
 
@@ -261,14 +274,19 @@ impl ProcessManager {
         account_id: Uuid,
         amount: Money,
     ) -> Result<(), ProcessError> {
-        let flow = self.flow(event_id, "payment-charge", payment_id).await?;
+        let flow = self
+            .flow(event_id, FlowKind::PaymentCharge, payment_id)
+            .await?;
         let payment = self.commands.load_payment(payment_id).await?;
         if payment
             .state()
             .is_none_or(|p| p.status != PaymentStatus::Pending)
         {
             return flow
-                .finish("skipped", Some("the payment is no longer pending".into()))
+                .finish(
+                    FlowStatus::Skipped,
+                    Some("the payment is no longer pending".into()),
+                )
                 .await;
         }
         if let Step::Refused(refusal) = self
@@ -276,12 +294,14 @@ impl ProcessManager {
             .await?
         {
             self.fail_payment(&flow, payment_id, &refusal).await?;
-            return flow.finish("failed", Some(refusal.code().into())).await;
+            return flow
+                .finish(FlowStatus::Failed, Some(refusal.code().into()))
+                .await;
         }
         match self.capture(&flow, payment_id).await? {
-            Step::Done => flow.finish("captured", None).await,
+            Step::Done => flow.finish(FlowStatus::Captured, None).await,
             Step::Refused(refusal) => {
-                flow.finish("stuck", unexpected(&flow, "capture", &refusal))
+                flow.finish(FlowStatus::Stuck, unexpected(&flow, "capture", &refusal))
                     .await
             }
         }
@@ -364,10 +384,16 @@ impl ProcessManager {
             })
             .await?;
         match rejected {
-            Step::Done => flow.finish("rejected", Some(refusal.code().into())).await,
-            Step::Refused(other) => {
-                flow.finish("stuck", unexpected(flow, "reject-booking", &other))
+            Step::Done => {
+                flow.finish(FlowStatus::Rejected, Some(refusal.code().into()))
                     .await
+            }
+            Step::Refused(other) => {
+                flow.finish(
+                    FlowStatus::Stuck,
+                    unexpected(flow, "reject-booking", &other),
+                )
+                .await
             }
         }
     }

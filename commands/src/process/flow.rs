@@ -20,6 +20,53 @@ pub enum ProcessError {
     Database(#[from] sqlx::Error),
 }
 
+chronicle_domain::worded! {
+    /// What a flow does.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum FlowKind {
+        /// Charges a requested booking's account and confirms or rejects the booking.
+        BookingCharge = "booking-charge",
+        /// Refunds a cancelled booking's payment.
+        BookingRefund = "booking-refund",
+        /// Captures a one-time payment.
+        PaymentCharge = "payment-charge",
+        /// Captures one due charge of a recurring payment.
+        RecurringCharge = "recurring-charge",
+        /// Expires a booking left pending too long.
+        BookingExpiry = "booking-expiry",
+    }
+}
+
+chronicle_domain::worded! {
+    /// Where a flow stands: running, or how it ended.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum FlowStatus {
+        Running = "running",
+        /// The booking was paid and confirmed.
+        Confirmed = "confirmed",
+        /// The payment (or the charge) was captured.
+        Captured = "captured",
+        /// What was captured was refunded.
+        Refunded = "refunded",
+        /// The booking changed while it was being paid; its payment was given back.
+        Compensated = "compensated",
+        /// The booking was rejected (its charge was refused).
+        Rejected = "rejected",
+        /// The booking expired.
+        Expired = "expired",
+        /// The payment failed.
+        Failed = "failed",
+        /// A recurring charge failed; the payment's retry will start another flow.
+        Retrying = "retrying",
+        /// A recurring charge failed for the last time; the payment is suspended.
+        Suspended = "suspended",
+        /// Nothing was left to do.
+        Skipped = "skipped",
+        /// A step was refused in a way the flow cannot handle: an operator must look.
+        Stuck = "stuck",
+    }
+}
+
 /// How a step ended.
 #[derive(Debug)]
 pub(crate) enum Step {
@@ -42,16 +89,17 @@ impl ProcessManager {
     pub(crate) async fn flow(
         &self,
         id: Uuid,
-        kind: &str,
+        kind: FlowKind,
         subject: Uuid,
     ) -> Result<Flow<'_>, ProcessError> {
         sqlx::query(
-            "INSERT INTO pm_flows (flow_id, kind, subject_id, status) VALUES ($1, $2, $3, 'running') \
+            "INSERT INTO pm_flows (flow_id, kind, subject_id, status) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (flow_id) DO NOTHING",
         )
         .bind(id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(subject)
+        .bind(FlowStatus::Running.as_str())
         .execute(&self.pool)
         .await?;
         Ok(Flow {
@@ -123,16 +171,37 @@ impl Flow<'_> {
     }
 
     /// Records how the flow ended.
-    pub async fn finish(&self, status: &str, detail: Option<String>) -> Result<(), ProcessError> {
-        tracing::info!(flow = %self.id, subject = %self.subject, status, detail = detail.as_deref().unwrap_or(""), "flow finished");
+    pub async fn finish(
+        &self,
+        status: FlowStatus,
+        detail: Option<String>,
+    ) -> Result<(), ProcessError> {
+        tracing::info!(flow = %self.id, subject = %self.subject, %status, detail = detail.as_deref().unwrap_or(""), "flow finished");
         sqlx::query(
             "UPDATE pm_flows SET status = $2, detail = $3, updated_at = now() WHERE flow_id = $1",
         )
         .bind(self.id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(detail)
         .execute(&self.pm.pool)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chronicle_domain::checked_words;
+
+    use super::*;
+
+    const WORDS: &str = include_str!("../../migrations/20261206000002_flow_words.sql");
+
+    #[test]
+    fn pm_flows_allows_exactly_the_kinds_and_statuses_flows_write() {
+        let kinds: Vec<&str> = FlowKind::ALL.iter().map(|k| k.as_str()).collect();
+        let statuses: Vec<&str> = FlowStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(checked_words(WORDS, "pm_flows_kind_words"), kinds);
+        assert_eq!(checked_words(WORDS, "pm_flows_status_words"), statuses);
     }
 }

@@ -16,7 +16,7 @@ use sqlx::pool::PoolConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::flow::{ProcessError, Step};
+use super::flow::{FlowKind, FlowStatus, ProcessError, Step};
 use super::{ProcessManager, ProcessSettings};
 use chronicle_projections::queries::{self, DueCharge};
 
@@ -82,11 +82,14 @@ impl ProcessManager {
         }
         let flow_id = Uuid::new_v5(&due.payment_id, format!("charge/{n}").as_bytes());
         let flow = self
-            .flow(flow_id, "recurring-charge", due.payment_id)
+            .flow(flow_id, FlowKind::RecurringCharge, due.payment_id)
             .await?;
         let Ok(currency) = Currency::try_from(due.currency.clone()) else {
             return flow
-                .finish("stuck", Some(format!("currency {:?}", due.currency)))
+                .finish(
+                    FlowStatus::Stuck,
+                    Some(format!("currency {:?}", due.currency)),
+                )
                 .await;
         };
         let money = Money {
@@ -110,8 +113,11 @@ impl ProcessManager {
                     })
                     .await?;
                 match captured {
-                    Step::Done => flow.finish("captured", None).await,
-                    Step::Refused(refusal) => flow.finish("stuck", Some(refusal.to_string())).await,
+                    Step::Done => flow.finish(FlowStatus::Captured, None).await,
+                    Step::Refused(refusal) => {
+                        flow.finish(FlowStatus::Stuck, Some(refusal.to_string()))
+                            .await
+                    }
                 }
             }
             Step::Refused(refusal) => {
@@ -137,9 +143,9 @@ impl ProcessManager {
                 })
                 .await?;
                 let status = if retry_at.is_some() {
-                    "retrying"
+                    FlowStatus::Retrying
                 } else {
-                    "suspended"
+                    FlowStatus::Suspended
                 };
                 flow.finish(
                     status,
@@ -163,7 +169,9 @@ impl ProcessManager {
                 .await?;
         for booking_id in &stale {
             let flow_id = Uuid::new_v5(booking_id, b"expire");
-            let flow = self.flow(flow_id, "booking-expiry", *booking_id).await?;
+            let flow = self
+                .flow(flow_id, FlowKind::BookingExpiry, *booking_id)
+                .await?;
             let booking_id = *booking_id;
             match flow
                 .step("expire", |m| async move {
@@ -173,9 +181,12 @@ impl ProcessManager {
                 })
                 .await?
             {
-                Step::Done => flow.finish("expired", None).await?,
+                Step::Done => flow.finish(FlowStatus::Expired, None).await?,
                 // Confirmed or rejected since the read model last looked.
-                Step::Refused(refusal) => flow.finish("skipped", Some(refusal.to_string())).await?,
+                Step::Refused(refusal) => {
+                    flow.finish(FlowStatus::Skipped, Some(refusal.to_string()))
+                        .await?
+                }
             }
         }
         Ok(stale.len())

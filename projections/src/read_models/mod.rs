@@ -186,3 +186,43 @@ impl Projection for ReadModels {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use chronicle_domain::{
+        AccountStatus, BookingStatus, PaymentKind, PaymentStatus, checked_words,
+    };
+
+    use super::ScheduleStatus;
+
+    const WORDS: &str = include_str!("../../migrations/20261206000001_read_model_words.sql");
+
+    fn words<T: Copy>(all: &[T], word: fn(T) -> &'static str) -> Vec<String> {
+        all.iter().map(|v| word(*v).to_owned()).collect()
+    }
+
+    #[test]
+    fn each_status_column_allows_exactly_its_enums_words() {
+        let accounts = words(AccountStatus::ALL, AccountStatus::as_str);
+        let bookings = words(BookingStatus::ALL, BookingStatus::as_str);
+        for (constraint, expected) in [
+            ("accounts_status_words", accounts.clone()),
+            ("account_balance_history_status_words", accounts),
+            ("bookings_status_words", bookings.clone()),
+            ("booking_status_history_status_words", bookings),
+            (
+                "payments_status_words",
+                words(PaymentStatus::ALL, PaymentStatus::as_str),
+            ),
+            (
+                "payments_kind_words",
+                words(PaymentKind::ALL, PaymentKind::as_str),
+            ),
+            (
+                "payment_schedules_status_words",
+                words(ScheduleStatus::ALL, ScheduleStatus::as_str),
+            ),
+        ] {
+            assert_eq!(checked_words(WORDS, constraint), expected, "{constraint}");
+        }
+    }
+}
