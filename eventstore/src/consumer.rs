@@ -52,10 +52,10 @@ impl Delivered {
     }
 }
 
-/// Why a projection could not apply a batch. The batch is retried from the stored
+/// Why a consumer could not apply a batch. The batch is retried from the stored
 /// offsets, so nothing of it counts until it succeeds.
 #[derive(Debug, thiserror::Error)]
-pub enum ProjectionError {
+pub enum ConsumerError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("kafka: {0}")]
@@ -146,8 +146,10 @@ pub async fn store_offsets<'e>(
     Ok(())
 }
 
-/// A read model fed by the event topics.
-pub trait Projection: Send + Sync + 'static {
+/// A consumer of the event topics that stores its own offsets, atomically with its
+/// effects, instead of committing them to Kafka: the read models, the search index and
+/// the process manager. [`Projector`] runs one.
+pub trait OffsetStoringConsumer: Send + Sync + 'static {
     /// The projector's name: its offsets and its consumer group are keyed by it.
     fn name(&self) -> &str;
 
@@ -156,7 +158,6 @@ pub trait Projection: Send + Sync + 'static {
         kafka.topics()
     }
 
-    /// The next offset to apply, per partition, as durably stored.
     /// `fetch.wait.max.ms` of this projection's consumer. tansu 0.6 holds every fetch
     /// for the whole wait and reads every partition of the fetch once per fetch, so each
     /// consumer costs the broker about one query per partition per wait even when idle
@@ -165,25 +166,26 @@ pub trait Projection: Send + Sync + 'static {
         kafka.fetch_wait
     }
 
+    /// The next offset to apply, per partition, as durably stored.
     fn stored_offsets(
         &self,
-    ) -> impl Future<Output = Result<HashMap<PartitionKey, i64>, ProjectionError>> + Send;
+    ) -> impl Future<Output = Result<HashMap<PartitionKey, i64>, ConsumerError>> + Send;
 
     /// Applies a batch (in per-partition offset order) and stores, in the same atomic
     /// step, each partition's next offset (`last offset + 1`).
     fn apply_batch(
         &self,
         batch: &[Delivered],
-    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send;
 
     /// Called when no message arrived for a while: a projection that buffers work may
     /// store it now.
-    fn idle(&self) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+    fn idle(&self) -> impl Future<Output = Result<(), ConsumerError>> + Send {
         async { Ok(()) }
     }
 
     /// Called once before the projector stops: store everything applied so far.
-    fn flush(&self) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+    fn flush(&self) -> impl Future<Output = Result<(), ConsumerError>> + Send {
         async { Ok(()) }
     }
 }
@@ -267,7 +269,7 @@ struct Positions {
     sought: HashMap<PartitionKey, Instant>,
 }
 
-impl<P: Projection> Projector<P> {
+impl<P: OffsetStoringConsumer> Projector<P> {
     pub fn new(projection: Arc<P>, kafka: KafkaSettings, settings: ProjectorSettings) -> Self {
         let delay = ["received", "applied"].map(|stage| {
             metrics::PROJECTOR_EVENT_DELAY.with_label_values(&[projection.name(), stage])
@@ -313,7 +315,7 @@ impl<P: Projection> Projector<P> {
             .create_with_context(flag)
     }
 
-    async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), ProjectionError> {
+    async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
         let flag = RebalanceFlag::default();
         let assigned = flag.assigned.clone();
         let consumer = self.consumer(flag)?;
@@ -375,12 +377,12 @@ impl<P: Projection> Projector<P> {
         instance: u32,
         instances: u32,
         positions: &Positions,
-    ) -> Result<TopicPartitionList, ProjectionError> {
+    ) -> Result<TopicPartitionList, ConsumerError> {
         let mut list = TopicPartitionList::new();
         for topic in self.projection.topics(&self.kafka) {
             let metadata = consumer
                 .fetch_metadata(Some(&topic), self.kafka.admin_timeout)
-                .map_err(ProjectionError::Kafka)?;
+                .map_err(ConsumerError::Kafka)?;
             let partitions = metadata
                 .topics()
                 .first()
@@ -391,7 +393,7 @@ impl<P: Projection> Projector<P> {
             // nothing would leave this projector idle for good. Fail, and `run` retries
             // with backoff until the topic exists.
             if partitions == 0 {
-                return Err(ProjectionError::Other(format!(
+                return Err(ConsumerError::Other(format!(
                     "topic {topic} has no partitions yet (not created?)"
                 )));
             }
@@ -413,7 +415,7 @@ impl<P: Projection> Projector<P> {
         &self,
         consumer: &ProjectorConsumer,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Vec<Delivered>>, ProjectionError> {
+    ) -> Result<Option<Vec<Delivered>>, ConsumerError> {
         let first = loop {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => {

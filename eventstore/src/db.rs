@@ -101,3 +101,9 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
     admin.close().await?;
     Ok(())
 }
+
+/// Whether the database answers a query.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}

@@ -22,7 +22,7 @@ pub mod temporal;
 pub mod watch;
 
 pub use consumer::{
-    Assignment, Delivered, Projection, ProjectionError, Projector, ProjectorSettings,
+    Assignment, ConsumerError, Delivered, OffsetStoringConsumer, Projector, ProjectorSettings,
 };
 
 /// The migrations of the read-model tables (the later ones; the first read-model tables

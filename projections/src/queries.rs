@@ -360,3 +360,25 @@ pub async fn bookings_pending_longer_than(
     .fetch_all(pool)
     .await
 }
+
+/// Which event the read models applied at a global position.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AppliedEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    pub sequence: i64,
+}
+
+/// The event the read models applied at `position`; `None` if they have not (yet).
+pub async fn applied_event(
+    pool: &PgPool,
+    position: i64,
+) -> Result<Option<AppliedEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence FROM rm_applied_events \
+          WHERE global_position = $1",
+    )
+    .bind(position)
+    .fetch_optional(pool)
+    .await
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use chronicle_eventstore::envelope::{SELECT_COMMIT_SAFE_AFTER, StoredEvent};
-use chronicle_projections::Projection;
+use chronicle_projections::OffsetStoringConsumer;
 use chronicle_projections::read_models::apply_envelopes;
 use chronicle_projections::search::{SearchIndex, SearchProjection, SearchSettings};
 use sqlx::{PgPool, Postgres, Transaction};

@@ -22,10 +22,7 @@ pub async fn healthz() -> Json<Value> {
     (status = 503, description = "Not ready; `reasons` says why", body = Object)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut reasons = Vec::new();
-    if let Err(e) = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.pool)
-        .await
-    {
+    if let Err(e) = chronicle_eventstore::db::ping(&state.pool).await {
         reasons.push(chronicle_projections::monitor::unreachable("database", &e));
     }
     reasons.extend(state.monitor.not_ready_reasons());

@@ -112,19 +112,16 @@ async fn search_your_writes(state: &AppState, min_position: Option<i64>) -> Resu
     };
     let deadline = tokio::time::Instant::now() + state.reads.min_position_timeout;
     read_your_writes(state, Some(position)).await?;
-    let event: Option<(String, Uuid, i64)> = sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence FROM rm_applied_events WHERE global_position = $1",
-    )
-    .bind(position)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(database)?;
-    let Some((aggregate_type, booking, sequence)) = event else {
+    let event = chronicle_projections::queries::applied_event(&state.pool, position)
+        .await
+        .map_err(database)?;
+    let Some(event) = event else {
         return Err(not_yet_applied(position));
     };
-    if aggregate_type != "Booking" {
+    if event.aggregate_type != "Booking" {
         return Ok(());
     }
+    let (booking, sequence) = (event.aggregate_id, event.sequence);
     loop {
         let index = state.search.clone();
         let indexed = tokio::task::spawn_blocking(move || {

@@ -56,7 +56,7 @@ use chronicle_eventstore::relay::{Relay, RelaySettings, relay_lag};
 use chronicle_projections::consumer::PartitionKey;
 use chronicle_projections::read_models::ReadModels;
 use chronicle_projections::search::{SearchIndex, SearchProjection, SearchSettings};
-use chronicle_projections::{Projection, Projector, ProjectorSettings};
+use chronicle_projections::{OffsetStoringConsumer, Projector, ProjectorSettings};
 use chronicle_tests::TestDb;
 use chronicle_tests::seed::seed;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -383,7 +383,7 @@ fn ends_of(ends: &Ends, topic: &str) -> Ends {
 
 /// Runs `projection` under the real projector with default settings until its stored
 /// offsets reach `ends`.
-async fn project_until<P: Projection>(
+async fn project_until<P: OffsetStoringConsumer>(
     projection: Arc<P>,
     kafka: &KafkaSettings,
     ends: &Ends,
@@ -405,7 +405,10 @@ async fn project_until<P: Projection>(
 }
 
 /// Messages up to `ends` that the projection has stored as applied.
-async fn stored_progress<P: Projection>(projection: &P, ends: &Ends) -> anyhow::Result<Progress> {
+async fn stored_progress<P: OffsetStoringConsumer>(
+    projection: &P,
+    ends: &Ends,
+) -> anyhow::Result<Progress> {
     let stored = projection
         .stored_offsets()
         .await

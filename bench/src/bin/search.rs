@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use chronicle_bench::{Latencies, Rng, machine, ms};
 use chronicle_eventstore::envelope::{Envelope, EnvelopeMetadata, event_id};
-use chronicle_projections::Projection;
+use chronicle_projections::OffsetStoringConsumer;
 use chronicle_projections::consumer::Delivered;
 use chronicle_projections::search::{
     SearchIndex, SearchProjection, SearchRequest, SearchSettings, SearchSort,

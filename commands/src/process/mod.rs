@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_eventstore::consumer::{
-    Delivered, PartitionKey, Projection, ProjectionError, Projector, ProjectorSettings,
+    ConsumerError, Delivered, OffsetStoringConsumer, PartitionKey, Projector, ProjectorSettings,
     dead_letter, load_offsets, store_offsets,
 };
 use chronicle_eventstore::envelope::{Envelope, topic_for};
@@ -155,7 +155,7 @@ impl ProcessManager {
     }
 }
 
-impl Projection for ProcessManager {
+impl OffsetStoringConsumer for ProcessManager {
     fn name(&self) -> &str {
         PROCESS_MANAGER
     }
@@ -167,7 +167,7 @@ impl Projection for ProcessManager {
         ]
     }
 
-    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
+    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ConsumerError> {
         Ok(load_offsets(&self.pool, PROCESS_MANAGER).await?)
     }
 
@@ -175,7 +175,7 @@ impl Projection for ProcessManager {
     /// re-runs at most that flow (ADR 0007). Messages that start no flow (most of them)
     /// have their offsets stored together at the end of the batch: reading them again
     /// after a crash runs nothing, and one write replaces one per message.
-    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
+    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ConsumerError> {
         let mut quiet: HashMap<(&str, i32), i64> = HashMap::new();
         for delivered in batch {
             let partition = (delivered.topic.as_str(), delivered.partition);
@@ -184,7 +184,7 @@ impl Projection for ProcessManager {
                 Ok(envelope) => self
                     .handle(&envelope)
                     .await
-                    .map_err(|e| ProjectionError::Other(e.to_string()))?,
+                    .map_err(|e| ConsumerError::Other(e.to_string()))?,
                 Err(reason) => Handled::Unreadable(reason),
             };
             if let Handled::Unreadable(reason) = &handled {

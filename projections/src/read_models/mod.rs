@@ -28,7 +28,8 @@ use std::sync::Arc;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::consumer::{
-    Delivered, PartitionKey, Projection, ProjectionError, dead_letter, load_offsets, store_offsets,
+    ConsumerError, Delivered, OffsetStoringConsumer, PartitionKey, dead_letter, load_offsets,
+    store_offsets,
 };
 use crate::metrics;
 
@@ -121,16 +122,16 @@ impl ReadModels {
     }
 }
 
-impl Projection for ReadModels {
+impl OffsetStoringConsumer for ReadModels {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
+    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ConsumerError> {
         Ok(load_offsets(&self.pool, &self.name).await?)
     }
 
-    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
+    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ConsumerError> {
         let number = self
             .batches
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)

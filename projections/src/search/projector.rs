@@ -20,7 +20,7 @@ use tantivy::{IndexWriter, Term};
 use uuid::Uuid;
 
 use super::index::{CommitPayload, SearchBooking, SearchIndex};
-use crate::consumer::{Delivered, PartitionKey, Projection, ProjectionError, dead_letter};
+use crate::consumer::{ConsumerError, Delivered, OffsetStoringConsumer, PartitionKey, dead_letter};
 use crate::metrics;
 use crate::queries::{GuestView, MoneyView};
 use chronicle_eventstore::metrics as consumer_metrics;
@@ -93,11 +93,7 @@ impl SearchProjection {
         self
     }
 
-    async fn dead_letter(
-        &self,
-        delivered: &Delivered,
-        reason: &str,
-    ) -> Result<(), ProjectionError> {
+    async fn dead_letter(&self, delivered: &Delivered, reason: &str) -> Result<(), ConsumerError> {
         match &self.dead_letters {
             Some(pool) => dead_letter(pool, SEARCH, delivered, reason).await?,
             None => {
@@ -114,19 +110,19 @@ impl SearchProjection {
     /// blocking I/O).
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&SearchIndex, &SearchSettings, &mut Pending) -> Result<T, ProjectionError>
+        work: impl FnOnce(&SearchIndex, &SearchSettings, &mut Pending) -> Result<T, ConsumerError>
         + Send
         + 'static,
-    ) -> Result<T, ProjectionError> {
+    ) -> Result<T, ConsumerError> {
         let (index, settings, pending) = (self.index.clone(), self.settings, self.pending.clone());
         tokio::task::spawn_blocking(move || {
             let mut pending = pending
                 .lock()
-                .map_err(|_| ProjectionError::Other("search writer poisoned".into()))?;
+                .map_err(|_| ConsumerError::Other("search writer poisoned".into()))?;
             work(&index, &settings, &mut pending)
         })
         .await
-        .map_err(|e| ProjectionError::Other(format!("search task: {e}")))?
+        .map_err(|e| ConsumerError::Other(format!("search task: {e}")))?
     }
 }
 
@@ -139,7 +135,7 @@ impl SearchProjection {
         envelopes: Vec<Envelope>,
         progress: HashMap<PartitionKey, i64>,
         commit_now: bool,
-    ) -> Result<(), ProjectionError> {
+    ) -> Result<(), ConsumerError> {
         self.blocking(move |index, _, pending| {
             for envelope in envelopes {
                 let position = envelope.global_position;
@@ -166,7 +162,7 @@ impl SearchProjection {
     }
 }
 
-impl Projection for SearchProjection {
+impl OffsetStoringConsumer for SearchProjection {
     fn name(&self) -> &str {
         SEARCH
     }
@@ -182,14 +178,14 @@ impl Projection for SearchProjection {
         kafka.fetch_wait.max(self.settings.commit_interval / 10)
     }
 
-    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ProjectionError> {
+    async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ConsumerError> {
         self.index.committed_offsets().map_err(search_error)
     }
 
     /// Unreadable messages are set aside before anything of the batch is applied, so a
     /// commit never moves the offsets past a message that was neither applied nor
     /// recorded.
-    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ProjectionError> {
+    async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ConsumerError> {
         let mut events = Vec::with_capacity(batch.len());
         for delivered in batch {
             match read_message(delivered) {
@@ -217,7 +213,7 @@ impl Projection for SearchProjection {
         .await
     }
 
-    async fn idle(&self) -> Result<(), ProjectionError> {
+    async fn idle(&self) -> Result<(), ConsumerError> {
         self.blocking(|index, settings, pending| {
             if !pending.changed.is_empty() && pending.since.elapsed() >= settings.commit_interval {
                 commit(index, pending)?;
@@ -227,18 +223,18 @@ impl Projection for SearchProjection {
         .await
     }
 
-    async fn flush(&self) -> Result<(), ProjectionError> {
+    async fn flush(&self) -> Result<(), ConsumerError> {
         self.blocking(|index, _, pending| commit(index, pending))
             .await
     }
 }
 
-fn search_error(error: tantivy::TantivyError) -> ProjectionError {
-    ProjectionError::Other(format!("search index: {error}"))
+fn search_error(error: tantivy::TantivyError) -> ConsumerError {
+    ConsumerError::Other(format!("search index: {error}"))
 }
 
 /// Writes every pending booking (delete by id, then add) and commits with the offsets.
-fn commit(index: &SearchIndex, pending: &mut Pending) -> Result<(), ProjectionError> {
+fn commit(index: &SearchIndex, pending: &mut Pending) -> Result<(), ConsumerError> {
     let started = Instant::now();
     let changed = pending.changed.len();
     let result = (|| {
@@ -313,7 +309,7 @@ fn apply_event(
         id,
         event,
     }: Readable,
-) -> Result<(), ProjectionError> {
+) -> Result<(), ConsumerError> {
     let current = match pending.changed.get(&id) {
         Some(booking) => Some(booking.clone()),
         None => index.get(id).map_err(search_error)?,
