@@ -192,6 +192,29 @@ async fn measure(
     let (Some(kafka), Some(consumer)) = (kafka, consumer) else {
         return report;
     };
+    sample_index_size(projectors).await;
+    let ends = async {
+        let stored = stored_offsets(pool, projectors).await?;
+        let timeout = kafka.admin_timeout.min(Duration::from_secs(3));
+        let topics = kafka.topics();
+        let ends =
+            tokio::task::spawn_blocking(move || high_watermarks(&consumer, &topics, timeout))
+                .await
+                .map_err(|error| unreachable("broker", &error))?
+                .map_err(|error| unreachable("broker", &error))?;
+        Ok::<_, String>((stored, ends))
+    };
+    match ends.await {
+        Ok((stored, ends)) => {
+            report.projectors = projector_lags(kafka, projectors, &stored, &ends);
+        }
+        Err(error) => report.errors.push(error),
+    }
+    report
+}
+
+/// Sets the search index's size on disk, if one of `projectors` is the search index.
+async fn sample_index_size(projectors: &[OffsetSource]) {
     for source in projectors {
         if let OffsetSource::Search(index) = source {
             let dir = index.dir().to_owned();
@@ -200,50 +223,33 @@ async fn measure(
             }
         }
     }
-    let stored = match stored_offsets(pool, projectors).await {
-        Ok(stored) => stored,
-        Err(error) => {
-            report.errors.push(error);
-            return report;
-        }
-    };
-    let timeout = kafka.admin_timeout.min(Duration::from_secs(3));
-    let topics = kafka.topics();
-    let ends =
-        tokio::task::spawn_blocking(move || high_watermarks(&consumer, &topics, timeout)).await;
-    let ends = match ends {
-        Ok(Ok(ends)) => ends,
-        Ok(Err(error)) => {
-            report.errors.push(unreachable("broker", &error));
-            return report;
-        }
-        Err(error) => {
-            report.errors.push(unreachable("broker", &error));
-            return report;
-        }
-    };
+}
+
+/// Each projector's lag per partition, from its stored offsets and the partitions' ends;
+/// also set on the lag gauge.
+fn projector_lags(
+    kafka: &KafkaSettings,
+    projectors: &[OffsetSource],
+    stored: &HashMap<(String, String, i32), i64>,
+    ends: &HashMap<(String, i32), i64>,
+) -> HashMap<(String, String, i32), i64> {
     let booking_topic = topic_for(&kafka.topic_prefix, "Booking");
+    let mut lags = HashMap::new();
     for source in projectors {
         let projector = source.name().to_owned();
-        let projector = &projector;
-        for ((topic, partition), end) in &ends {
+        for ((topic, partition), end) in ends {
             if matches!(source, OffsetSource::Search(_)) && *topic != booking_topic {
                 continue;
             }
-            let next = stored
-                .get(&(projector.clone(), topic.clone(), *partition))
-                .copied()
-                .unwrap_or(0);
-            let lag = (end - next).max(0);
+            let key = (projector.clone(), topic.clone(), *partition);
+            let lag = (end - stored.get(&key).copied().unwrap_or(0)).max(0);
             PROJECTOR_LAG
-                .with_label_values(&[projector, topic, &partition.to_string()])
+                .with_label_values(&[&projector, topic, &partition.to_string()])
                 .set(lag);
-            report
-                .projectors
-                .insert((projector.clone(), topic.clone(), *partition), lag);
+            lags.insert(key, lag);
         }
     }
-    report
+    lags
 }
 
 /// The bytes of the files in `dir` (one level: Tantivy keeps its segments flat).

@@ -56,69 +56,75 @@ impl Start {
     /// when it should start one and cannot be read. Only the types that start flows are
     /// read at all.
     pub(crate) fn read(envelope: &Envelope) -> Result<Option<Self>, String> {
-        let mismatch = |payload_type: String| {
-            format!(
-                "event type {} with a {payload_type} payload",
-                envelope.event_type
-            )
-        };
         match (
             envelope.aggregate_type.as_str(),
             envelope.event_type.as_str(),
         ) {
             ("Booking", "BookingRequested" | "BookingCancelled") => {
-                match payload::<BookingEvent>(envelope)? {
-                    BookingEvent::BookingRequested {
-                        booking_id,
-                        account_id,
-                        owner,
-                        price,
-                        ..
-                    } if envelope.event_type == "BookingRequested" => {
-                        Ok(Some(Self::ChargeBooking {
-                            booking_id,
-                            account_id,
-                            owner,
-                            price,
-                        }))
-                    }
-                    BookingEvent::BookingCancelled { .. }
-                        if envelope.event_type == "BookingCancelled" =>
-                    {
-                        let booking_id = Uuid::parse_str(&envelope.aggregate_id).map_err(|e| {
-                            format!("aggregate id {:?}: {e}", envelope.aggregate_id)
-                        })?;
-                        Ok(Some(Self::RefundBooking { booking_id }))
-                    }
-                    other => Err(mismatch(other.event_type())),
-                }
+                Self::of_booking_event(envelope, payload(envelope)?)
             }
-            ("Payment", "PaymentInitiated") => match payload::<PaymentEvent>(envelope)? {
-                // Its own are charged within the booking flow.
-                PaymentEvent::PaymentInitiated { .. }
-                    if envelope.metadata.actor.as_deref()
-                        == Some(&ProcessManager::actor().subject) =>
-                {
-                    Ok(None)
-                }
-                PaymentEvent::PaymentInitiated {
-                    payment_id,
-                    account_id,
-                    amount,
-                    kind: PaymentKind::OneTime,
-                    ..
-                } => Ok(Some(Self::ChargeClientPayment {
-                    payment_id,
-                    account_id,
-                    amount,
-                })),
-                // Recurring payments are charged by the scheduler when due.
-                PaymentEvent::PaymentInitiated { .. } => Ok(None),
-                other => Err(mismatch(other.event_type())),
-            },
+            ("Payment", "PaymentInitiated") => Self::of_payment_event(envelope, payload(envelope)?),
             _ => Ok(None),
         }
     }
+
+    /// The flow a booking's request or cancellation starts.
+    fn of_booking_event(envelope: &Envelope, event: BookingEvent) -> Result<Option<Self>, String> {
+        match event {
+            BookingEvent::BookingRequested {
+                booking_id,
+                account_id,
+                owner,
+                price,
+                ..
+            } if envelope.event_type == "BookingRequested" => Ok(Some(Self::ChargeBooking {
+                booking_id,
+                account_id,
+                owner,
+                price,
+            })),
+            BookingEvent::BookingCancelled { .. } if envelope.event_type == "BookingCancelled" => {
+                let booking_id = Uuid::parse_str(&envelope.aggregate_id)
+                    .map_err(|e| format!("aggregate id {:?}: {e}", envelope.aggregate_id))?;
+                Ok(Some(Self::RefundBooking { booking_id }))
+            }
+            other => Err(mismatch(envelope, other.event_type())),
+        }
+    }
+
+    /// The flow a client's one-time payment starts.
+    fn of_payment_event(envelope: &Envelope, event: PaymentEvent) -> Result<Option<Self>, String> {
+        match event {
+            // Its own are charged within the booking flow.
+            PaymentEvent::PaymentInitiated { .. }
+                if envelope.metadata.actor.as_deref() == Some(&ProcessManager::actor().subject) =>
+            {
+                Ok(None)
+            }
+            PaymentEvent::PaymentInitiated {
+                payment_id,
+                account_id,
+                amount,
+                kind: PaymentKind::OneTime,
+                ..
+            } => Ok(Some(Self::ChargeClientPayment {
+                payment_id,
+                account_id,
+                amount,
+            })),
+            // Recurring payments are charged by the scheduler when due.
+            PaymentEvent::PaymentInitiated { .. } => Ok(None),
+            other => Err(mismatch(envelope, other.event_type())),
+        }
+    }
+}
+
+/// An envelope whose event type names one event and whose payload is another.
+fn mismatch(envelope: &Envelope, payload_type: String) -> String {
+    format!(
+        "event type {} with a {payload_type} payload",
+        envelope.event_type
+    )
 }
 
 fn payload<E: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<E, String> {
@@ -196,6 +202,19 @@ impl ProcessManager {
                 .finish(FlowStatus::Stuck, unexpected(&flow, "capture", &refusal))
                 .await;
         }
+        self.confirm_paid_booking(&flow, booking_id, payment_id, account_id)
+            .await
+    }
+
+    /// Confirms a booking its payment has captured; if it was cancelled or expired
+    /// meanwhile, gives the money back instead.
+    async fn confirm_paid_booking(
+        &self,
+        flow: &Flow<'_>,
+        booking_id: Uuid,
+        payment_id: Uuid,
+        account_id: Uuid,
+    ) -> Result<(), ProcessError> {
         let confirmed = flow
             .step("confirm-booking", |m| async move {
                 self.commands
@@ -212,7 +231,7 @@ impl ProcessManager {
             // Cancelled or expired while it was being charged: give the money back.
             Step::Refused(DomainError::InvalidTransition { status, .. }) => {
                 match self
-                    .refund(&flow, payment_id, account_id, "compensation")
+                    .refund(flow, payment_id, account_id, "compensation")
                     .await?
                 {
                     Refund::Stuck(detail) => flow.finish(FlowStatus::Stuck, Some(detail)).await,
@@ -228,7 +247,7 @@ impl ProcessManager {
             Step::Refused(refusal) => {
                 flow.finish(
                     FlowStatus::Stuck,
-                    unexpected(&flow, "confirm-booking", &refusal),
+                    unexpected(flow, "confirm-booking", &refusal),
                 )
                 .await
             }

@@ -9,14 +9,16 @@
 //! Advisory locks taken outside a transaction hold neither an xid nor a snapshot.
 
 use chronicle_domain::values::Note;
-use chronicle_domain::{BookingCommand, Currency, Issued, Money, PaymentCommand, PaymentStatus};
+use chronicle_domain::{
+    BookingCommand, Currency, DomainError, Issued, Money, PaymentCommand, PaymentStatus,
+};
 use chrono::{DateTime, Utc};
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::flow::{FlowKind, FlowStatus, ProcessError, Step};
+use super::flow::{Flow, FlowKind, FlowStatus, ProcessError, Step};
 use super::{ProcessManager, ProcessSettings};
 use chronicle_projections::queries::{self, DueCharge};
 
@@ -100,26 +102,7 @@ impl ProcessManager {
             .debit(&flow, due.account_id, money, flow_id, "withdraw")
             .await?
         {
-            Step::Done => {
-                let captured = flow
-                    .step("capture", |m| async move {
-                        self.commands
-                            .payment(
-                                due.payment_id,
-                                issued(PaymentCommand::CapturePayment { charge: n }),
-                                &m,
-                            )
-                            .await
-                    })
-                    .await?;
-                match captured {
-                    Step::Done => flow.finish(FlowStatus::Captured, None).await,
-                    Step::Refused(refusal) => {
-                        flow.finish(FlowStatus::Stuck, Some(refusal.to_string()))
-                            .await
-                    }
-                }
-            }
+            Step::Done => self.capture_charge(&flow, due.payment_id, n).await,
             Step::Refused(refusal) => {
                 let attempt = state
                     .failed_attempts
@@ -128,32 +111,71 @@ impl ProcessManager {
                     .unwrap_or(0)
                     .max(due.attempts as u32)
                     + 1;
-                let retry_at = self.retry_at(attempt);
-                let command = PaymentCommand::FailCharge {
-                    charge: n,
-                    attempt,
-                    reason: Note::reason(refusal.code()),
-                    retry_at,
-                };
-                let step = format!("fail-{attempt}");
-                flow.step(&step, |m| async move {
-                    self.commands
-                        .payment(due.payment_id, issued(command), &m)
-                        .await
-                })
-                .await?;
-                let status = if retry_at.is_some() {
-                    FlowStatus::Retrying
-                } else {
-                    FlowStatus::Suspended
-                };
-                flow.finish(
-                    status,
-                    Some(format!("attempt {attempt}: {}", refusal.code())),
-                )
-                .await
+                self.fail_charge(&flow, due.payment_id, n, attempt, &refusal)
+                    .await
             }
         }
+    }
+
+    /// Captures charge `n` of a payment whose money was withdrawn.
+    async fn capture_charge(
+        &self,
+        flow: &Flow<'_>,
+        payment_id: Uuid,
+        n: u32,
+    ) -> Result<(), ProcessError> {
+        let captured = flow
+            .step("capture", |m| async move {
+                self.commands
+                    .payment(
+                        payment_id,
+                        issued(PaymentCommand::CapturePayment { charge: n }),
+                        &m,
+                    )
+                    .await
+            })
+            .await?;
+        match captured {
+            Step::Done => flow.finish(FlowStatus::Captured, None).await,
+            Step::Refused(refusal) => {
+                flow.finish(FlowStatus::Stuck, Some(refusal.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// Records that attempt `attempt` at charge `n` failed, with when to try again, if at
+    /// all (the payment is suspended after the last).
+    async fn fail_charge(
+        &self,
+        flow: &Flow<'_>,
+        payment_id: Uuid,
+        n: u32,
+        attempt: u32,
+        refusal: &DomainError,
+    ) -> Result<(), ProcessError> {
+        let retry_at = self.retry_at(attempt);
+        let command = PaymentCommand::FailCharge {
+            charge: n,
+            attempt,
+            reason: Note::reason(refusal.code()),
+            retry_at,
+        };
+        let step = format!("fail-{attempt}");
+        flow.step(&step, |m| async move {
+            self.commands.payment(payment_id, issued(command), &m).await
+        })
+        .await?;
+        let status = if retry_at.is_some() {
+            FlowStatus::Retrying
+        } else {
+            FlowStatus::Suspended
+        };
+        flow.finish(
+            status,
+            Some(format!("attempt {attempt}: {}", refusal.code())),
+        )
+        .await
     }
 
     /// When attempt `attempt + 1` is due, or `None` when `attempt` was the last.

@@ -151,6 +151,21 @@ impl fmt::Debug for EventRepository {
     }
 }
 
+/// Where a load started its fold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restored {
+    /// From the snapshot: the events after it follow.
+    FromSnapshot,
+    /// From the first event: the whole stream was replayed.
+    Replayed,
+}
+
+impl Restored {
+    fn is_replayed(self) -> bool {
+        self == Self::Replayed
+    }
+}
+
 /// One row of [`sql::LOAD`].
 #[derive(sqlx::FromRow)]
 struct LoadRow {
@@ -254,25 +269,13 @@ impl EventRepository {
             snapshot_sequence: 0,
             head_position,
         };
-        if let Some(row) = snapshot {
-            match serde_json::from_value::<A>(row.payload.unwrap_or(Value::Null)) {
-                Ok(aggregate) => {
-                    stream.aggregate = aggregate;
-                    stream.version = to_usize(row.sequence.unwrap_or(0));
-                    stream.snapshot_sequence = stream.version;
-                    stream.snapshot = Some(to_usize(row.position.unwrap_or(0)));
-                }
-                Err(error) => {
-                    // The aggregate changed shape since the snapshot was taken: replay
-                    // the whole stream; the next snapshot replaces the stale one.
-                    tracing::info!(aggregate = A::TYPE, %aggregate_id, %error, "snapshot no longer decodes; replaying the stream");
-                    for event in self.all_events::<A>(connection, aggregate_id).await? {
-                        stream.version = event.sequence;
-                        stream.aggregate.apply(event.payload);
-                    }
-                    events.clear();
-                }
-            }
+        if let Some(row) = snapshot
+            && self
+                .restore_snapshot(connection, &mut stream, row)
+                .await?
+                .is_replayed()
+        {
+            events.clear();
         }
         for row in events {
             let sequence = to_usize(row.sequence.unwrap_or(0));
@@ -284,6 +287,35 @@ impl EventRepository {
             stream,
             idempotency: record,
         })
+    }
+
+    /// Starts `stream` from its snapshot; if the snapshot no longer decodes (the
+    /// aggregate changed shape since it was taken), replays the whole stream instead, and
+    /// the next snapshot replaces the stale one.
+    async fn restore_snapshot<A: Aggregate>(
+        &self,
+        connection: &mut PgConnection,
+        stream: &mut Stream<A>,
+        row: LoadRow,
+    ) -> Result<Restored, RepositoryError> {
+        match serde_json::from_value::<A>(row.payload.unwrap_or(Value::Null)) {
+            Ok(aggregate) => {
+                stream.aggregate = aggregate;
+                stream.version = to_usize(row.sequence.unwrap_or(0));
+                stream.snapshot_sequence = stream.version;
+                stream.snapshot = Some(to_usize(row.position.unwrap_or(0)));
+                Ok(Restored::FromSnapshot)
+            }
+            Err(error) => {
+                let aggregate_id = stream.aggregate_id.clone();
+                tracing::info!(aggregate = A::TYPE, %aggregate_id, %error, "snapshot no longer decodes; replaying the stream");
+                for event in self.all_events::<A>(connection, &aggregate_id).await? {
+                    stream.version = event.sequence;
+                    stream.aggregate.apply(event.payload);
+                }
+                Ok(Restored::Replayed)
+            }
+        }
     }
 
     /// Every event of a stream as envelopes, metadata included.

@@ -107,8 +107,13 @@ struct Slot {
     constant: Option<Score>,
 }
 
-impl Weight for WordWeight {
-    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+impl WordWeight {
+    /// One part per distinct set of postings, and one slot per alternative naming its part.
+    fn parts(
+        &self,
+        reader: &SegmentReader,
+        boost: Score,
+    ) -> tantivy::Result<(Vec<Part>, Vec<Slot>)> {
         let mut parts: Vec<Part> = Vec::with_capacity(self.alternatives.len());
         let mut slots = Vec::with_capacity(self.alternatives.len());
         for alternative in &self.alternatives {
@@ -156,29 +161,44 @@ impl Weight for WordWeight {
                 }
             }
         }
-        let live: Vec<bool> = parts
-            .iter()
-            .map(|part| !part.scorer.is::<EmptyScorer>() && part.scorer.doc() != TERMINATED)
-            .collect();
-        if !live.contains(&true) {
+        Ok((parts, slots))
+    }
+}
+
+/// The parts that can match, with their slots renumbered; `None` when none can.
+fn live_parts(parts: Vec<Part>, mut slots: Vec<Slot>) -> Option<(Vec<Part>, Vec<Slot>)> {
+    let live: Vec<bool> = parts
+        .iter()
+        .map(|part| !part.scorer.is::<EmptyScorer>() && part.scorer.doc() != TERMINATED)
+        .collect();
+    if !live.contains(&true) {
+        return None;
+    }
+    // Dead parts never match: drop them and their slots, renumbering the rest.
+    let mut renumbered = Vec::with_capacity(parts.len());
+    let mut kept = 0;
+    for &alive in &live {
+        renumbered.push(kept);
+        kept += usize::from(alive);
+    }
+    slots.retain(|slot| live[slot.part]);
+    for slot in &mut slots {
+        slot.part = renumbered[slot.part];
+    }
+    let parts: Vec<Part> = parts
+        .into_iter()
+        .zip(live)
+        .filter_map(|(part, alive)| alive.then_some(part))
+        .collect();
+    Some((parts, slots))
+}
+
+impl Weight for WordWeight {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        let (parts, slots) = self.parts(reader, boost)?;
+        let Some((parts, slots)) = live_parts(parts, slots) else {
             return Ok(Box::new(EmptyScorer));
-        }
-        // Dead parts never match: drop them and their slots, renumbering the rest.
-        let mut renumbered = Vec::with_capacity(parts.len());
-        let mut kept = 0;
-        for &alive in &live {
-            renumbered.push(kept);
-            kept += usize::from(alive);
-        }
-        slots.retain(|slot| live[slot.part]);
-        for slot in &mut slots {
-            slot.part = renumbered[slot.part];
-        }
-        let parts: Vec<Part> = parts
-            .into_iter()
-            .zip(live)
-            .filter_map(|(part, alive)| alive.then_some(part))
-            .collect();
+        };
         let mut scorer = WordScorer {
             parts,
             slots,
