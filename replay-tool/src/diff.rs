@@ -168,9 +168,170 @@ impl Differ {
     }
 }
 
+/// A live `accounts` row with the counts of its ledger lines and balance versions.
 type AccountRow = (Uuid, String, String, i64, i64, String, i64, i64, i64);
+/// A live `bookings` row with the count of its status versions.
 type BookingRow = (Uuid, String, i64, Option<Uuid>, String, i64);
+/// A live `payments` row with the count of its ledger lines.
 type PaymentRow = (Uuid, String, i64, i64, i32, i64, i64);
+
+/// Reads every [`AccountRow`].
+const ACCOUNT_ROWS: &str = "SELECT a.account_id, a.owner, a.currency, a.balance, a.overdraft_limit, a.status, a.version, \
+                (SELECT count(*) FROM account_ledger l WHERE l.account_id = a.account_id), \
+                (SELECT count(*) FROM account_balance_history h WHERE h.account_id = a.account_id) \
+           FROM accounts a";
+/// Reads every [`BookingRow`].
+const BOOKING_ROWS: &str = "SELECT b.booking_id, b.status, b.version, b.payment_id, b.resource_id, \
+                (SELECT count(*) FROM booking_status_history h WHERE h.booking_id = b.booking_id) \
+           FROM bookings b";
+/// Reads every [`PaymentRow`].
+const PAYMENT_ROWS: &str = "SELECT p.payment_id, p.status, p.captured_total, p.refunded_total, p.charges_captured, p.version, \
+                (SELECT count(*) FROM payment_ledger l WHERE l.payment_id = p.payment_id) \
+           FROM payments p";
+
+/// Reads all rows of one read-model query, keyed by the aggregate id `key` picks out.
+async fn load_rows<R>(
+    conn: &mut sqlx::PgConnection,
+    query: &str,
+    key: impl Fn(&R) -> Uuid,
+) -> anyhow::Result<BTreeMap<Uuid, R>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as::<_, R>(query)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|row| (key(&row), row))
+        .collect())
+}
+
+impl Differ {
+    /// Checks that `live` holds exactly the aggregates of `expected`, then compares each
+    /// row present in both with `row`.
+    fn compare<R, E>(
+        &mut self,
+        model: &'static str,
+        live: &BTreeMap<Uuid, R>,
+        expected: &BTreeMap<Uuid, E>,
+        row: impl Fn(&mut Self, &Uuid, &R, &E),
+    ) {
+        self.presence(model, live, expected.keys().copied());
+        for (id, want) in expected {
+            if let Some(found) = live.get(id) {
+                row(self, id, found, want);
+            }
+        }
+    }
+
+    /// Compares one account with its ledger and balance history.
+    fn account(
+        &mut self,
+        id: &Uuid,
+        row: &AccountRow,
+        (state, version, moved): &(AccountState, u64, i64),
+    ) {
+        let status = state.status().as_str();
+        self.check(
+            "accounts",
+            id,
+            "owner",
+            row.1.as_str(),
+            state.owner.as_str(),
+        );
+        self.check(
+            "accounts",
+            id,
+            "currency",
+            row.2.as_str(),
+            state.currency.as_str(),
+        );
+        self.check("accounts", id, "balance", row.3, state.balance);
+        self.check(
+            "accounts",
+            id,
+            "overdraft_limit",
+            row.4,
+            state.overdraft_limit,
+        );
+        self.check("accounts", id, "status", row.5.as_str(), status);
+        self.check("accounts", id, "version", row.6, *version as i64);
+        self.check("account_ledger", id, "lines", row.7, *moved);
+        self.check(
+            "account_balance_history",
+            id,
+            "versions",
+            row.8,
+            *version as i64,
+        );
+    }
+
+    /// Compares one booking with its status history.
+    fn booking(&mut self, id: &Uuid, row: &BookingRow, (state, version): &(BookingState, u64)) {
+        self.check(
+            "bookings",
+            id,
+            "status",
+            row.1.as_str(),
+            state.status.as_str(),
+        );
+        self.check("bookings", id, "version", row.2, *version as i64);
+        self.check("bookings", id, "payment_id", row.3, state.payment_id);
+        self.check(
+            "bookings",
+            id,
+            "resource_id",
+            row.4.as_str(),
+            state.resource_id.as_str(),
+        );
+        self.check(
+            "booking_status_history",
+            id,
+            "versions",
+            row.5,
+            *version as i64,
+        );
+    }
+
+    /// Compares one payment with its ledger.
+    fn payment(
+        &mut self,
+        id: &Uuid,
+        row: &PaymentRow,
+        (state, version, moved): &(PaymentState, u64, i64),
+    ) {
+        self.check(
+            "payments",
+            id,
+            "status",
+            row.1.as_str(),
+            state.status.as_str(),
+        );
+        self.check(
+            "payments",
+            id,
+            "captured_total",
+            row.2,
+            state.captured_total,
+        );
+        self.check(
+            "payments",
+            id,
+            "refunded_total",
+            row.3,
+            state.refunded_total,
+        );
+        self.check(
+            "payments",
+            id,
+            "charges_captured",
+            row.4,
+            state.charges_captured as i32,
+        );
+        self.check("payments", id, "version", row.5, *version as i64);
+        self.check("payment_ledger", id, "lines", row.6, *moved);
+    }
+}
 
 /// Compares the PostgreSQL read models with the replayed store.
 pub async fn diff_read_models(
@@ -188,141 +349,12 @@ pub async fn diff_read_models(
         applied,
         expected.events as i64,
     );
-
-    let accounts: BTreeMap<Uuid, AccountRow> = sqlx::query_as::<_, AccountRow>(
-        "SELECT a.account_id, a.owner, a.currency, a.balance, a.overdraft_limit, a.status, a.version, \
-                (SELECT count(*) FROM account_ledger l WHERE l.account_id = a.account_id), \
-                (SELECT count(*) FROM account_balance_history h WHERE h.account_id = a.account_id) \
-           FROM accounts a",
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|row| (row.0, row))
-    .collect();
-    differ.presence("accounts", &accounts, expected.accounts.keys().copied());
-    for (id, (state, version, moved)) in &expected.accounts {
-        if let Some(row) = accounts.get(id) {
-            let status = state.status().as_str();
-            differ.check(
-                "accounts",
-                id,
-                "owner",
-                row.1.as_str(),
-                state.owner.as_str(),
-            );
-            differ.check(
-                "accounts",
-                id,
-                "currency",
-                row.2.as_str(),
-                state.currency.as_str(),
-            );
-            differ.check("accounts", id, "balance", row.3, state.balance);
-            differ.check(
-                "accounts",
-                id,
-                "overdraft_limit",
-                row.4,
-                state.overdraft_limit,
-            );
-            differ.check("accounts", id, "status", row.5.as_str(), status);
-            differ.check("accounts", id, "version", row.6, *version as i64);
-            differ.check("account_ledger", id, "lines", row.7, *moved);
-            differ.check(
-                "account_balance_history",
-                id,
-                "versions",
-                row.8,
-                *version as i64,
-            );
-        }
-    }
-
-    let bookings: BTreeMap<Uuid, BookingRow> = sqlx::query_as::<_, BookingRow>(
-        "SELECT b.booking_id, b.status, b.version, b.payment_id, b.resource_id, \
-                (SELECT count(*) FROM booking_status_history h WHERE h.booking_id = b.booking_id) \
-           FROM bookings b",
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|row| (row.0, row))
-    .collect();
-    differ.presence("bookings", &bookings, expected.bookings.keys().copied());
-    for (id, (state, version)) in &expected.bookings {
-        if let Some(row) = bookings.get(id) {
-            differ.check(
-                "bookings",
-                id,
-                "status",
-                row.1.as_str(),
-                state.status.as_str(),
-            );
-            differ.check("bookings", id, "version", row.2, *version as i64);
-            differ.check("bookings", id, "payment_id", row.3, state.payment_id);
-            differ.check(
-                "bookings",
-                id,
-                "resource_id",
-                row.4.as_str(),
-                state.resource_id.as_str(),
-            );
-            differ.check(
-                "booking_status_history",
-                id,
-                "versions",
-                row.5,
-                *version as i64,
-            );
-        }
-    }
-
-    let payments: BTreeMap<Uuid, PaymentRow> = sqlx::query_as::<_, PaymentRow>(
-        "SELECT p.payment_id, p.status, p.captured_total, p.refunded_total, p.charges_captured, p.version, \
-                (SELECT count(*) FROM payment_ledger l WHERE l.payment_id = p.payment_id) \
-           FROM payments p",
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|row| (row.0, row))
-    .collect();
-    differ.presence("payments", &payments, expected.payments.keys().copied());
-    for (id, (state, version, moved)) in &expected.payments {
-        if let Some(row) = payments.get(id) {
-            differ.check(
-                "payments",
-                id,
-                "status",
-                row.1.as_str(),
-                state.status.as_str(),
-            );
-            differ.check(
-                "payments",
-                id,
-                "captured_total",
-                row.2,
-                state.captured_total,
-            );
-            differ.check(
-                "payments",
-                id,
-                "refunded_total",
-                row.3,
-                state.refunded_total,
-            );
-            differ.check(
-                "payments",
-                id,
-                "charges_captured",
-                row.4,
-                state.charges_captured as i32,
-            );
-            differ.check("payments", id, "version", row.5, *version as i64);
-            differ.check("payment_ledger", id, "lines", row.6, *moved);
-        }
-    }
+    let accounts = load_rows(conn, ACCOUNT_ROWS, |row: &AccountRow| row.0).await?;
+    differ.compare("accounts", &accounts, &expected.accounts, Differ::account);
+    let bookings = load_rows(conn, BOOKING_ROWS, |row: &BookingRow| row.0).await?;
+    differ.compare("bookings", &bookings, &expected.bookings, Differ::booking);
+    let payments = load_rows(conn, PAYMENT_ROWS, |row: &PaymentRow| row.0).await?;
+    differ.compare("payments", &payments, &expected.payments, Differ::payment);
     Ok(differ.found)
 }
 

@@ -36,6 +36,9 @@ fn csv_field(text: &str) -> String {
     }
 }
 
+/// The CSV header: the columns in the order [`write_csv_line`] writes them.
+const CSV_HEADER: &str = "global_position,aggregate_type,aggregate_id,sequence,event_type,event_version,recorded_at,payload,metadata";
+
 /// Writes the selected events in global-position order; returns how many.
 pub async fn export(
     pool: &PgPool,
@@ -56,50 +59,60 @@ pub async fn export(
         .bind(selection.to)
         .fetch(pool);
     if format == Format::Csv {
-        writeln!(
-            out,
-            "global_position,aggregate_type,aggregate_id,sequence,event_type,event_version,recorded_at,payload,metadata"
-        )?;
+        writeln!(out, "{CSV_HEADER}")?;
     }
     let mut count = 0;
     while let Some(event) = rows.try_next().await? {
         count += 1;
-        let recorded_at = event
-            .recorded_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         match format {
-            Format::JsonLines => {
-                let line = json!({
-                    "global_position": event.global_position,
-                    "aggregate_type": event.aggregate_type,
-                    "aggregate_id": event.aggregate_id,
-                    "sequence": event.sequence,
-                    "event_type": event.event_type,
-                    "event_version": event.event_version,
-                    "recorded_at": recorded_at,
-                    "payload": event.payload,
-                    "metadata": event.metadata,
-                });
-                serde_json::to_writer(&mut *out, &line)?;
-                out.write_all(b"\n")?;
-            }
-            Format::Csv => writeln!(
-                out,
-                "{},{},{},{},{},{},{},{},{}",
-                event.global_position,
-                csv_field(&event.aggregate_type),
-                csv_field(&event.aggregate_id),
-                event.sequence,
-                csv_field(&event.event_type),
-                csv_field(&event.event_version),
-                recorded_at,
-                csv_field(&event.payload.to_string()),
-                csv_field(&event.metadata.to_string()),
-            )?,
+            Format::JsonLines => write_json_line(out, &event)?,
+            Format::Csv => write_csv_line(out, &event)?,
         }
     }
     out.flush()?;
     Ok(count)
+}
+
+/// When the event was recorded, as RFC 3339 UTC with microseconds.
+fn recorded_at(event: &StoredEvent) -> String {
+    event
+        .recorded_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Writes one event as a JSON object on a line of its own.
+fn write_json_line(out: &mut impl Write, event: &StoredEvent) -> anyhow::Result<()> {
+    let line = json!({
+        "global_position": event.global_position,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "sequence": event.sequence,
+        "event_type": event.event_type,
+        "event_version": event.event_version,
+        "recorded_at": recorded_at(event),
+        "payload": event.payload,
+        "metadata": event.metadata,
+    });
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Writes one event as a CSV record, in the columns of [`CSV_HEADER`].
+fn write_csv_line(out: &mut impl Write, event: &StoredEvent) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{},{},{},{},{},{},{},{},{}",
+        event.global_position,
+        csv_field(&event.aggregate_type),
+        csv_field(&event.aggregate_id),
+        event.sequence,
+        csv_field(&event.event_type),
+        csv_field(&event.event_version),
+        recorded_at(event),
+        csv_field(&event.payload.to_string()),
+        csv_field(&event.metadata.to_string()),
+    )
 }
 
 #[cfg(test)]

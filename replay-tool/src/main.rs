@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chronicle_eventstore::envelope::StoredEvent;
 use chronicle_replay::export::{Format, Selection};
 use chronicle_replay::fold::Kind;
 use chronicle_replay::history::Until;
@@ -141,6 +142,7 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs one subcommand; the exit code says whether it found something.
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let url = cli.database_url;
     let interactive = std::io::stderr().is_terminal();
@@ -149,146 +151,213 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             aggregate_type,
             id,
             json,
-        } => {
-            let pool = db::read_only(&url).await?;
-            let kind = kind(&aggregate_type)?;
-            let events = history::stream(&pool, kind, &id).await?;
-            if events.is_empty() {
-                anyhow::bail!("no {} with id {id}", kind.name());
-            }
-            let lines = history::history(kind, &events)?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                serde_json::to_writer_pretty(&mut out, &lines)?;
-                writeln!(out)?;
-            } else {
-                history::print_table(&lines, &mut out)?;
-            }
-        }
+        } => print_history(&url, &aggregate_type, &id, json).await,
         Command::State {
             aggregate_type,
             id,
             as_of,
             version,
-        } => {
-            let pool = db::read_only(&url).await?;
-            let kind = kind(&aggregate_type)?;
-            let events = history::stream(&pool, kind, &id).await?;
-            let until = match (as_of, version) {
-                (Some(at), _) => Until::AsOf(at),
-                (_, Some(v)) => Until::Version(v),
-                _ => Until::Now,
-            };
-            match history::state(kind, &events, until)? {
-                Some((version, state)) => {
-                    let body = serde_json::json!({ "aggregate_type": kind.name(), "id": id, "version": version, "state": state });
-                    println!("{}", serde_json::to_string_pretty(&body)?);
-                }
-                None => anyhow::bail!("no {} with id {id} at that point", kind.name()),
-            }
-        }
+        } => print_state(&url, &aggregate_type, &id, as_of, version).await,
         Command::Verify { aggregate_type, id } => {
-            let pool = db::read_only(&url).await?;
-            let kind = aggregate_type.as_deref().map(kind).transpose()?;
-            let started = std::time::Instant::now();
-            let report = verify::verify(&pool, kind, id.as_deref()).await?;
-            for ((t, i), found) in &report.breaks {
-                println!("BROKEN {t} {i}: {found}");
-            }
-            eprintln!(
-                "verified {} streams, {} events in {:.1} s: {} problem(s)",
-                report.streams,
-                report.events,
-                started.elapsed().as_secs_f64(),
-                report.breaks.len()
-            );
-            if !report.breaks.is_empty() {
-                return Ok(ExitCode::from(1));
-            }
+            verify_chains(&url, aggregate_type.as_deref(), id.as_deref()).await
         }
         Command::Rebuild {
             projection,
             fresh,
             search_dir: dir,
-        } => {
-            let pool = db::writable(&url).await?;
-            let summary = match projection {
-                Projection::ReadModels => rebuild::read_models(&pool, fresh, interactive).await?,
-                Projection::Search => {
-                    rebuild::search(&pool, &search_dir(dir), fresh, interactive).await?
-                }
-            };
-            eprintln!(
-                "rebuilt from {} events in {:.1} s: {:.0} events/s{}",
-                summary.events,
-                summary.seconds,
-                summary.rate(),
-                if summary.resumed { " (resumed)" } else { "" }
-            );
-        }
+        } => rebuild_projection(&url, projection, fresh, dir, interactive).await,
         Command::Diff {
             projection,
             search_dir: dir,
-        } => {
-            let pool = db::read_only(&url).await?;
-            let started = std::time::Instant::now();
-            // The store and the read models from one snapshot: read models the projector
-            // changes meanwhile are not compared against a store read earlier.
-            let mut snapshot = pool.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *snapshot)
-                .await?;
-            let expected = diff::replay_store(&mut snapshot, interactive).await?;
-            let found = match projection {
-                Projection::ReadModels => diff::diff_read_models(&mut snapshot, &expected).await?,
-                Projection::Search => {
-                    let index = chronicle_projections::search::SearchIndex::open(&search_dir(dir))?;
-                    diff::diff_search(&index, &expected)?
-                }
-            };
-            for discrepancy in &found {
-                println!("DIFF {discrepancy}");
-            }
-            eprintln!(
-                "replayed {} events in {:.1} s: {} discrepanc{}",
-                expected.events,
-                started.elapsed().as_secs_f64(),
-                found.len(),
-                if found.len() == 1 { "y" } else { "ies" }
-            );
-            if !found.is_empty() {
-                return Ok(ExitCode::from(1));
-            }
-        }
+        } => diff_projection(&url, projection, dir, interactive).await,
         Command::Export {
             aggregate_type,
             from,
             to,
             format,
             stats,
-        } => {
-            let pool = db::read_only(&url).await?;
-            let selection = Selection {
-                kind: aggregate_type.as_deref().map(kind).transpose()?,
-                from,
-                to,
-            };
-            let format = match format {
-                ExportFormat::Jsonl => Format::JsonLines,
-                ExportFormat::Csv => Format::Csv,
-            };
-            let started = std::time::Instant::now();
-            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-            let count = export::export(&pool, &selection, format, &mut out).await?;
-            if stats {
-                let seconds = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "exported {count} events in {seconds:.1} s ({:.0} events/s), peak RSS {} MiB",
-                    count as f64 / seconds.max(1e-9),
-                    peak_rss_kib().map(|k| k / 1024).unwrap_or(0)
-                );
-            }
+        } => export_events(&url, aggregate_type.as_deref(), from, to, format, stats).await,
+    }
+}
+
+/// Exit 0 when nothing was found, 1 when `problems` were.
+fn exit_code(problems: usize) -> ExitCode {
+    if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Every event of one stream, read-only, with the stream's kind.
+async fn load_stream(
+    url: &str,
+    aggregate_type: &str,
+    id: &str,
+) -> anyhow::Result<(Kind, Vec<StoredEvent>)> {
+    let pool = db::read_only(url).await?;
+    let kind = kind(aggregate_type)?;
+    let events = history::stream(&pool, kind, id).await?;
+    Ok((kind, events))
+}
+
+/// `history`: prints every event of a stream with the state after it.
+async fn print_history(
+    url: &str,
+    aggregate_type: &str,
+    id: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (kind, events) = load_stream(url, aggregate_type, id).await?;
+    if events.is_empty() {
+        anyhow::bail!("no {} with id {id}", kind.name());
+    }
+    let lines = history::history(kind, &events)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &lines)?;
+        writeln!(out)?;
+    } else {
+        history::print_table(&lines, &mut out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `state`: prints the aggregate as of a time or version, or now.
+async fn print_state(
+    url: &str,
+    aggregate_type: &str,
+    id: &str,
+    as_of: Option<DateTime<Utc>>,
+    version: Option<i64>,
+) -> anyhow::Result<ExitCode> {
+    let (kind, events) = load_stream(url, aggregate_type, id).await?;
+    let until = match (as_of, version) {
+        (Some(at), _) => Until::AsOf(at),
+        (_, Some(v)) => Until::Version(v),
+        _ => Until::Now,
+    };
+    match history::state(kind, &events, until)? {
+        Some((version, state)) => {
+            let body = serde_json::json!({ "aggregate_type": kind.name(), "id": id, "version": version, "state": state });
+            println!("{}", serde_json::to_string_pretty(&body)?);
         }
+        None => anyhow::bail!("no {} with id {id} at that point", kind.name()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `verify`: recomputes the hash chains and prints every break.
+async fn verify_chains(
+    url: &str,
+    aggregate_type: Option<&str>,
+    id: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let pool = db::read_only(url).await?;
+    let kind = aggregate_type.map(kind).transpose()?;
+    let started = std::time::Instant::now();
+    let report = verify::verify(&pool, kind, id).await?;
+    for ((t, i), found) in &report.breaks {
+        println!("BROKEN {t} {i}: {found}");
+    }
+    eprintln!(
+        "verified {} streams, {} events in {:.1} s: {} problem(s)",
+        report.streams,
+        report.events,
+        started.elapsed().as_secs_f64(),
+        report.breaks.len()
+    );
+    Ok(exit_code(report.breaks.len()))
+}
+
+/// `rebuild`: rebuilds a projection from the store and swaps it in.
+async fn rebuild_projection(
+    url: &str,
+    projection: Projection,
+    fresh: bool,
+    dir: Option<PathBuf>,
+    interactive: bool,
+) -> anyhow::Result<ExitCode> {
+    let pool = db::writable(url).await?;
+    let summary = match projection {
+        Projection::ReadModels => rebuild::read_models(&pool, fresh, interactive).await?,
+        Projection::Search => rebuild::search(&pool, &search_dir(dir), fresh, interactive).await?,
+    };
+    eprintln!(
+        "rebuilt from {} events in {:.1} s: {:.0} events/s{}",
+        summary.events,
+        summary.seconds,
+        summary.rate(),
+        if summary.resumed { " (resumed)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diff`: replays the store and prints every discrepancy with a live projection.
+async fn diff_projection(
+    url: &str,
+    projection: Projection,
+    dir: Option<PathBuf>,
+    interactive: bool,
+) -> anyhow::Result<ExitCode> {
+    let pool = db::read_only(url).await?;
+    let started = std::time::Instant::now();
+    // The store and the read models from one snapshot: read models the projector
+    // changes meanwhile are not compared against a store read earlier.
+    let mut snapshot = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *snapshot)
+        .await?;
+    let expected = diff::replay_store(&mut snapshot, interactive).await?;
+    let found = match projection {
+        Projection::ReadModels => diff::diff_read_models(&mut snapshot, &expected).await?,
+        Projection::Search => {
+            let index = chronicle_projections::search::SearchIndex::open(&search_dir(dir))?;
+            diff::diff_search(&index, &expected)?
+        }
+    };
+    for discrepancy in &found {
+        println!("DIFF {discrepancy}");
+    }
+    eprintln!(
+        "replayed {} events in {:.1} s: {} discrepanc{}",
+        expected.events,
+        started.elapsed().as_secs_f64(),
+        found.len(),
+        if found.len() == 1 { "y" } else { "ies" }
+    );
+    Ok(exit_code(found.len()))
+}
+
+/// `export`: streams the selected events to stdout.
+async fn export_events(
+    url: &str,
+    aggregate_type: Option<&str>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    format: ExportFormat,
+    stats: bool,
+) -> anyhow::Result<ExitCode> {
+    let pool = db::read_only(url).await?;
+    let selection = Selection {
+        kind: aggregate_type.map(kind).transpose()?,
+        from,
+        to,
+    };
+    let format = match format {
+        ExportFormat::Jsonl => Format::JsonLines,
+        ExportFormat::Csv => Format::Csv,
+    };
+    let started = std::time::Instant::now();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let count = export::export(&pool, &selection, format, &mut out).await?;
+    if stats {
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "exported {count} events in {seconds:.1} s ({:.0} events/s), peak RSS {} MiB",
+            count as f64 / seconds.max(1e-9),
+            peak_rss_kib().map(|k| k / 1024).unwrap_or(0)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

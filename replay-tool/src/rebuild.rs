@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chronicle_eventstore::envelope::{SELECT_COMMIT_SAFE_AFTER, StoredEvent};
-use chronicle_projections::OffsetStoringConsumer;
+use chronicle_projections::consumer::PartitionKey;
 use chronicle_projections::read_models::apply_envelopes;
 use chronicle_projections::search::{SearchIndex, SearchProjection, SearchSettings};
+use chronicle_projections::{ConsumerError, OffsetStoringConsumer};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::fold::Replayer;
@@ -40,6 +42,31 @@ impl Summary {
     pub fn rate(&self) -> f64 {
         self.events as f64 / self.seconds.max(1e-9)
     }
+
+    /// The summary of a rebuild whose progress is `progress`.
+    fn of(progress: &Progress, resumed: bool) -> Self {
+        Self {
+            events: progress.done(),
+            seconds: progress.elapsed().as_secs_f64(),
+            resumed,
+        }
+    }
+}
+
+/// A progress line over the whole store that starts at the `applied` events an
+/// interrupted rebuild already did.
+async fn start_progress(
+    pool: &PgPool,
+    label: &'static str,
+    applied: i64,
+    show_progress: bool,
+) -> anyhow::Result<Progress> {
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let mut progress = Progress::new(label, total.max(applied) as u64, show_progress);
+    progress.advance(applied as u64);
+    Ok(progress)
 }
 
 /// The next commit-safe events after `(tx_id, position)`, in commit order: the relay's
@@ -70,15 +97,7 @@ pub async fn read_models(
     ))
     .fetch_one(pool)
     .await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(pool)
-        .await?;
-    let mut progress = Progress::new(
-        "rebuild read-models",
-        total.max(applied) as u64,
-        show_progress,
-    );
-    progress.advance(applied as u64);
+    let mut progress = start_progress(pool, "rebuild read-models", applied, show_progress).await?;
     let replayer = Replayer::default();
     loop {
         let mut tx = pool.begin().await?;
@@ -91,11 +110,7 @@ pub async fn read_models(
     }
     swap_in(pool, &replayer, &mut tx_id, &mut position).await?;
     progress.finish();
-    Ok(Summary {
-        events: progress.done(),
-        seconds: progress.elapsed().as_secs_f64(),
-        resumed: resumed && applied > 0,
-    })
+    Ok(Summary::of(&progress, resumed && applied > 0))
 }
 
 /// Creates the rebuild schema with empty copies of the tables, unless a rebuild to
@@ -259,6 +274,52 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
+/// The pseudo-topic under which a search rebuild records where it got to in the
+/// rebuild index's commits.
+const SEARCH_MARKER: &str = "rebuild";
+/// How many events a search rebuild indexes between commits.
+const SEARCH_COMMIT_EVERY: usize = 50_000;
+
+/// Where a search rebuild got to: the reading position and the events applied so far.
+struct SearchMarker {
+    tx_id: String,
+    position: i64,
+    applied: i64,
+}
+
+impl SearchMarker {
+    /// The offset key of one part of the marker.
+    fn key(part: i32) -> PartitionKey {
+        (SEARCH_MARKER.to_owned(), part)
+    }
+
+    /// The marker in the rebuild index's last commit; the start when there is none.
+    fn read(stored: &HashMap<PartitionKey, i64>) -> Self {
+        Self {
+            tx_id: stored
+                .get(&Self::key(0))
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "0".into()),
+            position: stored.get(&Self::key(1)).copied().unwrap_or(0),
+            applied: stored.get(&Self::key(2)).copied().unwrap_or(0),
+        }
+    }
+
+    /// The offsets a commit records for this marker.
+    fn offsets(&self) -> HashMap<PartitionKey, i64> {
+        HashMap::from([
+            (Self::key(0), self.tx_id.parse::<i64>().unwrap_or(0)),
+            (Self::key(1), self.position),
+            (Self::key(2), self.applied),
+        ])
+    }
+}
+
+/// The search projector's errors as this tool reports them.
+fn consumer_error(error: ConsumerError) -> anyhow::Error {
+    anyhow::anyhow!("{error}")
+}
+
 /// Rebuilds the search index next to `dir`, then exchanges the two directories in one
 /// `renameat2(RENAME_EXCHANGE)`. The swap needs the live index's writer lock, so it is
 /// refused while a search projector runs; stop it first (it rebuilds its offsets from
@@ -270,78 +331,81 @@ pub async fn search(
     show_progress: bool,
 ) -> anyhow::Result<Summary> {
     let rebuild_dir = sibling(dir, ".rebuild");
+    // The rebuild index stays open until the exchange is done.
+    let (_index, projection) = open_rebuild_index(&rebuild_dir, fresh)?;
+    let stored = projection.stored_offsets().await.map_err(consumer_error)?;
+    let marker = SearchMarker::read(&stored);
+    let applied = marker.applied;
+    let mut progress = start_progress(pool, "rebuild search", applied, show_progress).await?;
+    index_store(pool, &projection, marker, &mut progress).await?;
+    // The finished index records no offsets: the live projector reads its topic from
+    // the start once and finds every document already at its version.
+    projection
+        .apply_envelopes(Vec::new(), HashMap::new(), true)
+        .await
+        .map_err(consumer_error)?;
+    drop(projection);
+    progress.finish();
+    exchange(dir, &rebuild_dir)?;
+    Ok(Summary::of(&progress, applied > 0))
+}
+
+/// Opens (with `fresh`, first empties) the rebuild index in `rebuild_dir`, with a
+/// projection that commits only when told to.
+fn open_rebuild_index(
+    rebuild_dir: &Path,
+    fresh: bool,
+) -> anyhow::Result<(Arc<SearchIndex>, SearchProjection)> {
     if fresh && rebuild_dir.exists() {
-        std::fs::remove_dir_all(&rebuild_dir)?;
+        std::fs::remove_dir_all(rebuild_dir)?;
     }
-    let index = std::sync::Arc::new(SearchIndex::open(&rebuild_dir)?);
+    let index = Arc::new(SearchIndex::open(rebuild_dir)?);
     let settings = SearchSettings {
         commit_docs: usize::MAX,
         commit_interval: std::time::Duration::MAX,
         ..SearchSettings::default()
     };
     let projection = SearchProjection::new(index.clone(), settings)?;
-    let stored = projection
-        .stored_offsets()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut tx_id = stored
-        .get(&("rebuild".to_owned(), 0))
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| "0".into());
-    let mut position = stored.get(&("rebuild".to_owned(), 1)).copied().unwrap_or(0);
-    let applied = stored.get(&("rebuild".to_owned(), 2)).copied().unwrap_or(0);
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(pool)
-        .await?;
-    let mut progress = Progress::new("rebuild search", total.max(applied) as u64, show_progress);
-    progress.advance(applied as u64);
+    Ok((index, projection))
+}
+
+/// Indexes the commit-safe events after `marker` in batches, committing with the
+/// marker of where it got to every [`SEARCH_COMMIT_EVERY`] events.
+async fn index_store(
+    pool: &PgPool,
+    projection: &SearchProjection,
+    mut marker: SearchMarker,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
     let replayer = Replayer::default();
     let mut conn = pool.acquire().await?;
     let mut since_commit = 0;
     loop {
-        let events = next_batch(&mut conn, &tx_id, position).await?;
+        let events = next_batch(&mut conn, &marker.tx_id, marker.position).await?;
         let Some(last) = events.last() else {
-            break;
+            return Ok(());
         };
-        (tx_id, position) = (last.tx_id.clone(), last.global_position);
+        (marker.tx_id, marker.position) = (last.tx_id.clone(), last.global_position);
         progress.advance(events.len() as u64);
+        marker.applied = progress.done() as i64;
         since_commit += events.len();
-        let marker = HashMap::from([
-            (("rebuild".to_owned(), 0), tx_id.parse::<i64>().unwrap_or(0)),
-            (("rebuild".to_owned(), 1), position),
-            (("rebuild".to_owned(), 2), progress.done() as i64),
-        ]);
         let envelopes = events
             .iter()
             .map(|e| e.to_envelope(replayer.upcasters()))
             .collect();
-        let commit = since_commit >= 50_000;
+        let commit = since_commit >= SEARCH_COMMIT_EVERY;
         projection
-            .apply_envelopes(envelopes, marker, commit)
+            .apply_envelopes(envelopes, marker.offsets(), commit)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(consumer_error)?;
         if commit {
             since_commit = 0;
         }
     }
-    // The finished index records no offsets: the live projector reads its topic from
-    // the start once and finds every document already at its version.
-    projection
-        .apply_envelopes(Vec::new(), HashMap::new(), true)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    drop(projection);
-    progress.finish();
-    exchange(dir, &rebuild_dir)?;
-    Ok(Summary {
-        events: progress.done(),
-        seconds: progress.elapsed().as_secs_f64(),
-        resumed: applied > 0,
-    })
 }
 
 fn exchange(live: &Path, rebuilt: &Path) -> anyhow::Result<()> {
-    let live_index = std::sync::Arc::new(SearchIndex::open(live)?);
+    let live_index = Arc::new(SearchIndex::open(live)?);
     // Holding the live writer proves no projector writes there during the exchange.
     let _writer = SearchProjection::new(live_index, SearchSettings::default()).map_err(|e| {
         anyhow::anyhow!(
