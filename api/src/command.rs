@@ -2,17 +2,91 @@
 //! the answer built the same way whether the command ran now or earlier.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
 use chronicle_commands::{CommandError, CommandMetadata, CommandOutcome, IdempotencyClaim};
+use chronicle_domain::{Actor, Issued};
 use chronicle_eventstore::idempotency::{self, IdempotencyRecord};
+use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{JwtKeys, Principal};
 use crate::extract::CommandHeaders;
 use crate::problem::{AppError, idempotency_key_reused};
+
+/// Who issues a command and the headers that shape it: what every command handler
+/// takes. Its [`Commander::execute`] runs the command the one way commands run.
+pub struct Commander {
+    pub principal: Principal,
+    pub headers: CommandHeaders,
+}
+
+impl<S> FromRequestParts<S> for Commander
+where
+    S: Send + Sync,
+    Arc<JwtKeys>: FromRef<S>,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let headers = CommandHeaders::from_request_parts(parts, state).await?;
+        Ok(Self { principal, headers })
+    }
+}
+
+impl Commander {
+    /// The actor, when they may issue commands (a client or an admin); 403 otherwise.
+    pub fn actor(&self) -> Result<&Actor, AppError> {
+        self.principal.require_commander()?;
+        Ok(&self.principal.0)
+    }
+
+    /// `command` as the actor issues it now.
+    pub fn issue<C>(&self, command: C) -> Issued<C> {
+        Issued::new(self.principal.0.clone(), Utc::now(), command)
+    }
+
+    /// `command` as the actor issues it now, for the version `If-Match` names, if any.
+    pub fn issue_at_version<C>(&self, command: C) -> Issued<C> {
+        self.issue(command).expecting(self.headers.expected_version)
+    }
+
+    /// Checks the actor may issue commands, then [`execute`]s one.
+    pub async fn execute<B, F, Fut>(
+        &self,
+        state: &AppState,
+        request_line: &str,
+        body: &B,
+        run: F,
+    ) -> Result<Accepted, AppError>
+    where
+        B: Serialize,
+        F: FnOnce(CommandMetadata) -> Fut,
+        Fut: Future<Output = Result<CommandOutcome, CommandError>>,
+    {
+        self.actor()?;
+        execute(
+            state,
+            &self.principal,
+            &self.headers,
+            request_line,
+            body,
+            run,
+        )
+        .await
+    }
+
+    /// An id derived from the request's idempotency key (see [`derived_id`]).
+    pub fn derived_id(&self, purpose: &str) -> Uuid {
+        derived_id(&self.principal.0.subject, &self.headers, purpose)
+    }
+}
 
 /// What a command did, as the client sees it.
 #[derive(Clone, Copy, Debug)]

@@ -4,16 +4,14 @@ use axum::extract::State;
 use axum::response::Response;
 use chronicle_domain::account::Movement;
 use chronicle_domain::values::{Owner, Reference};
-use chronicle_domain::{AccountCommand, Amount, Currency, Issued, Role};
-use chrono::Utc;
+use chronicle_domain::{AccountCommand, Amount, Currency, Role};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{created, ok};
 use crate::AppState;
-use crate::auth::Principal;
-use crate::command::{self, Accepted};
-use crate::extract::{ApiJson, CommandHeaders, IdPath, OptionalJson};
+use crate::command::{Accepted, Commander};
+use crate::extract::{ApiJson, IdPath, OptionalJson};
 use crate::problem::AppError;
 
 /// Body of `POST /v1/accounts`.
@@ -78,26 +76,19 @@ impl From<&Accepted> for AccountAccepted {
     security(("bearer" = [])))]
 pub async fn open(
     State(state): State<AppState>,
-    principal: Principal,
-    headers: CommandHeaders,
+    commander: Commander,
     ApiJson(body): ApiJson<OpenAccountBody>,
 ) -> Result<Response, AppError> {
-    principal.require_commander()?;
-    let actor = &principal.0;
+    let actor = commander.actor()?;
     let owner = body.owner.clone().unwrap_or_else(|| actor.subject.clone());
     if owner != actor.subject && !actor.has(Role::Admin) {
         return Err(AppError::forbidden(
             "only an admin may open an account for someone else",
         ));
     }
-    let (state, body, headers) = (&state, &body, &headers);
-    let accepted = command::execute(
-        state,
-        &principal,
-        headers,
-        "POST /v1/accounts",
-        body,
-        |metadata| async move {
+    let (state, body, commander) = (&state, &body, &commander);
+    let accepted = commander
+        .execute(state, "POST /v1/accounts", body, |metadata| async move {
             let id = body.account_id.unwrap_or_else(Uuid::new_v4);
             let command = AccountCommand::OpenAccount {
                 account_id: id,
@@ -105,11 +96,12 @@ pub async fn open(
                 currency: Currency::parse(&body.currency)?,
                 overdraft_limit: body.overdraft_limit,
             };
-            let issued = Issued::new(actor.clone(), Utc::now(), command);
-            state.commands.account(id, issued, &metadata).await
-        },
-    )
-    .await?;
+            state
+                .commands
+                .account(id, commander.issue(command), &metadata)
+                .await
+        })
+        .await?;
     let location = format!("/v1/accounts/{}", accepted.aggregate_id);
     Ok(created(
         location,
@@ -125,16 +117,14 @@ pub async fn open(
     security(("bearer" = [])))]
 pub async fn deposit(
     state: State<AppState>,
-    principal: Principal,
+    commander: Commander,
     IdPath(id): IdPath,
-    headers: CommandHeaders,
     ApiJson(body): ApiJson<MovementBody>,
 ) -> Result<Response, AppError> {
     movement(
         state,
-        principal,
+        commander,
         id,
-        headers,
         body,
         "deposits",
         AccountCommand::DepositFunds,
@@ -149,16 +139,14 @@ pub async fn deposit(
     security(("bearer" = [])))]
 pub async fn withdraw(
     state: State<AppState>,
-    principal: Principal,
+    commander: Commander,
     IdPath(id): IdPath,
-    headers: CommandHeaders,
     ApiJson(body): ApiJson<MovementBody>,
 ) -> Result<Response, AppError> {
     movement(
         state,
-        principal,
+        commander,
         id,
-        headers,
         body,
         "withdrawals",
         AccountCommand::WithdrawFunds,
@@ -168,23 +156,16 @@ pub async fn withdraw(
 
 async fn movement(
     State(state): State<AppState>,
-    principal: Principal,
+    commander: Commander,
     id: Uuid,
-    headers: CommandHeaders,
     body: MovementBody,
     route: &str,
     command: fn(Movement) -> AccountCommand,
 ) -> Result<Response, AppError> {
-    principal.require_commander()?;
     let line = format!("POST /v1/accounts/{id}/{route}");
-    let (state, body, headers, actor) = (&state, &body, &headers, &principal.0);
-    let accepted = command::execute(
-        state,
-        &principal,
-        headers,
-        &line,
-        body,
-        |metadata| async move {
+    let (state, body, commander) = (&state, &body, &commander);
+    let accepted = commander
+        .execute(state, &line, body, |metadata| async move {
             let movement = Movement {
                 amount: Amount::new("amount", body.amount)?,
                 currency: body.currency.as_deref().map(Currency::parse).transpose()?,
@@ -194,12 +175,10 @@ async fn movement(
                     .map(Reference::parse)
                     .transpose()?,
             };
-            let issued = Issued::new(actor.clone(), Utc::now(), command(movement))
-                .expecting(headers.expected_version);
+            let issued = commander.issue_at_version(command(movement));
             state.commands.account(id, issued, &metadata).await
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(ok(&accepted, AccountAccepted::from(&accepted)))
 }
 
@@ -210,26 +189,17 @@ async fn movement(
     security(("bearer" = [])))]
 pub async fn close(
     State(state): State<AppState>,
-    principal: Principal,
+    commander: Commander,
     IdPath(id): IdPath,
-    headers: CommandHeaders,
     OptionalJson(body): OptionalJson<CloseBody>,
 ) -> Result<Response, AppError> {
-    principal.require_commander()?;
     let line = format!("POST /v1/accounts/{id}/close");
-    let (state, headers, actor) = (&state, &headers, &principal.0);
-    let accepted = command::execute(
-        state,
-        &principal,
-        headers,
-        &line,
-        &body,
-        |metadata| async move {
-            let issued = Issued::new(actor.clone(), Utc::now(), AccountCommand::CloseAccount)
-                .expecting(headers.expected_version);
+    let (state, commander) = (&state, &commander);
+    let accepted = commander
+        .execute(state, &line, &body, |metadata| async move {
+            let issued = commander.issue_at_version(AccountCommand::CloseAccount);
             state.commands.account(id, issued, &metadata).await
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(ok(&accepted, AccountAccepted::from(&accepted)))
 }

@@ -4,16 +4,15 @@ use axum::extract::State;
 use axum::response::Response;
 use chronicle_domain::booking::BookingRequest;
 use chronicle_domain::values::{Guest, Note, ResourceId, Seats};
-use chronicle_domain::{Amount, BookingCommand, Currency, DomainError, Issued, Money};
+use chronicle_domain::{Amount, BookingCommand, BookingStatus, Currency, DomainError, Money};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{created, ok};
 use crate::AppState;
-use crate::auth::Principal;
-use crate::command::{self, Accepted};
-use crate::extract::{ApiJson, CommandHeaders, IdPath, OptionalJson};
+use crate::command::{Accepted, Commander};
+use crate::extract::{ApiJson, IdPath, OptionalJson};
 use crate::problem::AppError;
 
 /// An amount in a currency.
@@ -70,10 +69,10 @@ pub struct BookingAccepted {
 }
 
 impl BookingAccepted {
-    fn new(accepted: &Accepted, status: &'static str) -> Self {
+    fn new(accepted: &Accepted, status: BookingStatus) -> Self {
         Self {
             booking_id: accepted.aggregate_id,
-            status,
+            status: status.as_str(),
             version: accepted.version,
             position: accepted.position,
         }
@@ -114,40 +113,28 @@ fn booking_request(
     security(("bearer" = [])))]
 pub async fn request(
     State(state): State<AppState>,
-    principal: Principal,
-    headers: CommandHeaders,
+    commander: Commander,
     ApiJson(body): ApiJson<RequestBookingBody>,
 ) -> Result<Response, AppError> {
-    principal.require_commander()?;
-    let (state, body, actor) = (&state, &body, &principal.0);
-    let accepted = command::execute(
-        state,
-        &principal,
-        &headers,
-        "POST /v1/bookings",
-        body,
-        |metadata| async move {
+    let (state, body, commander) = (&state, &body, &commander);
+    let accepted = commander
+        .execute(state, "POST /v1/bookings", body, |metadata| async move {
             let currency = Currency::parse(&body.price.currency)?;
             let owner = state
                 .commands
-                .chargeable_account(actor, body.account_id, currency)
+                .chargeable_account(&commander.principal.0, body.account_id, currency)
                 .await?;
             let id = body.booking_id.unwrap_or_else(Uuid::new_v4);
             let request = booking_request(body, id, owner)?;
-            let issued = Issued::new(
-                actor.clone(),
-                Utc::now(),
-                BookingCommand::RequestBooking(Box::new(request)),
-            );
+            let issued = commander.issue(BookingCommand::RequestBooking(Box::new(request)));
             state.commands.booking(id, issued, &metadata).await
-        },
-    )
-    .await?;
+        })
+        .await?;
     let location = format!("/v1/bookings/{}", accepted.aggregate_id);
     Ok(created(
         location,
         &accepted,
-        BookingAccepted::new(&accepted, "pending"),
+        BookingAccepted::new(&accepted, BookingStatus::Pending),
     ))
 }
 
@@ -159,35 +146,25 @@ pub async fn request(
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
-    principal: Principal,
+    commander: Commander,
     IdPath(id): IdPath,
-    headers: CommandHeaders,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Response, AppError> {
-    principal.require_commander()?;
     let line = format!("POST /v1/bookings/{id}/cancel");
-    let (state, body, headers, actor) = (&state, &body, &headers, &principal.0);
-    let accepted = command::execute(
-        state,
-        &principal,
-        headers,
-        &line,
-        body,
-        |metadata| async move {
+    let (state, body, commander) = (&state, &body, &commander);
+    let accepted = commander
+        .execute(state, &line, body, |metadata| async move {
             let reason = body
                 .reason
                 .as_deref()
                 .map(|r| Note::parse("reason", r))
                 .transpose()?;
-            let issued = Issued::new(
-                actor.clone(),
-                Utc::now(),
-                BookingCommand::CancelBooking { reason },
-            )
-            .expecting(headers.expected_version);
+            let issued = commander.issue_at_version(BookingCommand::CancelBooking { reason });
             state.commands.booking(id, issued, &metadata).await
-        },
-    )
-    .await?;
-    Ok(ok(&accepted, BookingAccepted::new(&accepted, "cancelled")))
+        })
+        .await?;
+    Ok(ok(
+        &accepted,
+        BookingAccepted::new(&accepted, BookingStatus::Cancelled),
+    ))
 }

@@ -3,16 +3,17 @@
 use axum::extract::State;
 use axum::response::Response;
 use chronicle_domain::payment::PaymentRequest;
-use chronicle_domain::{Amount, Currency, Issued, Money, PaymentCommand, PaymentKind, Schedule};
+use chronicle_domain::{
+    Amount, Currency, Money, PaymentCommand, PaymentKind, PaymentStatus, Schedule,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{created, ok};
 use crate::AppState;
-use crate::auth::Principal;
-use crate::command::{self, Accepted, derived_id};
-use crate::extract::{ApiJson, CommandHeaders, IdPath};
+use crate::command::{Accepted, Commander};
+use crate::extract::{ApiJson, IdPath};
 use crate::problem::AppError;
 
 /// When a recurring payment charges.
@@ -93,23 +94,16 @@ impl PaymentAccepted {
     security(("bearer" = [])))]
 pub async fn initiate(
     State(state): State<AppState>,
-    principal: Principal,
-    headers: CommandHeaders,
+    commander: Commander,
     ApiJson(body): ApiJson<InitiatePaymentBody>,
 ) -> Result<Response, AppError> {
-    principal.require_commander()?;
-    let (state, body, actor) = (&state, &body, &principal.0);
-    let accepted = command::execute(
-        state,
-        &principal,
-        &headers,
-        "POST /v1/payments",
-        body,
-        |metadata| async move {
+    let (state, body, commander) = (&state, &body, &commander);
+    let accepted = commander
+        .execute(state, "POST /v1/payments", body, |metadata| async move {
             let currency = Currency::parse(&body.currency)?;
             let owner = state
                 .commands
-                .chargeable_account(actor, body.account_id, currency)
+                .chargeable_account(&commander.principal.0, body.account_id, currency)
                 .await?;
             let id = body.payment_id.unwrap_or_else(Uuid::new_v4);
             let request = PaymentRequest {
@@ -125,22 +119,17 @@ pub async fn initiate(
                 }),
                 booking_id: body.booking_id,
             };
-            let issued = Issued::new(
-                actor.clone(),
-                Utc::now(),
-                PaymentCommand::InitiatePayment(request),
-            );
+            let issued = commander.issue(PaymentCommand::InitiatePayment(request));
             state.commands.payment(id, issued, &metadata).await
-        },
-    )
-    .await?;
+        })
+        .await?;
     let status = match body.kind {
-        PaymentKind::OneTime => "pending",
-        PaymentKind::Recurring => "active",
+        PaymentKind::OneTime => PaymentStatus::Pending,
+        PaymentKind::Recurring => PaymentStatus::Active,
     };
     let location = format!("/v1/payments/{}", accepted.aggregate_id);
     let answer = PaymentAccepted {
-        status: Some(status),
+        status: Some(status.as_str()),
         ..PaymentAccepted::new(&accepted)
     };
     Ok(created(location, &accepted, answer))
@@ -153,32 +142,23 @@ pub async fn initiate(
     security(("bearer" = [])))]
 pub async fn refund(
     State(state): State<AppState>,
-    principal: Principal,
+    commander: Commander,
     IdPath(id): IdPath,
-    headers: CommandHeaders,
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<Response, AppError> {
-    principal.require_commander()?;
     let line = format!("POST /v1/payments/{id}/refund");
-    let refund_id = derived_id(&principal.0.subject, &headers, &line);
-    let (state, body, headers, actor) = (&state, &body, &headers, &principal.0);
-    let accepted = command::execute(
-        state,
-        &principal,
-        headers,
-        &line,
-        body,
-        |metadata| async move {
+    let refund_id = commander.derived_id(&line);
+    let (state, body, commander) = (&state, &body, &commander);
+    let accepted = commander
+        .execute(state, &line, body, |metadata| async move {
             let command = PaymentCommand::RefundPayment {
                 refund_id,
                 amount: Amount::new("amount", body.amount)?,
             };
-            let issued =
-                Issued::new(actor.clone(), Utc::now(), command).expecting(headers.expected_version);
+            let issued = commander.issue_at_version(command);
             state.commands.payment(id, issued, &metadata).await
-        },
-    )
-    .await?;
+        })
+        .await?;
     let answer = PaymentAccepted {
         refund_id: Some(refund_id),
         ..PaymentAccepted::new(&accepted)
