@@ -71,7 +71,7 @@ impl From<&Accepted> for AccountAccepted {
 
 /// Opens an account (its owner is the caller unless an admin names another).
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = OpenAccountBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"),),
+    params(crate::docs::CreateHeaders),
     responses((status = 201, description = "Opened", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn open(
@@ -112,7 +112,7 @@ pub async fn open(
 
 /// Deposits into an account; a repeated `reference` is a no-op.
 #[utoipa::path(post, path = "/v1/accounts/{id}/deposits", tag = "accounts", request_body = MovementBody,
-    params(("id" = Uuid, Path, description = "The account's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::ChangeHeaders,),
     responses((status = 200, description = "Deposited", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn deposit(
@@ -134,7 +134,7 @@ pub async fn deposit(
 
 /// Withdraws from an account, never below `-overdraft_limit` (422 `insufficient_funds`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", tag = "accounts", request_body = MovementBody,
-    params(("id" = Uuid, Path, description = "The account's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::ChangeHeaders,),
     responses((status = 200, description = "Withdrawn", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn withdraw(
@@ -184,7 +184,7 @@ async fn movement(
 
 /// Closes an account at a zero balance (otherwise 422 `balance_not_zero`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "accounts", request_body(content = Option<CloseBody>, description = "Nothing is needed; an empty body or {}"),
-    params(("id" = Uuid, Path, description = "The account's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::ChangeHeaders,),
     responses((status = 200, description = "Closed", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn close(

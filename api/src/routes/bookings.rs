@@ -108,7 +108,7 @@ fn booking_request(
 /// Requests a booking; it stays `pending` until the process manager has charged its
 /// account, then becomes `confirmed` or `rejected`.
 #[utoipa::path(post, path = "/v1/bookings", tag = "bookings", request_body = RequestBookingBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"),),
+    params(crate::docs::CreateHeaders),
     responses((status = 201, description = "Requested (pending)", body = BookingAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn request(
@@ -141,7 +141,7 @@ pub async fn request(
 /// Cancels a booking before it starts (422 `booking_started` after); a confirmed one is
 /// refunded.
 #[utoipa::path(post, path = "/v1/bookings/{id}/cancel", tag = "bookings", request_body(content = Option<CancelBody>),
-    params(("id" = Uuid, Path, description = "The booking's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    params(("id" = Uuid, Path, description = "The booking's id"), crate::docs::ChangeHeaders,),
     responses((status = 200, description = "Cancelled", body = BookingAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn cancel(

@@ -89,7 +89,7 @@ impl PaymentAccepted {
 /// Initiates a payment; the process manager charges it (recurring ones at each due
 /// time).
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = InitiatePaymentBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"),),
+    params(crate::docs::CreateHeaders),
     responses((status = 201, description = "Initiated", body = PaymentAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn initiate(
@@ -137,7 +137,7 @@ pub async fn initiate(
 
 /// Refunds part or all of what was captured (422 `refund_exceeds_captured` beyond).
 #[utoipa::path(post, path = "/v1/payments/{id}/refund", tag = "payments", request_body = RefundBody,
-    params(("id" = Uuid, Path, description = "The payment's id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes the command idempotent for this principal: the same key with the same request answers the original result"), ("If-Match" = Option<String>, Header, description = "The version the aggregate must be at, e.g. \"3\"; otherwise 412"),),
+    params(("id" = Uuid, Path, description = "The payment's id"), crate::docs::ChangeHeaders,),
     responses((status = 200, description = "Refunded", body = PaymentAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn refund(
