@@ -57,7 +57,15 @@ impl Commander {
         self.issue(command).expecting(self.headers.expected_version)
     }
 
-    /// Checks the actor may issue commands, then [`execute`]s one.
+    /// Checks the actor may issue commands, then executes one, once per
+    /// `Idempotency-Key`.
+    ///
+    /// `request_line` ("POST /v1/accounts/…") and `body` identify the request; the same key
+    /// with the same request answers from the stored record, with another request 422.
+    /// The command service finds the record in the same statement that loads the aggregate
+    /// and then does not run the command. `run` builds the command (validation included)
+    /// and executes it; when building fails for a request that has a key (the clock moved
+    /// on, or the account it read has changed since), the record still answers.
     pub async fn execute<B, F, Fut>(
         &self,
         state: &AppState,
@@ -71,15 +79,37 @@ impl Commander {
         Fut: Future<Output = Result<CommandOutcome, CommandError>>,
     {
         self.actor()?;
-        execute(
-            state,
-            &self.principal,
-            &self.headers,
-            request_line,
-            body,
-            run,
+        let actor = self.principal.0.subject.as_str();
+        let claim = self
+            .headers
+            .idempotency_key
+            .as_ref()
+            .map(|key| IdempotencyClaim {
+                key: key.clone(),
+                request_hash: request_hash(request_line, body),
+            });
+        let metadata = CommandMetadata::for_request(
+            actor,
+            self.headers.request_id,
+            self.headers.correlation_id,
         )
-        .await
+        .with_idempotency(claim.clone());
+        match (run(metadata).await, &claim) {
+            (Ok(outcome), _) => Ok(outcome.into()),
+            // Another request with this key committed: the same request (a concurrent
+            // retry) answers from its record, another one 422.
+            (Err(CommandError::IdempotencyKeyUsed), Some(claim)) => replay(state, actor, claim)
+                .await?
+                .ok_or_else(idempotency_key_reused),
+            (Err(CommandError::IdempotencyKeyUsed), None) => Err(idempotency_key_reused()),
+            (Err(error), Some(claim)) if !matches!(error, CommandError::Unavailable(_)) => {
+                match replay(state, actor, claim).await? {
+                    Some(accepted) => Ok(accepted),
+                    None => Err(error.into()),
+                }
+            }
+            (Err(error), _) => Err(error.into()),
+        }
     }
 
     /// An id derived from the request's idempotency key (see [`derived_id`]).
@@ -103,55 +133,6 @@ impl From<CommandOutcome> for Accepted {
             version: outcome.version,
             position: outcome.position,
         }
-    }
-}
-
-/// Executes a command once per `Idempotency-Key`.
-///
-/// `request_line` ("POST /v1/accounts/…") and `body` identify the request; the same key
-/// with the same request answers from the stored record, with another request 422.
-/// The command service finds the record in the same statement that loads the aggregate
-/// and then does not run the command. `run` builds the command (validation included)
-/// and executes it; when building fails for a request that has a key (the clock moved
-/// on, or the account it read has changed since), the record still answers.
-pub async fn execute<B, F, Fut>(
-    state: &AppState,
-    principal: &Principal,
-    headers: &CommandHeaders,
-    request_line: &str,
-    body: &B,
-    run: F,
-) -> Result<Accepted, AppError>
-where
-    B: Serialize,
-    F: FnOnce(CommandMetadata) -> Fut,
-    Fut: Future<Output = Result<CommandOutcome, CommandError>>,
-{
-    let actor = principal.0.subject.as_str();
-    let claim = headers
-        .idempotency_key
-        .as_ref()
-        .map(|key| IdempotencyClaim {
-            key: key.clone(),
-            request_hash: request_hash(request_line, body),
-        });
-    let metadata = CommandMetadata::for_request(actor, headers.request_id, headers.correlation_id)
-        .with_idempotency(claim.clone());
-    match (run(metadata).await, &claim) {
-        (Ok(outcome), _) => Ok(outcome.into()),
-        // Another request with this key committed: the same request (a concurrent
-        // retry) answers from its record, another one 422.
-        (Err(CommandError::IdempotencyKeyUsed), Some(claim)) => replay(state, actor, claim)
-            .await?
-            .ok_or_else(idempotency_key_reused),
-        (Err(CommandError::IdempotencyKeyUsed), None) => Err(idempotency_key_reused()),
-        (Err(error), Some(claim)) if !matches!(error, CommandError::Unavailable(_)) => {
-            match replay(state, actor, claim).await? {
-                Some(accepted) => Ok(accepted),
-                None => Err(error.into()),
-            }
-        }
-        (Err(error), _) => Err(error.into()),
     }
 }
 

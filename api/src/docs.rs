@@ -177,25 +177,23 @@ impl Modify for BearerAuth {
 )]
 pub struct ApiDoc;
 
-/// The headers of a command that creates an aggregate.
+/// The header that makes a command idempotent.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
-pub struct CreateHeaders {
+pub struct IdempotencyKeyHeader {
     /// Makes the command idempotent for this principal: the same key with the same request answers the original result
     #[param(rename = "Idempotency-Key")]
     idempotency_key: Option<String>,
 }
 
-/// The headers of a command on an existing aggregate.
+/// The header that makes a command on an existing aggregate conditional on its version.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
-pub struct ChangeHeaders {
-    /// Makes the command idempotent for this principal: the same key with the same request answers the original result
-    #[param(rename = "Idempotency-Key")]
-    idempotency_key: Option<String>,
+pub struct IfMatchHeader {
     /// The version the aggregate must be at, e.g. "3"; otherwise 412
     #[param(rename = "If-Match")]
     if_match: Option<String>,
 }
+

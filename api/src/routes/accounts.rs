@@ -71,7 +71,7 @@ impl From<&Accepted> for AccountAccepted {
 
 /// Opens an account (its owner is the caller unless an admin names another).
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = OpenAccountBody,
-    params(crate::docs::CreateHeaders),
+    params(crate::docs::IdempotencyKeyHeader),
     responses((status = 201, description = "Opened", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn open(
@@ -112,7 +112,7 @@ pub async fn open(
 
 /// Deposits into an account; a repeated `reference` is a no-op.
 #[utoipa::path(post, path = "/v1/accounts/{id}/deposits", tag = "accounts", request_body = MovementBody,
-    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::ChangeHeaders,),
+    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::IdempotencyKeyHeader, crate::docs::IfMatchHeader,),
     responses((status = 200, description = "Deposited", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn deposit(
@@ -134,7 +134,7 @@ pub async fn deposit(
 
 /// Withdraws from an account, never below `-overdraft_limit` (422 `insufficient_funds`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", tag = "accounts", request_body = MovementBody,
-    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::ChangeHeaders,),
+    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::IdempotencyKeyHeader, crate::docs::IfMatchHeader,),
     responses((status = 200, description = "Withdrawn", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn withdraw(
@@ -184,7 +184,7 @@ async fn movement(
 
 /// Closes an account at a zero balance (otherwise 422 `balance_not_zero`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "accounts", request_body(content = Option<CloseBody>, description = "Nothing is needed; an empty body or {}"),
-    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::ChangeHeaders,),
+    params(("id" = Uuid, Path, description = "The account's id"), crate::docs::IdempotencyKeyHeader, crate::docs::IfMatchHeader,),
     responses((status = 200, description = "Closed", body = AccountAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn close(

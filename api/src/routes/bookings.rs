@@ -108,7 +108,7 @@ fn booking_request(
 /// Requests a booking; it stays `pending` until the process manager has charged its
 /// account, then becomes `confirmed` or `rejected`.
 #[utoipa::path(post, path = "/v1/bookings", tag = "bookings", request_body = RequestBookingBody,
-    params(crate::docs::CreateHeaders),
+    params(crate::docs::IdempotencyKeyHeader),
     responses((status = 201, description = "Requested (pending)", body = BookingAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn request(
@@ -141,7 +141,7 @@ pub async fn request(
 /// Cancels a booking before it starts (422 `booking_started` after); a confirmed one is
 /// refunded.
 #[utoipa::path(post, path = "/v1/bookings/{id}/cancel", tag = "bookings", request_body(content = Option<CancelBody>),
-    params(("id" = Uuid, Path, description = "The booking's id"), crate::docs::ChangeHeaders,),
+    params(("id" = Uuid, Path, description = "The booking's id"), crate::docs::IdempotencyKeyHeader, crate::docs::IfMatchHeader,),
     responses((status = 200, description = "Cancelled", body = BookingAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn cancel(

@@ -89,7 +89,7 @@ impl PaymentAccepted {
 /// Initiates a payment; the process manager charges it (recurring ones at each due
 /// time).
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = InitiatePaymentBody,
-    params(crate::docs::CreateHeaders),
+    params(crate::docs::IdempotencyKeyHeader),
     responses((status = 201, description = "Initiated", body = PaymentAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn initiate(
@@ -137,7 +137,7 @@ pub async fn initiate(
 
 /// Refunds part or all of what was captured (422 `refund_exceeds_captured` beyond).
 #[utoipa::path(post, path = "/v1/payments/{id}/refund", tag = "payments", request_body = RefundBody,
-    params(("id" = Uuid, Path, description = "The payment's id"), crate::docs::ChangeHeaders,),
+    params(("id" = Uuid, Path, description = "The payment's id"), crate::docs::IdempotencyKeyHeader, crate::docs::IfMatchHeader,),
     responses((status = 200, description = "Refunded", body = PaymentAccepted), crate::docs::CommandErrors),
     security(("bearer" = [])))]
 pub async fn refund(

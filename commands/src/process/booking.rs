@@ -197,7 +197,7 @@ impl ProcessManager {
             self.fail_payment(&flow, payment_id, &refusal).await?;
             return self.reject_booking(&flow, booking_id, &refusal).await;
         }
-        if let Step::Refused(refusal) = self.capture(&flow, payment_id).await? {
+        if let Step::Refused(refusal) = self.capture(&flow, payment_id, 1).await? {
             return flow
                 .finish(FlowStatus::Stuck, unexpected(&flow, "capture", &refusal))
                 .await;
@@ -317,7 +317,7 @@ impl ProcessManager {
                 .finish(FlowStatus::Failed, Some(refusal.code().into()))
                 .await;
         }
-        match self.capture(&flow, payment_id).await? {
+        match self.capture(&flow, payment_id, 1).await? {
             Step::Done => flow.finish(FlowStatus::Captured, None).await,
             Step::Refused(refusal) => {
                 flow.finish(FlowStatus::Stuck, unexpected(&flow, "capture", &refusal))
@@ -351,12 +351,18 @@ impl ProcessManager {
         .await
     }
 
-    async fn capture(&self, flow: &Flow<'_>, payment_id: Uuid) -> Result<Step, ProcessError> {
+    /// Captures charge `charge` of a payment whose money was withdrawn.
+    pub(super) async fn capture(
+        &self,
+        flow: &Flow<'_>,
+        payment_id: Uuid,
+        charge: u32,
+    ) -> Result<Step, ProcessError> {
         flow.step("capture", |m| async move {
             self.commands
                 .payment(
                     payment_id,
-                    issued(PaymentCommand::CapturePayment { charge: 1 }),
+                    issued(PaymentCommand::CapturePayment { charge }),
                     &m,
                 )
                 .await

@@ -124,18 +124,7 @@ impl ProcessManager {
         payment_id: Uuid,
         n: u32,
     ) -> Result<(), ProcessError> {
-        let captured = flow
-            .step("capture", |m| async move {
-                self.commands
-                    .payment(
-                        payment_id,
-                        issued(PaymentCommand::CapturePayment { charge: n }),
-                        &m,
-                    )
-                    .await
-            })
-            .await?;
-        match captured {
+        match self.capture(flow, payment_id, n).await? {
             Step::Done => flow.finish(FlowStatus::Captured, None).await,
             Step::Refused(refusal) => {
                 flow.finish(FlowStatus::Stuck, Some(refusal.to_string()))
