@@ -196,4 +196,3 @@ pub struct IfMatchHeader {
     #[param(rename = "If-Match")]
     if_match: Option<String>,
 }
-
