@@ -48,8 +48,16 @@ enum RoleCommand {
     },
 }
 
+/// With the `heap-profile` feature every allocation is recorded, for `dhat-heap.json`.
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 #[tokio::main]
 async fn main() {
+    // Written when this is dropped, at the end of a clean stop (SIGTERM, SIGINT).
+    #[cfg(feature = "heap-profile")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     if let Err(error) = run(cli).await {
         eprintln!("chronicle: {error:#}");

@@ -2,6 +2,7 @@
 //! starts with, latency summaries, and a small deterministic generator of test data.
 #![allow(clippy::print_stdout)]
 
+pub mod chronicle;
 pub mod floor;
 pub mod peers;
 pub mod plot;
@@ -53,6 +54,11 @@ impl Latencies {
         }
         let rank = ((p / 100.0) * (self.0.len() - 1) as f64).round() as usize;
         self.0[rank.min(self.0.len() - 1)]
+    }
+
+    /// How many samples there are.
+    pub fn count(&self) -> usize {
+        self.0.len()
     }
 
     /// "p50 x ms, p99 y ms, p99.9 z ms".

@@ -142,6 +142,33 @@ pub fn throughput(path: &Path, title: &str, series: &[Series]) -> anyhow::Result
     Ok(())
 }
 
+/// Values over a run's minutes, one line per series, linear axes from zero.
+pub fn over_time(path: &Path, title: &str, unit: &str, series: &[Series]) -> anyhow::Result<()> {
+    font()?;
+    let (_, high) = bounds(series, |p| p.1);
+    let (_, right) = bounds(series, |p| p.0);
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT_FAMILY, 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..right.max(1e-9), 0.0..high.max(1e-9) * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("minutes")
+        .y_desc(unit)
+        .x_label_formatter(&|x| trim(*x))
+        .y_label_formatter(&|y| trim(*y))
+        .label_style((FONT_FAMILY, 15))
+        .axis_desc_style((FONT_FAMILY, 16))
+        .draw()?;
+    draw_lines(&mut chart, series)?;
+    root.present()?;
+    Ok(())
+}
+
 type Chart<'a, X, Y> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>;
 
 fn draw_lines<X, Y>(chart: &mut Chart<'_, X, Y>, series: &[Series]) -> anyhow::Result<()>

@@ -67,6 +67,18 @@ impl Histogram {
     }
 }
 
+/// The sum of every series of the gauge or counter `name` on the page (all label sets);
+/// 0 when the page has none.
+pub fn gauge_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +128,13 @@ plain_count 3
             None
         );
         assert_eq!(Histogram::parse(PAGE, "nothing", ""), None);
+    }
+
+    #[test]
+    fn a_gauge_sums_over_its_label_sets_and_nothing_else() {
+        let page =
+            "# HELP g a gauge\n# TYPE g gauge\ng{p=\"0\"} 3\ng{p=\"1\"} 4\ngauge_other 100\ng 1\n";
+        assert_eq!(gauge_sum(page, "g"), 8.0);
+        assert_eq!(gauge_sum(page, "missing"), 0.0);
     }
 }

@@ -39,14 +39,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chronicle_bench::chronicle::{Client, Server};
 use chronicle_bench::peers::{Load, Outcome, Peer};
 use chronicle_bench::plot::{self, Series};
 use chronicle_bench::scrape::Histogram;
 use chronicle_bench::{Latencies, Rng, floor, machine, ms};
 use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_tests::TestDb;
-use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use uuid::Uuid;
 
 /// What one measured run gives.
@@ -137,117 +137,6 @@ impl Options {
     }
 }
 
-// ------------------------------------------------------------------ Chronicle server
-
-const JWT_SECRET: &str = "chronicle-bench-secret-not-for-production-0123456789";
-
-fn chronicle_bin() -> String {
-    std::env::var("CHRONICLE_BIN").unwrap_or_else(|_| "target/release/chronicle".to_owned())
-}
-
-/// A `chronicle` process on a database of its own.
-struct Server {
-    child: Child,
-    base: String,
-    token: String,
-    data_dir: PathBuf,
-    _db: TestDb,
-}
-
-impl Server {
-    async fn start(role: &str) -> anyhow::Result<Self> {
-        Self::start_with(role, &[]).await
-    }
-
-    /// Starts `chronicle <role>` with extra environment variables.
-    async fn start_with(role: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let db = TestDb::create().await;
-        let port = free_port()?;
-        let data_dir = std::env::temp_dir().join(format!("chronicle-bench-{}", Uuid::new_v4()));
-        let mut command = Command::new(chronicle_bin());
-        command
-            .arg(role)
-            .env("CHRONICLE_DATABASE_URL", db.url())
-            .env("CHRONICLE_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("CHRONICLE_DATA_DIR", &data_dir)
-            .env("CHRONICLE_JWT_SECRET", JWT_SECRET)
-            .env(
-                "CHRONICLE_TOPIC_PREFIX",
-                format!("bench-{}.", Uuid::new_v4().simple()),
-            )
-            // The per-principal rate limit protects a shared service; one benchmark
-            // principal would hit it, so it is lifted here (and only here).
-            .env("CHRONICLE_RATE_LIMIT_PER_SECOND", "1000000000")
-            .env("CHRONICLE_RATE_LIMIT_BURST", "1000000000")
-            .env("CHRONICLE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot run {} (build it first)", chronicle_bin()))?;
-        let base = format!("http://127.0.0.1:{port}");
-        let token = token().await?;
-        let server = Self {
-            child,
-            base,
-            token,
-            data_dir,
-            _db: db,
-        };
-        server.wait_alive().await?;
-        Ok(server)
-    }
-
-    async fn wait_alive(&self) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(reply) = client.get(format!("{}/healthz", self.base)).send().await
-                && reply.status().is_success()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("chronicle did not come up on {} within 60 s", self.base)
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SIGTERM: a graceful stop, so the database can be dropped afterwards.
-            let _ = Command::new("kill").arg(pid.to_string()).status().await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-        let _ = self.child.kill().await;
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-async fn token() -> anyhow::Result<String> {
-    let output = Command::new(chronicle_bin())
-        .args(["token", "--sub", "bench", "--role", "client"])
-        .env("CHRONICLE_JWT_SECRET", JWT_SECRET)
-        .output()
-        .await?;
-    if !output.status.success() {
-        bail!(
-            "chronicle token failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 // ------------------------------------------------------------------ the workload
 
 /// What a client does next.
@@ -267,118 +156,36 @@ fn next_operation(rng: &mut Rng, has_account: bool) -> Operation {
     }
 }
 
-/// One HTTP client's view: the server, its token and the accounts it opened.
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    fn new(server: &Server, connections: usize) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(connections)
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            base: server.base.clone(),
-            token: server.token.clone(),
-        })
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let reply = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await?;
-        let status = reply.status();
-        let body: Value = reply.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{path}: {status} {body}");
+/// Runs `operation` as `client`; a new account is remembered in `accounts`.
+async fn perform(
+    client: &Client,
+    operation: Operation,
+    rng: &mut Rng,
+    accounts: &Mutex<Vec<Uuid>>,
+    tag: &str,
+) -> anyhow::Result<()> {
+    let pick = |rng: &mut Rng| {
+        let accounts = accounts.lock().unwrap_or_else(|e| e.into_inner());
+        *rng.pick(&accounts)
+    };
+    match operation {
+        Operation::Open => {
+            let id = client.open().await?;
+            accounts.lock().unwrap_or_else(|e| e.into_inner()).push(id);
         }
-        Ok(body)
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let reply = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        let status = reply.status();
-        let body: Value = reply.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{path}: {status} {body}");
+        Operation::Deposit => {
+            let account = pick(rng);
+            let amount = 100 + rng.below(10_000) as u64;
+            client
+                .deposit(account, amount, &format!("dep-{tag}"))
+                .await?;
         }
-        Ok(body)
-    }
-
-    async fn open(&self) -> anyhow::Result<Uuid> {
-        let body = self
-            .post("/v1/accounts", &json!({"currency": "EUR"}))
-            .await?;
-        body["account_id"]
-            .as_str()
-            .and_then(|id| id.parse().ok())
-            .context("no account_id in the reply")
-    }
-
-    async fn deposit(&self, account: Uuid, amount: u64, reference: &str) -> anyhow::Result<Value> {
-        self.post(
-            &format!("/v1/accounts/{account}/deposits"),
-            &json!({"amount": amount, "reference": reference}),
-        )
-        .await
-    }
-
-    async fn book(&self, account: Uuid, resource: &str) -> anyhow::Result<()> {
-        let starts = chrono::Utc::now() + chrono::Duration::days(30);
-        self.post(
-            "/v1/bookings",
-            &json!({
-                "account_id": account, "resource_id": resource, "seats": ["1", "2"],
-                "starts_at": starts, "ends_at": starts + chrono::Duration::hours(2),
-                "price": {"amount": 2_500, "currency": "EUR"},
-                "guest": {"name": "Zoë Adams", "email": "zoe@example.org"}, "notes": "bench"
-            }),
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Runs `operation`; a new account is remembered in `accounts`.
-    async fn perform(
-        &self,
-        operation: Operation,
-        rng: &mut Rng,
-        accounts: &Mutex<Vec<Uuid>>,
-        tag: &str,
-    ) -> anyhow::Result<()> {
-        let pick = |rng: &mut Rng| {
-            let accounts = accounts.lock().unwrap_or_else(|e| e.into_inner());
-            *rng.pick(&accounts)
-        };
-        match operation {
-            Operation::Open => {
-                let id = self.open().await?;
-                accounts.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-            }
-            Operation::Deposit => {
-                let account = pick(rng);
-                let amount = 100 + rng.below(10_000) as u64;
-                self.deposit(account, amount, &format!("dep-{tag}")).await?;
-            }
-            Operation::Book => {
-                let account = pick(rng);
-                self.book(account, &format!("bench-room-{tag}")).await?;
-            }
+        Operation::Book => {
+            let account = pick(rng);
+            client.book(account, &format!("bench-room-{tag}")).await?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Closed loop: `connections` clients, each issuing operations back to back.
@@ -407,9 +214,14 @@ async fn closed_loop(server: &Server, connections: u32, options: &Options) -> an
                     .is_empty();
                 let operation = next_operation(&mut rng, has_account);
                 let sent = Instant::now();
-                let result = client
-                    .perform(operation, &mut rng, &accounts, &format!("{worker}-{n}"))
-                    .await;
+                let result = perform(
+                    &client,
+                    operation,
+                    &mut rng,
+                    &accounts,
+                    &format!("{worker}-{n}"),
+                )
+                .await;
                 if sent < measure_from {
                     continue;
                 }
@@ -465,9 +277,14 @@ async fn open_loop(server: &Server, rate: u32, seconds: u64, seed: u64) -> anyho
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(seed + i);
             let operation = next_operation(&mut rng, true);
-            let result = client
-                .perform(operation, &mut rng, &accounts, &format!("open-{seed}-{i}"))
-                .await;
+            let result = perform(
+                &client,
+                operation,
+                &mut rng,
+                &accounts,
+                &format!("open-{seed}-{i}"),
+            )
+            .await;
             (result.map_err(|e| format!("{e:#}")), intended.elapsed())
         }));
     }
@@ -511,17 +328,7 @@ async fn command_to_visible(
     let account = probe.open().await?;
     // Let the read side catch up with its own start before measuring.
     wait_visible(&probe, account, 1).await?;
-    let background = {
-        let server_base = (server.base.clone(), server.token.clone());
-        let load = Client {
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()?,
-            base: server_base.0,
-            token: server_base.1,
-        };
-        tokio::spawn(background_load(load, rate, seconds))
-    };
+    let background = tokio::spawn(background_load(Client::new(&server, 64)?, rate, seconds));
     let horizon = tokio::spawn(sample_oldest_transaction(seconds));
     let until = Instant::now() + Duration::from_secs(seconds);
     let (mut from_ack, mut from_send, mut waited) = (Vec::new(), Vec::new(), Vec::new());
@@ -552,13 +359,7 @@ async fn command_to_visible(
     let (operations, errors) = background.await??;
     println!("  background load: {operations} operations, {errors} errors");
     let oldest = horizon.await??;
-    let metrics = probe
-        .http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = probe.metrics().await?;
     print_stages(&metrics);
     let share = |ms: u64| {
         let held = oldest
@@ -686,8 +487,7 @@ async fn background_load(client: Client, rate: u32, seconds: u64) -> anyhow::Res
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(0xBAC6 + i);
             let operation = next_operation(&mut rng, true);
-            client
-                .perform(operation, &mut rng, &accounts, &format!("bg-{i}"))
+            perform(&client, operation, &mut rng, &accounts, &format!("bg-{i}"))
                 .await
                 .is_ok()
         }));

@@ -1,0 +1,454 @@
+//! Soak: `chronicle all` under a steady mixed load for a long time, sampled as an operator
+//! would watch it. Not part of CI.
+//!
+//! The load is an open loop at a fixed rate: half deposits (each with its own
+//! `Idempotency-Key`), a quarter booking requests, a quarter ledger reads, over a fixed
+//! set of accounts. Every `--sample` seconds the program records the process's
+//! anonymous and file-backed memory (`RssAnon`, `RssFile`), its open descriptors, the
+//! database connections it holds, the size of every table and of the search index,
+//! relay and projector lag, and the window's latency and errors. It prints a line per
+//! sample, then a verdict: memory growth over the last three quarters of the run,
+//! descriptors and connections flat, lag bounded. `--out` gets `soak.csv`, `soak.md`
+//! and `soak-memory.png`.
+//!
+//! `scripts/bench.sh soak` builds and runs it; or
+//! `cargo run --release -p chronicle-bench --bin soak -- [--minutes 60] [--rate 400]
+//! [--sample 10] [--accounts 200] [--out DIR]` with `chronicle` built
+//! (`CHRONICLE_BIN`, default `target/release/chronicle`) and a broker in
+//! `CHRONICLE_KAFKA_BROKERS`.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chronicle_bench::chronicle::{Client, Server};
+use chronicle_bench::plot::{self, Series};
+use chronicle_bench::scrape;
+use chronicle_bench::{Latencies, Rng, machine};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+struct Options {
+    minutes: f64,
+    rate: u32,
+    sample: u64,
+    accounts: usize,
+    out: PathBuf,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Self> {
+        let mut options = Self {
+            minutes: 60.0,
+            rate: 400,
+            sample: 10,
+            accounts: 200,
+            out: PathBuf::from("target/soak"),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--minutes" => options.minutes = value()?.parse()?,
+                "--rate" => options.rate = value()?.parse()?,
+                "--sample" => options.sample = value()?.parse()?,
+                "--accounts" => options.accounts = value()?.parse()?,
+                "--out" => options.out = PathBuf::from(value()?),
+                other => bail!("unknown flag {other}"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// What the load saw since the last sample.
+#[derive(Default)]
+struct Window {
+    latencies: Vec<Duration>,
+    errors: u64,
+    /// Answers 429 or 503: refused early, as designed under overload.
+    refused: u64,
+    /// Operations not sent because too many were already in flight in this program.
+    dropped: u64,
+}
+
+/// One sample of the process and its database.
+struct Sample {
+    at: f64,
+    rss_anon_kib: u64,
+    rss_file_kib: u64,
+    descriptors: usize,
+    connections: i64,
+    tables: BTreeMap<String, i64>,
+    index_bytes: u64,
+    relay_lag: f64,
+    projector_lag: f64,
+    operations: usize,
+    p99_ms: f64,
+    errors: u64,
+    refused: u64,
+    dropped: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = Options::parse()?;
+    std::fs::create_dir_all(&options.out)?;
+    println!("{}", machine());
+    println!(
+        "soak: {} min at {} ops/s, a sample every {} s, {} accounts",
+        options.minutes, options.rate, options.sample, options.accounts
+    );
+    let server = Server::start("all").await?;
+    let pid = server.pid().context("chronicle exited at start")?;
+    let pool = server.db.pool(2).await;
+    let client = Arc::new(Client::new(&server, 256)?);
+    let accounts = Arc::new(open_accounts(&client, options.accounts).await?);
+    let window = Arc::new(Mutex::new(Window::default()));
+    let duration = Duration::from_secs_f64(options.minutes * 60.0);
+    let load = tokio::spawn(run_load(
+        client.clone(),
+        accounts,
+        window.clone(),
+        options.rate,
+        duration,
+    ));
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    print_header();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(options.sample)).await;
+        let taken = std::mem::take(&mut *window.lock().unwrap_or_else(|e| e.into_inner()));
+        let sample = take_sample(&server, &client, pid, &pool, started, taken).await?;
+        print_line(&sample);
+        samples.push(sample);
+    }
+    load.await??;
+    let report = report(&options, &samples);
+    println!("{report}");
+    write_outputs(&options.out, &samples, &report)?;
+    pool.close().await;
+    server.stop().await;
+    Ok(())
+}
+
+/// Opens `count` accounts with enough money for the whole run.
+async fn open_accounts(client: &Client, count: usize) -> anyhow::Result<Vec<Uuid>> {
+    let mut accounts = Vec::with_capacity(count);
+    for n in 0..count {
+        let id = client.open().await?;
+        client
+            .deposit(id, 100_000_000, &format!("seed-{n}"))
+            .await?;
+        accounts.push(id);
+    }
+    Ok(accounts)
+}
+
+/// The open loop: `rate` operations a second for `duration`, each started on time
+/// whatever the ones before it do (at most 2,000 in flight; more are counted dropped).
+async fn run_load(
+    client: Arc<Client>,
+    accounts: Arc<Vec<Uuid>>,
+    window: Arc<Mutex<Window>>,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let in_flight = Arc::new(Semaphore::new(2_000));
+    let start = tokio::time::Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed() < duration {
+        tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
+        n += 1;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            window.lock().unwrap_or_else(|e| e.into_inner()).dropped += 1;
+            continue;
+        };
+        let (client, accounts, window) = (client.clone(), accounts.clone(), window.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let result = operate(&client, &accounts, n).await;
+            let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(()) => window.latencies.push(sent.elapsed()),
+                Err(error) if refused(&error) => window.refused += 1,
+                Err(_) => window.errors += 1,
+            }
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
+/// Operation `n` of the mix.
+async fn operate(client: &Client, accounts: &[Uuid], n: u64) -> anyhow::Result<()> {
+    let mut rng = Rng::new(0x50a4 ^ n);
+    let account = *rng.pick(accounts);
+    match rng.below(4) {
+        0 | 1 => {
+            let key = format!("soak-{n}");
+            client
+                .post_with_key(
+                    &format!("/v1/accounts/{account}/deposits"),
+                    &json!({"amount": 100 + rng.below(1_000), "reference": key}),
+                    &key,
+                )
+                .await
+                .map(drop)
+        }
+        2 => client.book(account, &format!("soak-room-{n}")).await,
+        _ => client
+            .get(&format!("/v1/accounts/{account}/transactions?limit=20"))
+            .await
+            .map(drop),
+    }
+}
+
+fn refused(error: &anyhow::Error) -> bool {
+    let text = error.to_string();
+    text.contains(": 429") || text.contains(": 503")
+}
+
+async fn take_sample(
+    server: &Server,
+    client: &Client,
+    pid: u32,
+    pool: &PgPool,
+    started: Instant,
+    window: Window,
+) -> anyhow::Result<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("chronicle is no longer running")?;
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let connections: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+          WHERE datname = current_database() AND application_name = 'chronicle'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let tables: BTreeMap<String, i64> = sqlx::query_as(
+        "SELECT relname::text, pg_total_relation_size(relid) FROM pg_stat_user_tables",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let metrics = client.metrics().await?;
+    let latencies = Latencies::new(window.latencies);
+    Ok(Sample {
+        at: started.elapsed().as_secs_f64(),
+        rss_anon_kib: kib("RssAnon:"),
+        rss_file_kib: kib("RssFile:"),
+        descriptors,
+        connections,
+        tables,
+        index_bytes: directory_bytes(&server.data_dir.join("search")),
+        relay_lag: scrape::gauge_sum(&metrics, "chronicle_relay_lag_events"),
+        projector_lag: scrape::gauge_sum(&metrics, "chronicle_projector_lag"),
+        operations: latencies.count(),
+        p99_ms: chronicle_bench::ms(latencies.percentile(99.0)),
+        errors: window.errors,
+        refused: window.refused,
+        dropped: window.dropped,
+    })
+}
+
+/// The bytes of the files under `dir`, recursively.
+fn directory_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => directory_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn print_header() {
+    println!(
+        "{:>7} {:>9} {:>9} {:>5} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7}",
+        "min",
+        "anon MiB",
+        "file MiB",
+        "fds",
+        "conns",
+        "tables MiB",
+        "index MiB",
+        "relay",
+        "proj",
+        "ops/s",
+        "p99 ms",
+        "errors",
+        "refused"
+    );
+}
+
+fn print_line(sample: &Sample) {
+    println!(
+        "{:>7.1} {:>9.1} {:>9.1} {:>5} {:>5} {:>10.1} {:>9.1} {:>7.0} {:>7.0} {:>7} {:>8.1} {:>6} {:>7}",
+        sample.at / 60.0,
+        mib(sample.rss_anon_kib * 1024),
+        mib(sample.rss_file_kib * 1024),
+        sample.descriptors,
+        sample.connections,
+        mib(sample.tables.values().sum::<i64>().max(0) as u64),
+        mib(sample.index_bytes),
+        sample.relay_lag,
+        sample.projector_lag,
+        sample.operations,
+        sample.p99_ms,
+        sample.errors,
+        sample.refused + sample.dropped,
+    );
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The verdict, as markdown: memory, descriptors, connections and lag after warm-up
+/// (the first quarter), and where storage went.
+fn report(options: &Options, samples: &[Sample]) -> String {
+    let mut out = String::new();
+    let warm = samples.len() / 4;
+    let (Some(first), Some(last)) = (samples.get(warm), samples.last()) else {
+        return "too few samples for a verdict".to_owned();
+    };
+    let after = &samples[warm..];
+    let growth = (last.rss_anon_kib as f64 / first.rss_anon_kib.max(1) as f64 - 1.0) * 100.0;
+    let range = |value: fn(&Sample) -> f64| {
+        let values = after.iter().map(value);
+        let low = values.clone().fold(f64::INFINITY, f64::min);
+        (low, values.fold(f64::NEG_INFINITY, f64::max))
+    };
+    let _ = writeln!(
+        out,
+        "## Verdict ({} min at {} ops/s)\n",
+        options.minutes, options.rate
+    );
+    let _ = writeln!(
+        out,
+        "| what (after the first quarter) | from | to | bound |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| anonymous memory (MiB) | {:.1} | {:.1} | growth {growth:+.1}% (< 5%: {}) |",
+        mib(first.rss_anon_kib * 1024),
+        mib(last.rss_anon_kib * 1024),
+        if growth < 5.0 { "met" } else { "missed" }
+    );
+    for (what, value) in [
+        (
+            "file-backed memory (MiB)",
+            (|s: &Sample| mib(s.rss_file_kib * 1024)) as fn(&Sample) -> f64,
+        ),
+        ("open descriptors", |s| s.descriptors as f64),
+        ("database connections", |s| s.connections as f64),
+        ("relay lag (events)", |s| s.relay_lag),
+        ("projector lag (messages)", |s| s.projector_lag),
+        ("p99 latency of a window (ms)", |s| s.p99_ms),
+    ] {
+        let (low, high) = range(value);
+        let _ = writeln!(out, "| {what} | min {low:.1} | max {high:.1} | |");
+    }
+    let operations: usize = samples.iter().map(|s| s.operations).sum();
+    let errors: u64 = samples.iter().map(|s| s.errors).sum();
+    let refused: u64 = samples.iter().map(|s| s.refused + s.dropped).sum();
+    let _ = writeln!(
+        out,
+        "\n{operations} operations answered, {errors} errors, {refused} refused or dropped.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| table | MiB after warm-up | MiB at the end | MiB/min |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    let minutes = ((last.at - first.at) / 60.0).max(1e-9);
+    for (table, end) in &last.tables {
+        let begin = first.tables.get(table).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| {table} | {:.2} | {:.2} | {:.3} |",
+            mib(begin.max(0) as u64),
+            mib((*end).max(0) as u64),
+            mib((end - begin).max(0) as u64) / minutes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| search index | {:.2} | {:.2} | {:.3} |",
+        mib(first.index_bytes),
+        mib(last.index_bytes),
+        mib(last.index_bytes.saturating_sub(first.index_bytes)) / minutes
+    );
+    out
+}
+
+fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result<()> {
+    let mut csv = String::from(
+        "seconds,rss_anon_kib,rss_file_kib,descriptors,connections,table_bytes,index_bytes,\
+         relay_lag,projector_lag,operations,p99_ms,errors,refused,dropped\n",
+    );
+    for s in samples {
+        let _ = writeln!(
+            csv,
+            "{:.0},{},{},{},{},{},{},{},{},{},{:.2},{},{},{}",
+            s.at,
+            s.rss_anon_kib,
+            s.rss_file_kib,
+            s.descriptors,
+            s.connections,
+            s.tables.values().sum::<i64>(),
+            s.index_bytes,
+            s.relay_lag,
+            s.projector_lag,
+            s.operations,
+            s.p99_ms,
+            s.errors,
+            s.refused,
+            s.dropped
+        );
+    }
+    std::fs::write(out.join("soak.csv"), csv)?;
+    std::fs::write(
+        out.join("soak.md"),
+        format!("Machine: {}\n\n{report}", machine()),
+    )?;
+    let line = |label: &str, value: fn(&Sample) -> f64| Series {
+        label: label.to_owned(),
+        points: samples.iter().map(|s| (s.at / 60.0, value(s))).collect(),
+    };
+    plot::over_time(
+        &out.join("soak-memory.png"),
+        "chronicle all under a steady load",
+        "MiB",
+        &[
+            line("RssAnon", |s| mib(s.rss_anon_kib * 1024)),
+            line("RssFile", |s| mib(s.rss_file_kib * 1024)),
+            line("tables", |s| {
+                mib(s.tables.values().sum::<i64>().max(0) as u64)
+            }),
+            line("search index", |s| mib(s.index_bytes)),
+        ],
+    )?;
+    Ok(())
+}
