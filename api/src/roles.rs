@@ -88,7 +88,7 @@ pub async fn serve(
     let state = app_state(settings, pool, &shutdown)?;
     let commands = state.commands.clone();
     let stop = shutdown.clone();
-    tokio::spawn(async move { commands.expire_idempotency_records(stop).await });
+    tokio::spawn(async move { commands.sweep_expired_records(stop).await });
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;

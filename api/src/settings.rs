@@ -133,6 +133,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_TOPIC_PREFIX",
     "CHRONICLE_KAFKA_PARTITIONS",
     "CHRONICLE_KAFKA_REPLICATION",
+    "CHRONICLE_KAFKA_RETENTION_HOURS",
     "CHRONICLE_KAFKA_FETCH_WAIT_MS",
     "CHRONICLE_RELAY_BATCH",
     "CHRONICLE_RELAY_POLL_MS",
@@ -148,6 +149,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_CHARGE_MAX_ATTEMPTS",
     "CHRONICLE_CHARGE_RETRY_SECONDS",
     "CHRONICLE_SCHEDULER_TICK_MS",
+    "CHRONICLE_FLOW_RETENTION_DAYS",
     "CHRONICLE_READY_MAX_RELAY_LAG",
     "CHRONICLE_READY_MAX_PROJECTOR_LAG",
     "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
@@ -380,6 +382,15 @@ fn kafka(src: &Source) -> Result<KafkaSettings, ConfigError> {
         src.parsed("CHRONICLE_KAFKA_REPLICATION", kafka.replication)?,
     )?;
     kafka.fetch_wait = src.millis("CHRONICLE_KAFKA_FETCH_WAIT_MS", kafka.fetch_wait)?;
+    kafka.retention = Duration::from_secs(
+        3600 * positive(
+            "CHRONICLE_KAFKA_RETENTION_HOURS",
+            src.parsed(
+                "CHRONICLE_KAFKA_RETENTION_HOURS",
+                kafka.retention.as_secs() / 3600,
+            )?,
+        )?,
+    );
     Ok(kafka)
 }
 
@@ -472,6 +483,16 @@ fn process(src: &Source) -> Result<ProcessSettings, ConfigError> {
         )?,
         charge_retry: seconds("CHRONICLE_CHARGE_RETRY_SECONDS", defaults.charge_retry)?,
         tick: src.millis("CHRONICLE_SCHEDULER_TICK_MS", defaults.tick)?,
+        flow_retention: Duration::from_secs(
+            24 * 3600
+                * positive(
+                    "CHRONICLE_FLOW_RETENTION_DAYS",
+                    src.parsed(
+                        "CHRONICLE_FLOW_RETENTION_DAYS",
+                        defaults.flow_retention.as_secs() / (24 * 3600),
+                    )?,
+                )?,
+        ),
     })
 }
 

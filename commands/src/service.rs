@@ -95,21 +95,21 @@ impl CommandService {
         self.repository.pool()
     }
 
-    /// Forgets idempotency records older than the retention: at once, then every
-    /// twenty-fourth of the retention (at most hourly), until `shutdown`.
-    pub async fn expire_idempotency_records(&self, shutdown: CancellationToken) {
+    /// The event store's sweeps, at once and then every twenty-fourth of the idempotency
+    /// retention (at most hourly), until `shutdown`: idempotency records older than the
+    /// retention, and seat claims of bookings that ended more than a day ago.
+    pub async fn sweep_expired_records(&self, shutdown: CancellationToken) {
         let retention = self.settings.idempotency_retention;
         let every = (retention / 24).min(Duration::from_secs(3600));
         loop {
-            match chronicle_eventstore::idempotency::expire(self.pool(), retention).await {
-                Ok(0) => {}
-                Ok(expired) => {
-                    tracing::info!(expired, "idempotency records past retention forgotten")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "expiring idempotency records failed; retrying later")
-                }
-            }
+            let expired = chronicle_eventstore::idempotency::expire(self.pool(), retention).await;
+            report_sweep("idempotency records past retention", expired);
+            let claims = chronicle_eventstore::db::forget_ended_claims(
+                self.pool(),
+                Duration::from_secs(24 * 3600),
+            )
+            .await;
+            report_sweep("seat claims of ended bookings", claims);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
@@ -372,6 +372,15 @@ fn backoff(attempt: u32) -> Duration {
     let cap = 2u64.saturating_pow(attempt.min(16)).min(100);
     let jitter = (Uuid::new_v4().as_u128() % u128::from(cap.max(1))) as u64;
     Duration::from_millis(1 + jitter)
+}
+
+/// Logs what a sweep forgot, or why it failed (it is tried again at the next sweep).
+fn report_sweep<E: std::fmt::Display>(what: &str, result: Result<u64, E>) {
+    match result {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::info!(forgotten, "{what} forgotten"),
+        Err(error) => tracing::warn!(%error, "forgetting {what} failed; retrying later"),
+    }
 }
 
 #[cfg(test)]

@@ -107,3 +107,41 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await?;
     Ok(())
 }
+
+/// Runs `delete` (whose `$1` is an age in seconds and `$2` a batch size) until a batch
+/// deletes fewer rows than the batch size: a sweep of a large backlog never holds one
+/// long transaction. Returns the rows deleted.
+pub async fn delete_in_batches(
+    pool: &PgPool,
+    delete: &str,
+    age: Duration,
+) -> Result<u64, sqlx::Error> {
+    const BATCH: i64 = 10_000;
+    let mut deleted = 0;
+    loop {
+        let batch = sqlx::query(delete)
+            .bind(age.as_secs_f64())
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        deleted += batch;
+        if batch < BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Forgets the seat claims of bookings that ended more than `age` ago: a new booking
+/// must start in the future, so such a claim can never conflict again. Returns how many
+/// went.
+pub async fn forget_ended_claims(pool: &PgPool, age: Duration) -> Result<u64, sqlx::Error> {
+    delete_in_batches(
+        pool,
+        "DELETE FROM seat_claims WHERE ctid = ANY(ARRAY( \
+           SELECT ctid FROM seat_claims \
+            WHERE upper(during) < now() - make_interval(secs => $1) LIMIT $2))",
+        age,
+    )
+    .await
+}

@@ -35,14 +35,15 @@ pub async fn find(
     .await?)
 }
 
-/// Forgets records older than `max_age`; returns how many went.
+/// Forgets the records older than `max_age`, a bounded batch per transaction; returns
+/// how many went.
 pub async fn expire(pool: &PgPool, max_age: std::time::Duration) -> Result<u64, StoreError> {
-    let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
-    Ok(sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    Ok(crate::db::delete_in_batches(
+        pool,
+        "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY( \
+           SELECT ctid FROM idempotency_keys \
+            WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))",
+        max_age,
     )
-    .bind(seconds as f64)
-    .execute(pool)
-    .await?
-    .rows_affected())
+    .await?)
 }

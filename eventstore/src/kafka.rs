@@ -23,6 +23,11 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// `CHRONICLE_KAFKA_REPLICATION`: replication factor of those topics.
     pub replication: i32,
+    /// `CHRONICLE_KAFKA_RETENTION_HOURS`: how long those topics keep a message
+    /// (`retention.ms`, set when Chronicle creates them). The event store is the source
+    /// of truth: a projector further behind than this is rebuilt from the store
+    /// (`chronicle-replay rebuild`), not from Kafka (ADR 0019).
+    pub retention: Duration,
     /// Bound on every admin and metadata call.
     pub admin_timeout: Duration,
     /// `CHRONICLE_KAFKA_FETCH_WAIT_MS`: consumers' `fetch.wait.max.ms`. Apache Kafka
@@ -42,6 +47,7 @@ impl KafkaSettings {
             topic_prefix: String::new(),
             partitions: 6,
             replication: 1,
+            retention: Duration::from_secs(7 * 24 * 3600),
             admin_timeout: Duration::from_secs(10),
             fetch_wait: Duration::from_millis(5),
         }
@@ -87,6 +93,7 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         settings.client_config("chronicle-admin").create()?;
     let topics = settings.topics();
+    let retention_ms = settings.retention.as_millis().to_string();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -95,6 +102,7 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication),
             )
+            .set("retention.ms", &retention_ms)
         })
         .collect();
     let options = AdminOptions::new()
@@ -108,7 +116,9 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
     .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut))??;
     for result in results {
         match result {
-            Ok(topic) => tracing::info!(%topic, partitions = settings.partitions, "created topic"),
+            Ok(topic) => {
+                tracing::info!(%topic, partitions = settings.partitions, %retention_ms, "created topic");
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 tracing::error!(%topic, ?code, "cannot create topic");

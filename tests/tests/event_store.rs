@@ -597,3 +597,36 @@ async fn commit_safe_reads_walk_the_commit_order_index_by_transaction_id() {
     sorted.sort_unstable();
     assert_eq!(numeric, sorted);
 }
+
+#[tokio::test]
+async fn claims_of_bookings_that_ended_are_forgotten_and_others_kept() {
+    let db = chronicle_tests::TestDb::create().await;
+    let pool = db.pool(2).await;
+    // (booking, from, to) in hours from now.
+    for (booking, from, to) in [("ended", -72, -48), ("ending", -3, -2), ("coming", 48, 72)] {
+        sqlx::query(
+            "INSERT INTO seat_claims (resource_id, seat, during, booking_id) \
+             VALUES ('hall', '1', tstzrange(now() + make_interval(hours => $2), \
+                                            now() + make_interval(hours => $3)), $1)",
+        )
+        .bind(booking)
+        .bind(from)
+        .bind(to)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let forgotten = chronicle_eventstore::db::forget_ended_claims(
+        &pool,
+        std::time::Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forgotten, 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT booking_id FROM seat_claims ORDER BY booking_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, ["coming", "ending"]);
+}

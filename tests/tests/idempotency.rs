@@ -137,7 +137,7 @@ async fn records_past_the_retention_are_forgotten_and_younger_ones_kept() {
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let (sweeper, stop) = (sweeper.clone(), stop.clone());
-        async move { sweeper.expire_idempotency_records(stop).await }
+        async move { sweeper.sweep_expired_records(stop).await }
     });
     let remaining = || async {
         sqlx::query_scalar::<_, String>(

@@ -438,3 +438,62 @@ async fn a_booking_pending_past_its_hold_expires_and_frees_its_seats() {
     let again = book(&app, &token, account, "E5").await;
     assert_eq!(again.status, StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_flows_are_forgotten_after_the_retention_and_stuck_ones_kept() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let commands = Arc::new(CommandService::new(
+        app.pool.clone(),
+        CommandSettings::default(),
+    ));
+    let manager = ProcessManager::new(commands, app.settings.process);
+    // Flows of every standing, some finished long ago, each with a step.
+    let flows = [
+        ("confirmed", 48, true),
+        ("skipped", 48, true),
+        ("stuck", 48, false),
+        ("running", 48, false),
+        ("confirmed", 0, false),
+    ];
+    let mut ids = Vec::new();
+    for (status, hours_ago, _) in flows {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO pm_flows (flow_id, kind, subject_id, status, updated_at) \
+             VALUES ($1, 'booking-charge', $1, $2, now() - make_interval(hours => $3))",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(hours_ago)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO pm_steps (flow_id, step, command_id) VALUES ($1, 'withdraw', $1)")
+            .bind(id)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let forgotten = manager
+        .forget_flows_before(Duration::from_secs(24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 2);
+    for (id, (status, hours_ago, gone)) in ids.iter().zip(flows) {
+        let (flow, steps): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pm_flows WHERE flow_id = $1), \
+                    (SELECT count(*) FROM pm_steps WHERE flow_id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        let expected = if gone { 0 } else { 1 };
+        assert_eq!(
+            (flow, steps),
+            (expected, expected),
+            "{status}, {hours_ago} h ago"
+        );
+    }
+}

@@ -359,3 +359,31 @@ async fn the_held_back_check_walks_the_commit_order_index_in_its_generic_plan() 
     // The session's settings must not follow the connection back into the pool.
     conn.close_on_drop();
 }
+
+#[tokio::test]
+async fn topics_are_created_with_the_configured_retention() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+
+    let app = spawn_app().await;
+    let mut kafka = app.settings.kafka.clone();
+    kafka.topic_prefix = format!("retention-{}.", Uuid::new_v4().simple());
+    kafka.retention = std::time::Duration::from_secs(5 * 3600);
+    ensure_topics(&kafka).await.unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.client_config("retention-test").create().unwrap();
+    let topic = kafka.topics()[0].clone();
+    let options = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(10)));
+    let described = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        admin.describe_configs(&[ResourceSpecifier::Topic(&topic)], &options),
+    )
+    .await
+    .expect("the broker answers DescribeConfigs")
+    .unwrap();
+    let resource = described[0].as_ref().expect("the topic's configuration");
+    let retention = resource
+        .get("retention.ms")
+        .and_then(|entry| entry.value.clone());
+    assert_eq!(retention.as_deref(), Some("18000000"));
+}

@@ -3,8 +3,10 @@
 //! it.
 
 use std::future::Future;
+use std::time::Duration;
 
 use chronicle_domain::{Actor, DomainError};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{PROCESS_MANAGER, ProcessManager};
@@ -107,6 +109,56 @@ impl ProcessManager {
             id,
             subject,
         })
+    }
+
+    /// Forgets flows that finished more than the retention ago, with their steps: at
+    /// once, then hourly, until `shutdown`. Stuck flows stay for an operator.
+    pub(crate) async fn forget_finished_flows(&self, shutdown: CancellationToken) {
+        loop {
+            match self.forget_flows_before(self.settings.flow_retention).await {
+                Ok(0) => {}
+                Ok(forgotten) => {
+                    tracing::info!(forgotten, "finished flows past retention forgotten")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "forgetting finished flows failed; retrying later")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+        }
+    }
+
+    /// Deletes, a bounded batch at a time, the flows other than running or stuck ones last
+    /// changed more than `age` ago, and their steps; returns how many flows went.
+    pub async fn forget_flows_before(&self, age: Duration) -> Result<u64, sqlx::Error> {
+        const BATCH: i64 = 5_000;
+        let mut forgotten = 0;
+        loop {
+            let flows: i64 = sqlx::query_scalar(
+                "WITH gone AS ( \
+                   DELETE FROM pm_flows WHERE flow_id IN ( \
+                     SELECT flow_id FROM pm_flows \
+                      WHERE status NOT IN ($1, $2) \
+                        AND updated_at < now() - make_interval(secs => $3) \
+                      LIMIT $4) \
+                   RETURNING flow_id), \
+                 steps AS (DELETE FROM pm_steps WHERE flow_id IN (SELECT flow_id FROM gone)) \
+                 SELECT count(*) FROM gone",
+            )
+            .bind(FlowStatus::Running.as_str())
+            .bind(FlowStatus::Stuck.as_str())
+            .bind(age.as_secs_f64())
+            .bind(BATCH)
+            .fetch_one(&self.pool)
+            .await?;
+            forgotten += flows as u64;
+            if flows < BATCH {
+                return Ok(forgotten);
+            }
+        }
     }
 
     /// The actor of every command the process manager issues.

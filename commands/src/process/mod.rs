@@ -55,6 +55,9 @@ pub struct ProcessSettings {
     /// `CHRONICLE_SCHEDULER_TICK_MS`: how often due charges and expired holds are looked
     /// for.
     pub tick: Duration,
+    /// `CHRONICLE_FLOW_RETENTION_DAYS`: how long a finished flow (and its steps) is kept
+    /// for operators. Stuck flows are kept until an operator deals with them.
+    pub flow_retention: Duration,
 }
 
 impl Default for ProcessSettings {
@@ -64,6 +67,7 @@ impl Default for ProcessSettings {
             charge_max_attempts: 3,
             charge_retry: Duration::from_secs(60),
             tick: Duration::from_millis(500),
+            flow_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -118,7 +122,11 @@ impl ProcessManager {
         shutdown: CancellationToken,
     ) {
         let consumer = Projector::new(self.clone(), kafka, projector);
-        tokio::join!(consumer.run(shutdown.clone()), self.run_schedules(shutdown));
+        tokio::join!(
+            consumer.run(shutdown.clone()),
+            self.run_schedules(shutdown.clone()),
+            self.forget_finished_flows(shutdown),
+        );
     }
 
     /// Runs the flow `envelope` starts, if any.

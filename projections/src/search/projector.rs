@@ -16,6 +16,7 @@ use chronicle_domain::{BookingChange, BookingEvent};
 use chronicle_eventstore::envelope::{Envelope, topic_for};
 use chronicle_eventstore::kafka::KafkaSettings;
 use sqlx::PgPool;
+use tantivy::indexer::LogMergePolicy;
 use tantivy::{IndexWriter, Term};
 use uuid::Uuid;
 
@@ -70,7 +71,14 @@ pub struct SearchProjection {
 impl SearchProjection {
     /// Takes the index's writer (one per index directory).
     pub fn new(index: Arc<SearchIndex>, settings: SearchSettings) -> tantivy::Result<Self> {
-        let writer = index.index.writer(settings.writer_memory)?;
+        let writer: IndexWriter = index.index.writer(settings.writer_memory)?;
+        // Every status change replaces a booking's document, leaving the old one deleted
+        // in its segment. Segments merge by size (tantivy's log policy); one that is a
+        // third deleted is merged too, so deleted documents do not pile up in large
+        // segments that have no peers to merge with.
+        let mut merges = LogMergePolicy::default();
+        merges.set_del_docs_ratio_before_merge(1.0 / 3.0);
+        writer.set_merge_policy(Box::new(merges));
         let offsets = index.committed_offsets()?;
         Ok(Self {
             pending: Arc::new(Mutex::new(Pending {
