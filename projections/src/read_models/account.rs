@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Tx;
-use super::fold::{At, Fold, Folded, Stamp, Table};
+use super::fold::{At, Fold, Folded, Stamp, Table, stored_word};
 use super::history::Versions;
 use super::unnest::Unnest;
 
@@ -158,11 +158,11 @@ impl Table for Accounts {
         stored
             .into_iter()
             .map(|row| {
-                let status = AccountStatus::parse(&row.status).ok_or_else(|| {
-                    sqlx::Error::Decode(
-                        format!("account {}: status {:?}", row.account_id, row.status).into(),
-                    )
-                })?;
+                let status = stored_word(
+                    AccountStatus::parse,
+                    &row.status,
+                    format_args!("account {} status", row.account_id),
+                )?;
                 let row = Row {
                     account_id: row.account_id,
                     owner: row.owner,

@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Tx;
-use super::fold::{At, Fold, Folded, Stamp, Table};
+use super::fold::{At, Fold, Folded, Stamp, Table, stored_word};
 use super::history::Versions;
 use super::unnest::Unnest;
 
@@ -106,11 +106,11 @@ impl Table for Bookings {
         stored
             .into_iter()
             .map(|row| {
-                let status = BookingStatus::parse(&row.status).ok_or_else(|| {
-                    sqlx::Error::Decode(
-                        format!("booking {}: status {:?}", row.booking_id, row.status).into(),
-                    )
-                })?;
+                let status = stored_word(
+                    BookingStatus::parse,
+                    &row.status,
+                    format_args!("booking {} status", row.booking_id),
+                )?;
                 let row = Row {
                     booking_id: row.booking_id,
                     status,

@@ -143,6 +143,16 @@ pub(crate) fn fold<'e, F: Fold + 'e>(
     }
 }
 
+/// A word a row stores (a status, a kind) read back as its enum: a word this projector
+/// never writes is a decode error naming `what`, never a guess.
+pub(crate) fn stored_word<T>(
+    parse: fn(&str) -> Option<T>,
+    word: &str,
+    what: std::fmt::Arguments<'_>,
+) -> Result<T, sqlx::Error> {
+    parse(word).ok_or_else(|| sqlx::Error::Decode(format!("{what}: {word:?}").into()))
+}
+
 /// Loads, folds and writes one table group's share of a batch.
 pub(crate) async fn apply<T: Table>(
     tx: &mut Tx<'_>,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Tx;
-use super::fold::{At, Fold, Folded, Stamp, Table};
+use super::fold::{At, Fold, Folded, Stamp, Table, stored_word};
 use super::unnest::Unnest;
 
 /// A payment's row as the fold needs it.
@@ -55,18 +55,22 @@ impl TryFrom<Stored> for State {
 
     fn try_from(row: Stored) -> Result<Self, Self::Error> {
         // A row this projector did not write is an error, never a guess.
-        let corrupt = |what: String| {
-            sqlx::Error::Decode(format!("payment {}: {what}", row.payment_id).into())
-        };
-        let status = PaymentStatus::parse(&row.status)
-            .ok_or_else(|| corrupt(format!("status {:?}", row.status)))?;
-        let kind =
-            PaymentKind::parse(&row.kind).ok_or_else(|| corrupt(format!("kind {:?}", row.kind)))?;
+        let id = row.payment_id;
+        let status = stored_word(
+            PaymentStatus::parse,
+            &row.status,
+            format_args!("payment {id} status"),
+        )?;
+        let kind = stored_word(
+            PaymentKind::parse,
+            &row.kind,
+            format_args!("payment {id} kind"),
+        )?;
         let schedule = row
             .schedule
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| corrupt(format!("schedule: {e}")))?;
+            .map_err(|e| sqlx::Error::Decode(format!("payment {id} schedule: {e}").into()))?;
         Ok(Self {
             payment_id: row.payment_id,
             account_id: row.account_id,
