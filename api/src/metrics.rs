@@ -85,3 +85,55 @@ pub fn sample_pool(pool: &sqlx::PgPool) {
     POOL.with_label_values(&["idle"]).set(idle);
     POOL.with_label_values(&["in_use"]).set(size - idle);
 }
+
+/// With the `heap-profile` feature: the bytes the allocator holds live right now
+/// (`chronicle_heap_live_bytes`), beside the process's resident memory, to tell a
+/// growing heap from memory the allocator keeps but the program freed.
+#[cfg(feature = "heap-profile")]
+pub fn sample_heap() {
+    static HEAP_LIVE: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+        register(
+            prometheus::IntGauge::new(
+                "chronicle_heap_live_bytes",
+                "Bytes allocated and not yet freed (heap-profile builds only)",
+            )
+            .expect("valid metric"),
+        )
+    });
+    HEAP_LIVE.set(dhat::HeapStats::get().curr_bytes as i64);
+}
+
+/// jemalloc's own account (`chronicle_allocator_bytes`): `allocated` is what the program
+/// holds, `resident` what jemalloc keeps in memory for it, `retained` address space it
+/// kept without memory behind it. Beside the process's resident memory it tells the
+/// program's heap from the allocator's overhead and from what C libraries (librdkafka)
+/// allocate through glibc.
+#[cfg(not(feature = "heap-profile"))]
+pub fn sample_heap() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    static ALLOCATOR: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+        register(
+            IntGaugeVec::new(
+                opts!(
+                    "chronicle_allocator_bytes",
+                    "jemalloc's statistics, in bytes"
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+        )
+    });
+    // The statistics are a snapshot taken at each epoch advance.
+    if epoch::advance().is_err() {
+        return;
+    }
+    for (state, value) in [
+        ("allocated", stats::allocated::read()),
+        ("resident", stats::resident::read()),
+        ("retained", stats::retained::read()),
+    ] {
+        if let Ok(bytes) = value {
+            ALLOCATOR.with_label_values(&[state]).set(bytes as i64);
+        }
+    }
+}

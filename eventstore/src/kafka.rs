@@ -77,7 +77,10 @@ impl KafkaSettings {
                 "fetch.wait.max.ms",
                 self.fetch_wait.as_millis().max(1).to_string(),
             )
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka prefetches up to 64 MiB per consumer by default. A projector
+            // that falls behind needs a few batches ahead, not that much (issue 14).
+            .set("queued.max.messages.kbytes", "16384");
         config
     }
 

@@ -53,6 +53,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::metrics::sample_pool(&state.pool);
+    crate::metrics::sample_heap();
     let mut buffer = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(error) = encoder.encode(&prometheus::gather(), &mut buffer) {

@@ -76,6 +76,8 @@ struct Window {
     refused: u64,
     /// Operations not sent because too many were already in flight in this program.
     dropped: u64,
+    /// The first few errors' texts, to say what went wrong.
+    first_errors: Vec<String>,
 }
 
 /// One sample of the process and its database.
@@ -83,12 +85,18 @@ struct Sample {
     at: f64,
     rss_anon_kib: u64,
     rss_file_kib: u64,
+    /// Live heap bytes: jemalloc's `allocated`, or dhat's count in a heap-profile build.
+    heap_bytes: f64,
+    /// What jemalloc keeps resident (0 in a heap-profile build).
+    allocator_resident: f64,
     descriptors: usize,
     connections: i64,
     tables: BTreeMap<String, i64>,
     index_bytes: u64,
     relay_lag: f64,
     projector_lag: f64,
+    /// Operations answered per second over the window.
+    throughput: f64,
     operations: usize,
     p99_ms: f64,
     errors: u64,
@@ -125,7 +133,16 @@ async fn main() -> anyhow::Result<()> {
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(options.sample)).await;
         let taken = std::mem::take(&mut *window.lock().unwrap_or_else(|e| e.into_inner()));
-        let sample = take_sample(&server, &client, pid, &pool, started, taken).await?;
+        let sample = take_sample(
+            &server,
+            &client,
+            pid,
+            &pool,
+            started,
+            taken,
+            options.sample as f64,
+        )
+        .await?;
         print_line(&sample);
         samples.push(sample);
     }
@@ -138,17 +155,24 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens `count` accounts with enough money for the whole run.
+/// Opens `count` accounts with enough money for the whole run, and waits until the read
+/// models show each of them (the load reads their ledgers from the start).
 async fn open_accounts(client: &Client, count: usize) -> anyhow::Result<Vec<Uuid>> {
-    let mut accounts = Vec::with_capacity(count);
+    let mut opened = Vec::with_capacity(count);
     for n in 0..count {
         let id = client.open().await?;
-        client
+        let reply = client
             .deposit(id, 100_000_000, &format!("seed-{n}"))
             .await?;
-        accounts.push(id);
+        opened.push((id, reply["position"].as_i64().unwrap_or(0)));
     }
-    Ok(accounts)
+    // Each account's partition is applied in its own time: wait for each.
+    for (id, position) in &opened {
+        client
+            .get(&format!("/v1/accounts/{id}?min_position={position}"))
+            .await?;
+    }
+    Ok(opened.into_iter().map(|(id, _)| id).collect())
 }
 
 /// The open loop: `rate` operations a second for `duration`, each started on time
@@ -179,7 +203,12 @@ async fn run_load(
             match result {
                 Ok(()) => window.latencies.push(sent.elapsed()),
                 Err(error) if refused(&error) => window.refused += 1,
-                Err(_) => window.errors += 1,
+                Err(error) => {
+                    window.errors += 1;
+                    if window.first_errors.len() < 3 {
+                        window.first_errors.push(format!("{error:#}"));
+                    }
+                }
             }
             drop(permit);
         });
@@ -223,6 +252,7 @@ async fn take_sample(
     pool: &PgPool,
     started: Instant,
     window: Window,
+    window_seconds: f64,
 ) -> anyhow::Result<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .context("chronicle is no longer running")?;
@@ -248,17 +278,28 @@ async fn take_sample(
     .into_iter()
     .collect();
     let metrics = client.metrics().await?;
+    for error in &window.first_errors {
+        eprintln!("soak: error: {error}");
+    }
     let latencies = Latencies::new(window.latencies);
+    let elapsed = started.elapsed().as_secs_f64();
     Ok(Sample {
-        at: started.elapsed().as_secs_f64(),
+        at: elapsed,
         rss_anon_kib: kib("RssAnon:"),
         rss_file_kib: kib("RssFile:"),
+        heap_bytes: scrape::gauge_sum(&metrics, "chronicle_heap_live_bytes")
+            + scrape::gauge_sum(&metrics, "chronicle_allocator_bytes{state=\"allocated\"}"),
+        allocator_resident: scrape::gauge_sum(
+            &metrics,
+            "chronicle_allocator_bytes{state=\"resident\"}",
+        ),
         descriptors,
         connections,
         tables,
         index_bytes: directory_bytes(&server.data_dir.join("search")),
         relay_lag: scrape::gauge_sum(&metrics, "chronicle_relay_lag_events"),
         projector_lag: scrape::gauge_sum(&metrics, "chronicle_projector_lag"),
+        throughput: latencies.count() as f64 / window_seconds,
         operations: latencies.count(),
         p99_ms: chronicle_bench::ms(latencies.percentile(99.0)),
         errors: window.errors,
@@ -284,10 +325,12 @@ fn directory_bytes(dir: &Path) -> u64 {
 
 fn print_header() {
     println!(
-        "{:>7} {:>9} {:>9} {:>5} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7}",
+        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7}",
         "min",
         "anon MiB",
         "file MiB",
+        "heap MiB",
+        "jem MiB",
         "fds",
         "conns",
         "tables MiB",
@@ -303,17 +346,19 @@ fn print_header() {
 
 fn print_line(sample: &Sample) {
     println!(
-        "{:>7.1} {:>9.1} {:>9.1} {:>5} {:>5} {:>10.1} {:>9.1} {:>7.0} {:>7.0} {:>7} {:>8.1} {:>6} {:>7}",
+        "{:>7.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5} {:>5} {:>10.1} {:>9.1} {:>7.0} {:>7.0} {:>7.0} {:>8.1} {:>6} {:>7}",
         sample.at / 60.0,
         mib(sample.rss_anon_kib * 1024),
         mib(sample.rss_file_kib * 1024),
+        sample.heap_bytes.max(0.0) / (1024.0 * 1024.0),
+        sample.allocator_resident / (1024.0 * 1024.0),
         sample.descriptors,
         sample.connections,
         mib(sample.tables.values().sum::<i64>().max(0) as u64),
         mib(sample.index_bytes),
         sample.relay_lag,
         sample.projector_lag,
-        sample.operations,
+        sample.throughput,
         sample.p99_ms,
         sample.errors,
         sample.refused + sample.dropped,
@@ -405,16 +450,18 @@ fn report(options: &Options, samples: &[Sample]) -> String {
 
 fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result<()> {
     let mut csv = String::from(
-        "seconds,rss_anon_kib,rss_file_kib,descriptors,connections,table_bytes,index_bytes,\
+        "seconds,rss_anon_kib,rss_file_kib,heap_bytes,allocator_resident,descriptors,connections,table_bytes,index_bytes,\
          relay_lag,projector_lag,operations,p99_ms,errors,refused,dropped\n",
     );
     for s in samples {
         let _ = writeln!(
             csv,
-            "{:.0},{},{},{},{},{},{},{},{},{},{:.2},{},{},{}",
+            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{:.2},{},{},{}",
             s.at,
             s.rss_anon_kib,
             s.rss_file_kib,
+            s.heap_bytes,
+            s.allocator_resident,
             s.descriptors,
             s.connections,
             s.tables.values().sum::<i64>(),
@@ -444,6 +491,10 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
         &[
             line("RssAnon", |s| mib(s.rss_anon_kib * 1024)),
             line("RssFile", |s| mib(s.rss_file_kib * 1024)),
+            line("live heap", |s| s.heap_bytes / (1024.0 * 1024.0)),
+            line("jemalloc resident", |s| {
+                s.allocator_resident / (1024.0 * 1024.0)
+            }),
             line("tables", |s| {
                 mib(s.tables.values().sum::<i64>().max(0) as u64)
             }),
