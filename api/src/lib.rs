@@ -28,6 +28,7 @@ use chronicle_projections::search::SearchIndex;
 use chronicle_projections::watch::ProjectionWatch;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use uuid::Uuid;
 
@@ -47,7 +48,7 @@ pub struct AppState {
     pub monitor: Arc<LagMonitor>,
     /// The search index (read side).
     pub search: Arc<SearchIndex>,
-    /// Rate limits, timeouts and the bound on commands in flight.
+    /// Rate limits, timeouts and admission (the bounds on work in flight).
     pub limiter: Arc<limits::RateLimiter>,
     pub reads: ReadSettings,
 }
@@ -123,6 +124,19 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
+/// Logs a response that failed. A 503 (overloaded, timed out, database out of reach) is
+/// a refusal the metrics count; an error line each would flood the log exactly when
+/// the service is busiest, so those are logged at debug only.
+fn log_failure(class: ServerErrorsFailureClass, latency: std::time::Duration, _: &tracing::Span) {
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(latency_ms, "response refused (503)");
+        }
+        class => tracing::error!(classification = %class, latency_ms, "response failed"),
+    }
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     AppError::internal(&"a handler panicked").into_response()
 }
@@ -168,7 +182,7 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
         .layer(DefaultBodyLimit::max(limits.body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            limits::inflight,
+            limits::admission,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -182,7 +196,8 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_failure(log_failure),
         )
         .layer(middleware::from_fn(request_id))
         .with_state(state)

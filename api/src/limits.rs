@@ -1,17 +1,21 @@
 //! Protection of the service: a token bucket per principal (429 with `Retry-After` and
-//! `RateLimit` headers), a timeout per request, and a bound on commands in flight.
+//! `RateLimit` headers), a timeout per request, and admission: a bound on the commands
+//! and on the queries executing at once, beyond which a request waits a moment for a
+//! place and is then refused (503 `overloaded` with `Retry-After`) rather than queued
+//! without end (ADR 0021).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use prometheus::{IntCounterVec, IntGaugeVec, opts};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::AppState;
 use crate::problem::AppError;
@@ -25,8 +29,13 @@ pub struct LimitSettings {
     pub burst: f64,
     /// `CHRONICLE_REQUEST_TIMEOUT_MS`: the longest a request may take.
     pub request_timeout: Duration,
-    /// `CHRONICLE_MAX_INFLIGHT_COMMANDS`: commands executing at once; more answer 503.
+    /// `CHRONICLE_MAX_INFLIGHT_COMMANDS`: commands executing at once.
     pub max_inflight_commands: usize,
+    /// `CHRONICLE_MAX_INFLIGHT_QUERIES`: queries executing at once.
+    pub max_inflight_queries: usize,
+    /// `CHRONICLE_ADMISSION_WAIT_MS`: how long a request beyond those bounds waits for a
+    /// place before it is refused with 503 `overloaded`.
+    pub admission_wait: Duration,
 }
 
 impl Default for LimitSettings {
@@ -35,7 +44,9 @@ impl Default for LimitSettings {
             per_second: 200.0,
             burst: 400.0,
             request_timeout: Duration::from_secs(30),
-            max_inflight_commands: 512,
+            max_inflight_commands: 64,
+            max_inflight_queries: 64,
+            admission_wait: Duration::from_millis(250),
         }
     }
 }
@@ -60,7 +71,8 @@ const SHARDS: usize = 32;
 pub struct RateLimiter {
     settings: LimitSettings,
     shards: Vec<Mutex<HashMap<String, Bucket>>>,
-    inflight: Arc<Semaphore>,
+    commands: Gate,
+    queries: Gate,
 }
 
 impl RateLimiter {
@@ -68,7 +80,8 @@ impl RateLimiter {
         Self {
             settings,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            inflight: Arc::new(Semaphore::new(settings.max_inflight_commands.max(1))),
+            commands: Gate::new("commands", settings.max_inflight_commands, &settings),
+            queries: Gate::new("queries", settings.max_inflight_queries, &settings),
         }
     }
 
@@ -207,22 +220,105 @@ pub async fn timeout(State(state): State<AppState>, request: Request, next: Next
     }
 }
 
-/// Bounds the commands executing at once; beyond, 503 `overloaded` at once rather than a
-/// queue that grows without end.
-pub async fn inflight(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if request.method() != Method::POST {
-        return next.run(request).await;
+static ADMITTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    crate::metrics::register(
+        IntGaugeVec::new(
+            opts!(
+                "chronicle_admission_in_flight",
+                "Requests executing now, by kind (commands, queries)"
+            ),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::register(
+        IntCounterVec::new(
+            opts!(
+                "chronicle_admission_refused_total",
+                "Requests refused with 503 overloaded because no place came free in time, by kind"
+            ),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// The places for one kind of work. A request takes one for as long as its handler
+/// runs; the response's body is already built then, so a slow reader holds none.
+struct Gate {
+    kind: &'static str,
+    places: Arc<Semaphore>,
+    wait: Duration,
+}
+
+/// A place, given back (and counted out) when dropped.
+struct Place {
+    kind: &'static str,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        ADMITTED.with_label_values(&[self.kind]).dec();
     }
-    let Ok(_permit) = state.limiter.inflight.clone().try_acquire_owned() else {
+}
+
+impl Gate {
+    fn new(kind: &'static str, places: usize, settings: &LimitSettings) -> Self {
+        // Both series exist from the start, at zero, so a dashboard sees them before
+        // the first refusal (several apps may share the process in tests: add, not set).
+        ADMITTED.with_label_values(&[kind]).add(0);
+        REFUSED.with_label_values(&[kind]).inc_by(0);
+        Self {
+            kind,
+            places: Arc::new(Semaphore::new(places.max(1))),
+            wait: settings.admission_wait,
+        }
+    }
+
+    /// A place at once, or within the wait (waiters are served first come, first
+    /// served); `None` when none came free.
+    async fn enter(&self) -> Option<Place> {
+        let permit = match self.places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(self.wait, self.places.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?,
+        };
+        ADMITTED.with_label_values(&[self.kind]).inc();
+        Some(Place {
+            kind: self.kind,
+            _permit: permit,
+        })
+    }
+}
+
+/// Admits commands (POST) and queries (GET) within their bounds; beyond, after a short
+/// wait, 503 `overloaded` with `Retry-After` rather than a queue that grows without end.
+pub async fn admission(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let gate = match *request.method() {
+        Method::POST => &state.limiter.commands,
+        Method::GET | Method::HEAD if !exempt(path) => &state.limiter.queries,
+        _ => return next.run(request).await,
+    };
+    let Some(place) = gate.enter().await else {
+        REFUSED.with_label_values(&[gate.kind]).inc();
         let mut error = AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
-            "too many commands in flight; retry shortly",
+            format!("too many {} in flight; retry shortly", gate.kind),
         );
         error.retry_after = Some(1);
         return error.into_response();
     };
-    next.run(request).await
+    let response = next.run(request).await;
+    drop(place);
+    response
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, histogram_opts, opts};
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+pub(crate) fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
     if let Err(error) = prometheus::register(Box::new(metric.clone())) {
         tracing::error!(%error, "metric registration failed");
     }

@@ -159,6 +159,8 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_RATE_LIMIT_BURST",
     "CHRONICLE_REQUEST_TIMEOUT_MS",
     "CHRONICLE_MAX_INFLIGHT_COMMANDS",
+    "CHRONICLE_MAX_INFLIGHT_QUERIES",
+    "CHRONICLE_ADMISSION_WAIT_MS",
     "CHRONICLE_SHUTDOWN_TIMEOUT_SECONDS",
     "CHRONICLE_OTLP_ENDPOINT",
     "CHRONICLE_LOG",
@@ -524,6 +526,14 @@ fn protection(src: &Source) -> Result<LimitSettings, ConfigError> {
                 defaults.max_inflight_commands,
             )?,
         )?,
+        max_inflight_queries: positive(
+            "CHRONICLE_MAX_INFLIGHT_QUERIES",
+            src.parsed(
+                "CHRONICLE_MAX_INFLIGHT_QUERIES",
+                defaults.max_inflight_queries,
+            )?,
+        )?,
+        admission_wait: src.millis("CHRONICLE_ADMISSION_WAIT_MS", defaults.admission_wait)?,
     };
     if !settings.per_second.is_finite() || settings.per_second <= 0.0 {
         return Err(invalid(

@@ -216,17 +216,54 @@ impl Client {
     }
 
     pub async fn book(&self, account: Uuid, resource: &str) -> anyhow::Result<()> {
-        let starts = chrono::Utc::now() + chrono::Duration::days(30);
-        self.post(
-            "/v1/bookings",
-            &json!({
-                "account_id": account, "resource_id": resource, "seats": ["1", "2"],
-                "starts_at": starts, "ends_at": starts + chrono::Duration::hours(2),
-                "price": {"amount": 2_500, "currency": "EUR"},
-                "guest": {"name": "Zoë Adams", "email": "zoe@example.org"}, "notes": "bench"
-            }),
-        )
-        .await
-        .map(drop)
+        self.post("/v1/bookings", &booking_body(account, resource))
+            .await
+            .map(drop)
     }
+
+    /// Sends a request with the token and returns its status and whether it came with
+    /// `Retry-After`, whatever the status; the body is read and dropped.
+    pub async fn answer(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let reply = request.send().await?;
+        let answer = Answer {
+            status: reply.status().as_u16(),
+            retry_after: reply.headers().contains_key(reqwest::header::RETRY_AFTER),
+        };
+        reply.bytes().await?;
+        Ok(answer)
+    }
+}
+
+/// A status and whether `Retry-After` came with it.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: bool,
+}
+
+/// A request for two seats of `resource` a month from now.
+pub fn booking_body(account: Uuid, resource: &str) -> Value {
+    let starts = chrono::Utc::now() + chrono::Duration::days(30);
+    json!({
+        "account_id": account, "resource_id": resource, "seats": ["1", "2"],
+        "starts_at": starts, "ends_at": starts + chrono::Duration::hours(2),
+        "price": {"amount": 2_500, "currency": "EUR"},
+        "guest": {"name": "Zoë Adams", "email": "zoe@example.org"}, "notes": "bench"
+    })
 }

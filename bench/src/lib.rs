@@ -4,6 +4,7 @@
 
 pub mod chronicle;
 pub mod floor;
+pub mod mix;
 pub mod peers;
 pub mod plot;
 pub mod scrape;

@@ -142,8 +142,14 @@ pub fn throughput(path: &Path, title: &str, series: &[Series]) -> anyhow::Result
     Ok(())
 }
 
-/// Values over a run's minutes, one line per series, linear axes from zero.
-pub fn over_time(path: &Path, title: &str, unit: &str, series: &[Series]) -> anyhow::Result<()> {
+/// Values over a run's time (in `time_unit`), one line per series, linear axes from zero.
+pub fn over_time(
+    path: &Path,
+    title: &str,
+    time_unit: &str,
+    unit: &str,
+    series: &[Series],
+) -> anyhow::Result<()> {
     font()?;
     let (_, high) = bounds(series, |p| p.1);
     let (_, right) = bounds(series, |p| p.0);
@@ -157,7 +163,7 @@ pub fn over_time(path: &Path, title: &str, unit: &str, series: &[Series]) -> any
         .build_cartesian_2d(0.0..right.max(1e-9), 0.0..high.max(1e-9) * 1.1)?;
     chart
         .configure_mesh()
-        .x_desc("minutes")
+        .x_desc(time_unit)
         .y_desc(unit)
         .x_label_formatter(&|x| trim(*x))
         .y_label_formatter(&|y| trim(*y))

@@ -1,13 +1,14 @@
 //! Soak: `chronicle all` under a steady mixed load for a long time, sampled as an operator
 //! would watch it. Not part of CI.
 //!
-//! The load is an open loop at a fixed rate: half deposits (each with its own
+//! The load is `chronicle_bench::mix`, an open loop at a fixed rate: half deposits (each with its own
 //! `Idempotency-Key`), a quarter booking requests, a quarter ledger reads, over a fixed
 //! set of accounts. Every `--sample` seconds the program records the process's
 //! anonymous and file-backed memory (`RssAnon`, `RssFile`), its open descriptors, the
 //! database connections it holds, the size of every table and of the search index,
 //! relay and projector lag, and the window's latency and errors. It prints a line per
-//! sample, then a verdict: memory growth over the last three quarters of the run,
+//! sample, then a verdict: memory growth over the last three quarters of the run (read
+//! off a least-squares line through those samples, not two single samples),
 //! descriptors and connections flat, lag bounded. `--out` gets `soak.csv`, `soak.md`
 //! and `soak-memory.png`.
 //!
@@ -26,13 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chronicle_bench::chronicle::{Client, Server};
+use chronicle_bench::mix::{self, Window};
 use chronicle_bench::plot::{self, Series};
 use chronicle_bench::scrape;
-use chronicle_bench::{Latencies, Rng, machine};
-use serde_json::json;
+use chronicle_bench::{Latencies, machine};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
-use uuid::Uuid;
 
 struct Options {
     minutes: f64,
@@ -65,19 +64,6 @@ impl Options {
         }
         Ok(options)
     }
-}
-
-/// What the load saw since the last sample.
-#[derive(Default)]
-struct Window {
-    latencies: Vec<Duration>,
-    errors: u64,
-    /// Answers 429 or 503: refused early, as designed under overload.
-    refused: u64,
-    /// Operations not sent because too many were already in flight in this program.
-    dropped: u64,
-    /// The first few errors' texts, to say what went wrong.
-    first_errors: Vec<String>,
 }
 
 /// One sample of the process and its database.
@@ -117,22 +103,23 @@ async fn main() -> anyhow::Result<()> {
     let pid = server.pid().context("chronicle exited at start")?;
     let pool = server.db.pool(2).await;
     let client = Arc::new(Client::new(&server, 256)?);
-    let accounts = Arc::new(open_accounts(&client, options.accounts).await?);
+    let accounts = Arc::new(mix::open_accounts(&client, options.accounts).await?);
     let window = Arc::new(Mutex::new(Window::default()));
     let duration = Duration::from_secs_f64(options.minutes * 60.0);
-    let load = tokio::spawn(run_load(
+    let load = tokio::spawn(mix::open_loop(
         client.clone(),
         accounts,
-        window.clone(),
-        options.rate,
+        vec![window.clone()],
+        f64::from(options.rate),
         duration,
+        0,
     ));
     let started = Instant::now();
     let mut samples = Vec::new();
     print_header();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(options.sample)).await;
-        let taken = std::mem::take(&mut *window.lock().unwrap_or_else(|e| e.into_inner()));
+        let taken = mix::take(&window);
         let sample = take_sample(
             &server,
             &client,
@@ -146,103 +133,13 @@ async fn main() -> anyhow::Result<()> {
         print_line(&sample);
         samples.push(sample);
     }
-    load.await??;
+    load.await?;
     let report = report(&options, &samples);
     println!("{report}");
     write_outputs(&options.out, &samples, &report)?;
     pool.close().await;
     server.stop().await;
     Ok(())
-}
-
-/// Opens `count` accounts with enough money for the whole run, and waits until the read
-/// models show each of them (the load reads their ledgers from the start).
-async fn open_accounts(client: &Client, count: usize) -> anyhow::Result<Vec<Uuid>> {
-    let mut opened = Vec::with_capacity(count);
-    for n in 0..count {
-        let id = client.open().await?;
-        let reply = client
-            .deposit(id, 100_000_000, &format!("seed-{n}"))
-            .await?;
-        opened.push((id, reply["position"].as_i64().unwrap_or(0)));
-    }
-    // Each account's partition is applied in its own time: wait for each.
-    for (id, position) in &opened {
-        client
-            .get(&format!("/v1/accounts/{id}?min_position={position}"))
-            .await?;
-    }
-    Ok(opened.into_iter().map(|(id, _)| id).collect())
-}
-
-/// The open loop: `rate` operations a second for `duration`, each started on time
-/// whatever the ones before it do (at most 2,000 in flight; more are counted dropped).
-async fn run_load(
-    client: Arc<Client>,
-    accounts: Arc<Vec<Uuid>>,
-    window: Arc<Mutex<Window>>,
-    rate: u32,
-    duration: Duration,
-) -> anyhow::Result<()> {
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let in_flight = Arc::new(Semaphore::new(2_000));
-    let start = tokio::time::Instant::now();
-    let mut n: u64 = 0;
-    while start.elapsed() < duration {
-        tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
-        n += 1;
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            window.lock().unwrap_or_else(|e| e.into_inner()).dropped += 1;
-            continue;
-        };
-        let (client, accounts, window) = (client.clone(), accounts.clone(), window.clone());
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let result = operate(&client, &accounts, n).await;
-            let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-            match result {
-                Ok(()) => window.latencies.push(sent.elapsed()),
-                Err(error) if refused(&error) => window.refused += 1,
-                Err(error) => {
-                    window.errors += 1;
-                    if window.first_errors.len() < 3 {
-                        window.first_errors.push(format!("{error:#}"));
-                    }
-                }
-            }
-            drop(permit);
-        });
-    }
-    Ok(())
-}
-
-/// Operation `n` of the mix.
-async fn operate(client: &Client, accounts: &[Uuid], n: u64) -> anyhow::Result<()> {
-    let mut rng = Rng::new(0x50a4 ^ n);
-    let account = *rng.pick(accounts);
-    match rng.below(4) {
-        0 | 1 => {
-            let key = format!("soak-{n}");
-            client
-                .post_with_key(
-                    &format!("/v1/accounts/{account}/deposits"),
-                    &json!({"amount": 100 + rng.below(1_000), "reference": key}),
-                    &key,
-                )
-                .await
-                .map(drop)
-        }
-        2 => client.book(account, &format!("soak-room-{n}")).await,
-        _ => client
-            .get(&format!("/v1/accounts/{account}/transactions?limit=20"))
-            .await
-            .map(drop),
-    }
-}
-
-fn refused(error: &anyhow::Error) -> bool {
-    let text = error.to_string();
-    text.contains(": 429") || text.contains(": 503")
 }
 
 async fn take_sample(
@@ -281,6 +178,7 @@ async fn take_sample(
     for error in &window.first_errors {
         eprintln!("soak: error: {error}");
     }
+    let refused = window.refused_total();
     let latencies = Latencies::new(window.latencies);
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Sample {
@@ -303,7 +201,7 @@ async fn take_sample(
         operations: latencies.count(),
         p99_ms: chronicle_bench::ms(latencies.percentile(99.0)),
         errors: window.errors,
-        refused: window.refused,
+        refused,
         dropped: window.dropped,
     })
 }
@@ -378,7 +276,10 @@ fn report(options: &Options, samples: &[Sample]) -> String {
         return "too few samples for a verdict".to_owned();
     };
     let after = &samples[warm..];
-    let growth = (last.rss_anon_kib as f64 / first.rss_anon_kib.max(1) as f64 - 1.0) * 100.0;
+    // One sample of a sawtooth (the search index's commits, jemalloc's decay) says little:
+    // growth is read off a least-squares line through every sample after warm-up.
+    let (fitted_from, fitted_to) = fitted_ends(after, |s| mib(s.rss_anon_kib * 1024));
+    let growth = (fitted_to / fitted_from.max(1e-9) - 1.0) * 100.0;
     let range = |value: fn(&Sample) -> f64| {
         let values = after.iter().map(value);
         let low = values.clone().fold(f64::INFINITY, f64::min);
@@ -396,10 +297,20 @@ fn report(options: &Options, samples: &[Sample]) -> String {
     let _ = writeln!(out, "|---|---|---|---|");
     let _ = writeln!(
         out,
-        "| anonymous memory (MiB) | {:.1} | {:.1} | growth {growth:+.1}% (< 5%: {}) |",
+        "| anonymous memory (MiB), fitted line | {fitted_from:.1} | {fitted_to:.1} | growth {growth:+.1}% (< 5%: {}) |",
+        if growth < 5.0 { "met" } else { "missed" }
+    );
+    let _ = writeln!(
+        out,
+        "| anonymous memory (MiB), first and last sample | {:.1} | {:.1} | |",
         mib(first.rss_anon_kib * 1024),
         mib(last.rss_anon_kib * 1024),
-        if growth < 5.0 { "met" } else { "missed" }
+    );
+    let (heap_from, heap_to) = fitted_ends(after, |s| s.heap_bytes / (1024.0 * 1024.0));
+    let _ = writeln!(
+        out,
+        "| live heap (MiB), fitted line | {heap_from:.1} | {heap_to:.1} | growth {:+.1}% |",
+        (heap_to / heap_from.max(1e-9) - 1.0) * 100.0
     );
     for (what, value) in [
         (
@@ -448,6 +359,28 @@ fn report(options: &Options, samples: &[Sample]) -> String {
     out
 }
 
+/// The values at the first and last sample's time of the least-squares line through
+/// `value` over `samples`.
+fn fitted_ends(samples: &[Sample], value: fn(&Sample) -> f64) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return (0.0, 0.0);
+    };
+    let mean_t = samples.iter().map(|s| s.at).sum::<f64>() / n;
+    let mean_v = samples.iter().map(value).sum::<f64>() / n;
+    let (covariance, variance) = samples.iter().fold((0.0, 0.0), |(c, v), s| {
+        let dt = s.at - mean_t;
+        (c + dt * (value(s) - mean_v), v + dt * dt)
+    });
+    let slope = if variance > 0.0 {
+        covariance / variance
+    } else {
+        0.0
+    };
+    let at = |t: f64| mean_v + slope * (t - mean_t);
+    (at(first.at), at(last.at))
+}
+
 fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result<()> {
     let mut csv = String::from(
         "seconds,rss_anon_kib,rss_file_kib,heap_bytes,allocator_resident,descriptors,connections,table_bytes,index_bytes,\
@@ -487,6 +420,7 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
     plot::over_time(
         &out.join("soak-memory.png"),
         "chronicle all under a steady load",
+        "minutes",
         "MiB",
         &[
             line("RssAnon", |s| mib(s.rss_anon_kib * 1024)),
