@@ -9,8 +9,9 @@
 //! relay and projector lag, and the window's latency and errors. It prints a line per
 //! sample, then a verdict: memory growth over the last three quarters of the run (read
 //! off a least-squares line through those samples, not two single samples),
-//! descriptors and connections flat, lag bounded. `--out` gets `soak.csv`, `soak.md`
-//! and `soak-memory.png`.
+//! descriptors and connections flat, lag bounded. `--out` gets `soak.csv`, `soak.md`,
+//! `soak-memory.png` and `soak-storage.png` (`--replot` draws these two again from the
+//! CSV).
 //!
 //! `scripts/bench.sh soak` builds and runs it; or
 //! `cargo run --release -p chronicle-bench --bin soak -- [--minutes 60] [--rate 400]
@@ -39,6 +40,8 @@ struct Options {
     sample: u64,
     accounts: usize,
     out: PathBuf,
+    /// Only draw the plots again from `out/soak.csv`.
+    replot: bool,
 }
 
 impl Options {
@@ -49,6 +52,7 @@ impl Options {
             sample: 10,
             accounts: 200,
             out: PathBuf::from("target/soak"),
+            replot: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -59,6 +63,7 @@ impl Options {
                 "--sample" => options.sample = value()?.parse()?,
                 "--accounts" => options.accounts = value()?.parse()?,
                 "--out" => options.out = PathBuf::from(value()?),
+                "--replot" => options.replot = true,
                 other => bail!("unknown flag {other}"),
             }
         }
@@ -93,6 +98,9 @@ struct Sample {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = Options::parse()?;
+    if options.replot {
+        return plot_csv(&options.out);
+    }
     std::fs::create_dir_all(&options.out)?;
     println!("{}", machine());
     println!(
@@ -413,27 +421,55 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
         out.join("soak.md"),
         format!("Machine: {}\n\n{report}", machine()),
     )?;
-    let line = |label: &str, value: fn(&Sample) -> f64| Series {
-        label: label.to_owned(),
-        points: samples.iter().map(|s| (s.at / 60.0, value(s))).collect(),
+    plot_csv(out)
+}
+
+/// Draws `soak-memory.png` and `soak-storage.png` from `out/soak.csv`: memory and
+/// storage apart, since storage grows by gigabytes while memory moves by megabytes.
+fn plot_csv(out: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(out.join("soak.csv"))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .context("an empty soak.csv")?
+        .split(',')
+        .collect();
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap_or(0.0)).collect())
+        .collect();
+    let column = |name: &str| header.iter().position(|h| *h == name);
+    let line = |label: &str, name: &str, scale: f64| -> anyhow::Result<Series> {
+        let at = column("seconds").context("no seconds column")?;
+        let index = column(name).with_context(|| format!("no {name} column"))?;
+        Ok(Series {
+            label: label.to_owned(),
+            points: rows
+                .iter()
+                .map(|r| (r[at] / 60.0, r[index] * scale))
+                .collect(),
+        })
     };
+    let (kib, bytes) = (1.0 / 1024.0, 1.0 / (1024.0 * 1024.0));
     plot::over_time(
         &out.join("soak-memory.png"),
-        "chronicle all under a steady load",
+        "chronicle all under a steady load: memory",
         "minutes",
         "MiB",
         &[
-            line("RssAnon", |s| mib(s.rss_anon_kib * 1024)),
-            line("RssFile", |s| mib(s.rss_file_kib * 1024)),
-            line("live heap", |s| s.heap_bytes / (1024.0 * 1024.0)),
-            line("jemalloc resident", |s| {
-                s.allocator_resident / (1024.0 * 1024.0)
-            }),
-            line("tables", |s| {
-                mib(s.tables.values().sum::<i64>().max(0) as u64)
-            }),
-            line("search index", |s| mib(s.index_bytes)),
+            line("RssAnon", "rss_anon_kib", kib)?,
+            line("RssFile", "rss_file_kib", kib)?,
+            line("live heap", "heap_bytes", bytes)?,
+            line("jemalloc resident", "allocator_resident", bytes)?,
         ],
     )?;
-    Ok(())
+    plot::over_time(
+        &out.join("soak-storage.png"),
+        "chronicle all under a steady load: storage",
+        "minutes",
+        "MiB",
+        &[
+            line("tables", "table_bytes", bytes)?,
+            line("search index", "index_bytes", bytes)?,
+        ],
+    )
 }

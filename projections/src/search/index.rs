@@ -26,6 +26,9 @@ use crate::queries::{GuestView, MoneyView};
 /// ("Zoë" and "ZOE" both index as "zoe").
 pub const ANALYZER: &str = "chronicle_text";
 
+/// Decompressed document-store blocks each segment's reader caches (see `open`).
+const STORE_CACHE_BLOCKS: usize = 8;
+
 /// A booking as the index stores and returns it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchBooking {
@@ -165,6 +168,12 @@ impl SearchIndex {
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            // Each segment's store reader keeps this many decompressed 16 KiB blocks.
+            // With tantivy's default (100) the projector's look-ups of a booking before
+            // changing it, spread over the whole index, could fill up to 1.6 MiB per
+            // segment; a query reads a page of documents, which a few blocks serve.
+            // (This bound did not change the soak's creeping heap: docs/soak.md.)
+            .doc_store_cache_num_blocks(STORE_CACHE_BLOCKS)
             .try_into()?;
         Ok(Self {
             index,
