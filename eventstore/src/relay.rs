@@ -531,7 +531,10 @@ pub struct RelayLag {
     pub oldest_transaction_seconds: f64,
 }
 
-/// Measures the relay's lag from the database (any process can).
+/// Measures the relay's lag from the database (any process can). The `ORDER BY` is
+/// what makes the planner walk `events_commit_order` from the checkpoint: without it,
+/// not knowing the checkpoint when planning, it scanned the whole table (357 ms at two
+/// million events, 6 ms with it; seen as 1.2–1.5 s in the 60-minute soak).
 pub async fn relay_lag(pool: &PgPool, name: &str) -> Result<RelayLag, sqlx::Error> {
     let (unpublished, held_back): (i64, i64) = sqlx::query_as(
         "WITH cp AS (
@@ -540,6 +543,7 @@ pub async fn relay_lag(pool: &PgPool, name: &str) -> Result<RelayLag, sqlx::Erro
          pending AS (
              SELECT e.tx_id FROM events e, cp
               WHERE (e.tx_id, e.global_position) > (cp.tx_id, cp.pos)
+              ORDER BY e.tx_id, e.global_position
               LIMIT 1000000)
          SELECT count(*),
                 count(*) FILTER (WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot()))
