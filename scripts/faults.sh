@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The fault-injection suite: builds Chronicle, then, under load, kills and stops its
-# parts one at a time and checks nothing acknowledged was lost and nothing happened
-# twice. Each scenario runs its own tansu broker (so it can be stopped) and database.
-# Pass --write docs/faults.md to keep the table.
+# The fault-injection suite: builds Chronicle, then, under load, injects one fault at a
+# time and checks nothing acknowledged was lost and nothing happened twice:
+#   kill -9 of `chronicle all`, of the projector, of the relay; the broker stopped for
+#   10 s; PostgreSQL restarted; every message delivered again, newest first; the
+#   connection pool exhausted by a session holding `events` locked for 15 s (answers
+#   must be prompt 503s).
+# Each scenario runs its own tansu broker (so it can be stopped) and database.
+# Pass --write docs/faults.md to keep the table, --only <Fault> to run one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

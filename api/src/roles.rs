@@ -14,25 +14,29 @@ use chronicle_projections::monitor::{LagMonitor, OffsetSource};
 use chronicle_projections::read_models::{READ_MODELS, ReadModels};
 use chronicle_projections::search::{SearchIndex, SearchProjection};
 use chronicle_projections::watch::ProjectionWatch;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::JwtKeys;
 use crate::settings::Settings;
 use crate::{AppState, router};
 
-/// Creates the database if missing, connects and migrates.
+/// Creates the database if missing, migrates and connects.
 pub async fn prepare_database(settings: &Settings) -> anyhow::Result<PgPool> {
     let target = settings.database.redacted_url();
     chronicle_eventstore::ensure_database(&settings.database.url)
         .await
         .with_context(|| format!("cannot reach or create the database at {target}"))?;
+    let mut migrating = chronicle_eventstore::db::connect_for_migrations(&settings.database)
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    chronicle_commands::schema::migrate(&mut migrating)
+        .await
+        .context("cannot migrate the database")?;
+    migrating.close().await.ok();
     let pool = chronicle_eventstore::connect(&settings.database)
         .await
         .with_context(|| format!("cannot connect to {target}"))?;
-    chronicle_commands::schema::migrate(&pool)
-        .await
-        .context("cannot migrate the database")?;
     tracing::info!(database = %target, "database ready");
     Ok(pool)
 }

@@ -122,6 +122,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_SEARCH_DIR",
     "CHRONICLE_DATABASE_URL",
     "CHRONICLE_DB_MAX_CONNECTIONS",
+    "CHRONICLE_DB_LOCK_TIMEOUT_MS",
     "CHRONICLE_SNAPSHOT_EVERY",
     "CHRONICLE_COMMAND_MAX_ATTEMPTS",
     "CHRONICLE_GROUP_COMMIT_WRITERS",
@@ -320,6 +321,7 @@ fn database(src: &Source) -> Result<DatabaseSettings, ConfigError> {
         "CHRONICLE_DB_MAX_CONNECTIONS",
         src.parsed("CHRONICLE_DB_MAX_CONNECTIONS", database.max_connections)?,
     )?;
+    database.lock_timeout = src.millis("CHRONICLE_DB_LOCK_TIMEOUT_MS", database.lock_timeout)?;
     Ok(database)
 }
 

@@ -4,8 +4,8 @@
 //! applied as one sequence, in version order, so a migration may build on any earlier
 //! one whichever crate holds it.
 
-use sqlx::PgPool;
-use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::Acquire;
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
 
 /// The process manager's migrations.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -27,10 +27,15 @@ pub fn migrator() -> Migrator {
     }
 }
 
-/// Applies every pending migration. Safe to run from several processes at once (sqlx
-/// serialises migrators with an advisory lock).
-pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    migrator().run(pool).await
+/// Applies every pending migration through `target` (a pool or a connection). Safe to
+/// run from several processes at once (sqlx serialises migrators with an advisory lock,
+/// so `target` must not have a short `lock_timeout`).
+pub async fn migrate<'a, A>(target: A) -> Result<(), MigrateError>
+where
+    A: Acquire<'a>,
+    <A::Connection as std::ops::Deref>::Target: Migrate,
+{
+    migrator().run(target).await
 }
 
 #[cfg(test)]

@@ -22,6 +22,12 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before failing.
     pub acquire_timeout: Duration,
+    /// `CHRONICLE_DB_LOCK_TIMEOUT_MS`: the longest any statement of Chronicle's
+    /// connections waits for a lock (PostgreSQL's `lock_timeout`). A lock held elsewhere
+    /// (a long transaction, a migration, a manual `LOCK TABLE`) then fails the statement
+    /// with a known outcome, answered 503, instead of every connection waiting behind it
+    /// until clients give up. Migrations wait without it; zero turns it off.
+    pub lock_timeout: Duration,
 }
 
 impl DatabaseSettings {
@@ -34,6 +40,7 @@ impl DatabaseSettings {
             url: url.into(),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(2),
         }
     }
 
@@ -58,18 +65,33 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("url", &self.redacted_url())
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("lock_timeout", &self.lock_timeout)
             .finish()
     }
 }
 
-/// Opens a pool on the event store's database.
+/// Opens a pool on the event store's database. Its connections (and those opened with
+/// its connect options, such as the group commit writers') wait at most
+/// `settings.lock_timeout` for a lock.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(&settings.url)?.application_name("chronicle");
+    let mut options = PgConnectOptions::from_str(&settings.url)?.application_name("chronicle");
+    if !settings.lock_timeout.is_zero() {
+        options = options.options([("lock_timeout", settings.lock_timeout.as_millis())]);
+    }
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_with(options)
         .await?)
+}
+
+/// One connection without a lock timeout, for migrating: migrators take turns on an
+/// advisory lock, and a second process starting must wait for the first to finish.
+pub async fn connect_for_migrations(
+    settings: &DatabaseSettings,
+) -> Result<PgConnection, StoreError> {
+    let options = PgConnectOptions::from_str(&settings.url)?.application_name("chronicle");
+    Ok(PgConnection::connect_with(&options).await?)
 }
 
 /// Creates the database named in `url` if it does not exist, connecting to the server's

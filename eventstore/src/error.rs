@@ -24,8 +24,21 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Whether `error` means the database is out of reach rather than that it refused.
+/// Whether `error` means the database cannot serve now rather than that it refused:
+/// it is out of reach, or a lock held elsewhere outlasted the lock timeout.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    is_lock_timeout(error) || is_connection_lost(error)
+}
+
+/// Whether a statement gave up waiting for a lock (`lock_not_available`, after
+/// `lock_timeout`). Its transaction is rolled back; the connection remains usable.
+pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"))
+}
+
+/// Whether the database is out of reach: a connection that failed this way is not
+/// worth keeping.
+pub fn is_connection_lost(error: &sqlx::Error) -> bool {
     matches!(
         error,
         sqlx::Error::Io(_)

@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::append::Append;
 use super::{Position, RepositoryError};
-use crate::error::{Refusal, is_unavailable};
+use crate::error::{Refusal, is_connection_lost, is_unavailable};
 use crate::metrics;
 
 /// `CHRONICLE_GROUP_COMMIT_*`.
@@ -145,7 +145,7 @@ async fn commit(connection: &mut PgConnection, group: Vec<Queued>) -> bool {
             return true;
         };
         let result = append.execute(connection).await;
-        let usable = !matches!(&result, Err(RepositoryError::Database(e)) if is_unavailable(e));
+        let usable = !matches!(&result, Err(RepositoryError::Database(e)) if is_connection_lost(e));
         let _ = reply.send(result);
         return usable;
     }
@@ -157,9 +157,8 @@ async fn commit(connection: &mut PgConnection, group: Vec<Queued>) -> bool {
             true
         }
         Err(error) => {
-            let unavailable = is_unavailable(&error);
-            fail_all(group, unavailable, &error.to_string());
-            !unavailable
+            fail_all(group, is_unavailable(&error), &error.to_string());
+            !is_connection_lost(&error)
         }
     }
 }
