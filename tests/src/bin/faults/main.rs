@@ -183,7 +183,12 @@ async fn main() {
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             machine()
         );
-        std::fs::write(&path, text).expect("write the table");
+        // `scripts/overload.sh` keeps its figures in this page between markers: kept.
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|page| overload_section(&page).map(str::to_owned))
+            .map_or(String::new(), |section| format!("\n{section}\n"));
+        std::fs::write(&path, format!("{text}{kept}")).expect("write the table");
     }
     let clean = rows.iter().filter(|r| r.clean()).count();
     if clean == rows.len() {
@@ -214,4 +219,13 @@ fn machine() -> String {
         .map(|n| n.get())
         .unwrap_or(1);
     format!("{model}, {cores} cores")
+}
+
+/// The overload figures `scripts/overload.sh` put in the page, markers included.
+fn overload_section(page: &str) -> Option<&str> {
+    const BEGIN: &str = "<!-- overload -->";
+    const END: &str = "<!-- /overload -->";
+    let start = page.find(BEGIN)?;
+    let end = start + page[start..].find(END)? + END.len();
+    Some(&page[start..end])
 }
