@@ -41,6 +41,18 @@ install_postgres() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
 }
 
+# libfaketime, for the fault suite's clock row (Debian's package `faketime`).
+install_faketime() {
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
+    die "the fault suite's clock row needs libfaketime (Debian: apt-get install faketime) and root"
+  say "installing libfaketime from the distribution's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+  } || die "could not install libfaketime (faketime)"
+}
+
 # A superuser login for local development when the server refuses the defaults
 # (a fresh Debian cluster asks TCP clients for a password).
 create_dev_role() {

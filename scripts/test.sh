@@ -40,7 +40,7 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
-# The fault-injection suite first (about 3 minutes; CHRONICLE_SKIP_FAULTS=1 skips it),
+# The fault-injection suite first (about ten minutes; CHRONICLE_SKIP_FAULTS=1 skips it),
 # so the test runner's summary is the last thing printed.
 if [ "${CHRONICLE_SKIP_FAULTS:-0}" != 1 ]; then
   say "fault-injection suite (scripts/faults.sh)"

@@ -9,7 +9,6 @@ use axum::http::request::Parts;
 use chronicle_commands::{CommandError, CommandMetadata, CommandOutcome, IdempotencyClaim};
 use chronicle_domain::{Actor, Issued};
 use chronicle_eventstore::idempotency::{self, IdempotencyRecord};
-use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -49,7 +48,11 @@ impl Commander {
 
     /// `command` as the actor issues it now.
     pub fn issue<C>(&self, command: C) -> Issued<C> {
-        Issued::new(self.principal.0.clone(), Utc::now(), command)
+        Issued::new(
+            self.principal.0.clone(),
+            chronicle_eventstore::clock::now(),
+            command,
+        )
     }
 
     /// `command` as the actor issues it now, for the version `If-Match` names, if any.

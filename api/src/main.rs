@@ -89,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         std::env::var("CHRONICLE_LOG").ok().as_deref(),
         settings.otlp_endpoint.as_deref(),
     )?;
+    chronicle_eventstore::clock::configure(&settings.clock);
     let role = match cli.role {
         RoleCommand::Token {
             sub,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chronicle_commands::CommandSettings;
 use chronicle_commands::process::ProcessSettings;
 use chronicle_eventstore::DatabaseSettings;
+use chronicle_eventstore::clock::ClockSource;
 use chronicle_eventstore::kafka::KafkaSettings;
 use chronicle_eventstore::relay::RelaySettings;
 use chronicle_eventstore::repository::GroupCommitSettings;
@@ -102,6 +103,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// `CHRONICLE_OTLP_ENDPOINT`: export traces over OTLP/HTTP when set.
     pub otlp_endpoint: Option<String>,
+    /// `CHRONICLE_CLOCK`: `system` (the default), or `offset-file:PATH` for the fault
+    /// suite's clock row (`chronicle_eventstore::clock`).
+    pub clock: ClockSource,
     /// `CHRONICLE_JWT_SECRET`.
     pub jwt_secret: Secret,
     /// Whether the development key is in use (and a warning is due).
@@ -164,6 +168,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_ADMISSION_WAIT_MS",
     "CHRONICLE_SHUTDOWN_TIMEOUT_SECONDS",
     "CHRONICLE_OTLP_ENDPOINT",
+    "CHRONICLE_CLOCK",
     "CHRONICLE_LOG",
 ];
 
@@ -300,6 +305,7 @@ impl Settings {
                 src.parsed("CHRONICLE_SHUTDOWN_TIMEOUT_SECONDS", 30)?,
             ),
             otlp_endpoint: src.var("CHRONICLE_OTLP_ENDPOINT"),
+            clock: src.parsed("CHRONICLE_CLOCK", ClockSource::System)?,
             jwt_secret: Secret(jwt_secret),
             jwt_secret_is_default,
         })

@@ -518,7 +518,7 @@ impl<P: OffsetStoringConsumer> Projector<P> {
 /// Observes, per message, the time since the relay sent it (the message timestamp) in
 /// `histogram`: the stages of command → visible that happen after the relay.
 fn observe_delay(histogram: &Histogram, messages: &[Delivered]) {
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::clock::now().timestamp_millis();
     for sent in messages.iter().filter_map(|m| m.sent_at_ms) {
         histogram.observe((now - sent).max(0) as f64 / 1000.0);
     }

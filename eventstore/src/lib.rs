@@ -9,6 +9,7 @@
 //! order; see `docs/adr/0005`.
 
 pub mod chain;
+pub mod clock;
 pub mod consumer;
 pub mod db;
 pub mod envelope;

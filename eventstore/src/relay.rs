@@ -496,7 +496,7 @@ impl ActiveRelay<'_> {
         let position = row.global_position;
         let topic = topic_for(&self.relay.kafka.topic_prefix, &row.aggregate_type);
         let key = row.aggregate_id.clone();
-        let waited = chrono::Utc::now() - row.recorded_at;
+        let waited = crate::clock::now() - row.recorded_at;
         metrics::RELAY_EVENT_DELAY.observe(waited.as_seconds_f64().max(0.0));
         let payload = row
             .encode(&self.relay.upcasters)

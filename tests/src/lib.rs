@@ -69,7 +69,11 @@ where
 
 /// The server login used to create and drop test databases.
 pub fn admin_options() -> PgConnectOptions {
-    PgConnectOptions::from_str(&admin_url())
+    options_of(&admin_url())
+}
+
+fn options_of(admin_url: &str) -> PgConnectOptions {
+    PgConnectOptions::from_str(admin_url)
         .expect("CHRONICLE_TEST_DATABASE_URL is not a postgres URL")
         .database("postgres")
 }
@@ -77,10 +81,12 @@ pub fn admin_options() -> PgConnectOptions {
 /// A URL of the database `name` on the test server: the admin URL with the database
 /// replaced, for tools that take one.
 pub fn database_url(name: &str) -> String {
-    let admin = admin_url();
-    let (base, query) = admin
-        .split_once('?')
-        .map_or((admin.as_str(), ""), |(b, q)| (b, q));
+    database_url_on(&admin_url(), name)
+}
+
+/// [`database_url`] on the server of `admin`.
+fn database_url_on(admin: &str, name: &str) -> String {
+    let (base, query) = admin.split_once('?').map_or((admin, ""), |(b, q)| (b, q));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let host_end = base[scheme_end..]
         .find('/')
@@ -96,13 +102,21 @@ pub fn database_url(name: &str) -> String {
 pub struct TestDb {
     pub name: String,
     pub options: PgConnectOptions,
+    /// The URL of the server's `postgres` database it was created through.
+    admin_url: String,
 }
 
 impl TestDb {
     /// Creates and migrates a fresh database.
     pub async fn create() -> Self {
+        Self::create_on(&admin_url()).await
+    }
+
+    /// Creates and migrates a fresh database on the server of `admin_url` (a URL of a
+    /// database there that the login can create databases from).
+    pub async fn create_on(admin_url: &str) -> Self {
         let name = format!("chronicle_test_{}", Uuid::new_v4().simple());
-        let admin = admin_options();
+        let admin = options_of(admin_url);
         let options = admin.clone().database(&name);
         let mut conn = PgConnection::connect_with(&admin)
             .await
@@ -123,13 +137,17 @@ impl TestDb {
             .await
             .expect("migrate");
         pool.close().await;
-        Self { name, options }
+        Self {
+            name,
+            options,
+            admin_url: admin_url.to_owned(),
+        }
     }
 
     /// A URL of this database (the admin URL with the database replaced), for tools
     /// that take one.
     pub fn url(&self) -> String {
-        database_url(&self.name)
+        database_url_on(&self.admin_url, &self.name)
     }
 
     /// A pool on this database.
@@ -145,6 +163,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = options_of(&self.admin_url);
         // Drop runs outside any async context we could await in; a short-lived runtime
         // on its own thread does the work, even while a failed test unwinds.
         let _ = std::thread::spawn(move || {
@@ -153,7 +172,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect_with(&admin_options()).await {
+                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
                     let _ =
                         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                             .execute(&mut conn)

@@ -139,7 +139,7 @@ pub async fn occupancy(
 ) -> Result<Json<Occupancy>, AppError> {
     principal.require_any(&[Role::Analyst, Role::Admin])?;
     read_your_writes(&state, params.min_position).await?;
-    let now = Utc::now();
+    let now = chronicle_eventstore::clock::now();
     let occupancy = temporal::occupancy(
         &state.pool,
         &params.resource_id,

@@ -8,8 +8,8 @@ use chronicle_domain::{
     AccountCommand, Amount, BookingCommand, BookingEvent, BookingStatus, DomainError, Issued,
     Money, PaymentCommand, PaymentEvent, PaymentKind, PaymentStatus,
 };
+use chronicle_eventstore::clock;
 use chronicle_eventstore::envelope::Envelope;
-use chrono::Utc;
 use cqrs_es::DomainEvent;
 use uuid::Uuid;
 
@@ -29,7 +29,7 @@ pub(crate) enum Refund {
 }
 
 fn issued<C>(command: C) -> Issued<C> {
-    Issued::new(ProcessManager::actor(), Utc::now(), command)
+    Issued::new(ProcessManager::actor(), clock::now(), command)
 }
 
 /// What an event that starts a flow says, read before the flow runs.
@@ -508,7 +508,7 @@ mod tests {
             sequence: 1,
             event_type: event_type.into(),
             event_version: "1".into(),
-            recorded_at: Utc::now(),
+            recorded_at: clock::now(),
             payload,
             metadata: EnvelopeMetadata::default(),
         }

@@ -12,6 +12,7 @@ use chronicle_domain::values::Note;
 use chronicle_domain::{
     BookingCommand, Currency, DomainError, Issued, Money, PaymentCommand, PaymentStatus,
 };
+use chronicle_eventstore::clock;
 use chrono::{DateTime, Utc};
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
@@ -23,7 +24,7 @@ use super::{ProcessManager, ProcessSettings};
 use chronicle_projections::queries::{self, DueCharge};
 
 fn issued<C>(command: C) -> Issued<C> {
-    Issued::new(ProcessManager::actor(), Utc::now(), command)
+    Issued::new(ProcessManager::actor(), clock::now(), command)
 }
 
 impl ProcessManager {
@@ -170,7 +171,7 @@ impl ProcessManager {
     /// When attempt `attempt + 1` is due, or `None` when `attempt` was the last.
     fn retry_at(&self, attempt: u32) -> Option<DateTime<Utc>> {
         let wait = retry_delay(&self.settings, attempt)?;
-        Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+        Some(clock::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
     }
 
     /// Expires pending bookings older than the hold time; their seats are released.

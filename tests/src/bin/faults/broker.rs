@@ -60,10 +60,42 @@ impl Broker {
         wait_for_port(&self.addr).await;
     }
 
+    /// Whether the broker is still running (it may exit on its own, say on a full disk).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Whether the broker answers a metadata request within a few seconds: a liveness
+    /// probe, as a supervisor would run one.
+    pub async fn answers(&self) -> bool {
+        let addr = self.addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: Result<rdkafka::consumer::BaseConsumer, _> = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &addr)
+                .set("log_level", "0")
+                .create();
+            consumer.is_ok_and(|c| {
+                use rdkafka::consumer::Consumer;
+                c.fetch_metadata(None, std::time::Duration::from_secs(5))
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal(&child, "TERM");
-            let _ = child.wait().await;
+            // A wedged broker may not heed TERM.
+            if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
         }
     }
 }

@@ -95,6 +95,9 @@ impl Deployment {
     }
 
     pub async fn start(&mut self, split: bool) {
+        // What exited on its own goes first.
+        self.processes
+            .retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
         if split {
             for role in ["serve", "relay", "project"] {
                 self.spawn(role);
@@ -103,6 +106,13 @@ impl Deployment {
             self.spawn("all");
         }
         wait_for_port(self.base.trim_start_matches("http://")).await;
+    }
+
+    /// Whether every process of the deployment is still running.
+    pub fn running(&mut self) -> bool {
+        self.processes
+            .iter_mut()
+            .all(|(_, child)| matches!(child.try_wait(), Ok(None)))
     }
 
     pub async fn kill(&mut self, role: &'static str) {

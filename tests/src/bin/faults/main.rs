@@ -20,9 +20,14 @@
 
 mod broker;
 mod checks;
+mod clock;
 mod deployment;
+mod disk;
+mod forward;
 mod held_lock;
+mod jump;
 mod load;
+mod netns;
 mod process;
 mod redeliver;
 mod scenario;
@@ -41,10 +46,15 @@ pub enum Fault {
     KillRelay,
     DuplicateReorder,
     PoolExhausted,
+    PartitionBroker,
+    PartitionPostgres,
+    BrokerDiskFull,
+    SearchDiskFull,
+    ClockJump,
 }
 
 impl Fault {
-    const ALL: [Fault; 7] = [
+    const ALL: [Fault; 12] = [
         Fault::KillAll,
         Fault::StopBroker,
         Fault::RestartPostgres,
@@ -52,6 +62,11 @@ impl Fault {
         Fault::KillRelay,
         Fault::DuplicateReorder,
         Fault::PoolExhausted,
+        Fault::PartitionBroker,
+        Fault::PartitionPostgres,
+        Fault::BrokerDiskFull,
+        Fault::SearchDiskFull,
+        Fault::ClockJump,
     ];
 
     fn describe(self) -> &'static str {
@@ -65,7 +80,19 @@ impl Fault {
             Self::PoolExhausted => {
                 "connection pool exhausted: `events` locked by another session for 15 s under 30 clients"
             }
+            Self::PartitionBroker => "network partition between Chronicle and the broker for 20 s",
+            Self::PartitionPostgres => {
+                "network partition between Chronicle and PostgreSQL for 20 s"
+            }
+            Self::BrokerDiskFull => "the broker's disk full for 20 s",
+            Self::SearchDiskFull => "the search index's disk full for 20 s",
+            Self::ClockJump => "the clock jumps forward an hour",
         }
+    }
+
+    /// Whether Chronicle runs in a network namespace of its own (see `netns`).
+    fn partitions(self) -> bool {
+        matches!(self, Self::PartitionBroker | Self::PartitionPostgres)
     }
 
     /// Whether the roles run as separate processes (so one can be killed alone).
@@ -173,13 +200,26 @@ async fn main() {
              for 2 s; a diff that finds something is repeated after settling again (up to three \
              times), since the process manager may append meanwhile, while a read model that went \
              wrong stays wrong.\n\n\
-             The row beyond crashes and restarts, and what its note reports:\n\n\
+             The rows beyond crashes and restarts, and what their notes report (ADR 0032 says \
+             how the suite builds them without touching anything else on the machine):\n\n\
              - **Pool exhausted**: a session of the suite's holds `LOCK TABLE events IN ACCESS \
              EXCLUSIVE MODE` for 15 s while 24 more clients join the load, so every command's \
              statements wait and the commands in flight outnumber the pool's 16 connections. The \
              answers to requests sent meanwhile are counted by status; the row passes only if none \
              hung until the client's 10 s timeout and every failure was a 503 with `Retry-After` \
-             (`CHRONICLE_DB_LOCK_TIMEOUT_MS`, ADR 0030).\n\n{report}",
+             (`CHRONICLE_DB_LOCK_TIMEOUT_MS`, ADR 0030).\n             - **Partitions**: Chronicle runs in a network namespace of its own and reaches the \
+             broker and PostgreSQL (through a forwarder) over a link each; the link is taken down \
+             for 20 s, so whatever Chronicle sends there is dropped silently. The note says how \
+             far the relay and the read models came meanwhile and how the requests sent meanwhile \
+             were answered. Cut from the broker, every command must still be answered as usual \
+             (commands need PostgreSQL only); cut from PostgreSQL, every failure must be a 503 \
+             with `Retry-After` or the client's own timeout.\n             - **Full disks**: the broker's storage or the search index lives on a 256 MiB tmpfs \
+             of the scenario's own, filled to the last byte by a file for 20 s, then freed. Every \
+             command must still be answered as usual.\n             - **Clock jump**: PostgreSQL (a cluster of the scenario's own, under libfaketime) and \
+             Chronicle (`CHRONICLE_CLOCK=offset-file:…`) jump an hour forward together while \
+             8 recurring payments (every 10 min) run and a burst of 30 bookings is in flight. \
+             Every payment must then have exactly the charges due by the moved clock (none twice, \
+             none skipped, none failed) and every booking's money must match its fate.\n\n{report}",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             machine()
         );
