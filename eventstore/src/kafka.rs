@@ -106,6 +106,9 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
                 TopicReplication::Fixed(settings.replication),
             )
             .set("retention.ms", &retention_ms)
+            // Kafka's default, said out loud: brokers that apply retention only to
+            // topics that name their policy (tansu 0.6) would otherwise keep everything.
+            .set("cleanup.policy", "delete")
         })
         .collect();
     let options = AdminOptions::new()

@@ -386,4 +386,8 @@ async fn topics_are_created_with_the_configured_retention() {
         .get("retention.ms")
         .and_then(|entry| entry.value.clone());
     assert_eq!(retention.as_deref(), Some("18000000"));
+    let policy = resource
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone());
+    assert_eq!(policy.as_deref(), Some("delete"));
 }
