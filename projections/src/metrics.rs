@@ -71,3 +71,13 @@ pub static SEARCH_INDEX_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("valid metric"),
     )
 });
+
+pub static SEARCH_MAPPED_FILES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "chronicle_search_mapped_files",
+            "Files of the search index this process keeps mapped",
+        )
+        .expect("valid metric"),
+    )
+});

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
+use tantivy::directory::{Directory, MmapDirectory, WatchCallback, WatchHandle};
 use tantivy::query::TermQuery;
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
@@ -128,6 +129,28 @@ pub struct SearchIndex {
     pub(crate) reader: IndexReader,
     pub(crate) fields: Fields,
     dir: PathBuf,
+    /// The directory the index reads through, kept to prune its map cache (see
+    /// [`prune_mmap_cache`]).
+    mmap: MmapDirectory,
+    /// Prunes that cache at every commit this process sees, its own or another's
+    /// (a `serve` process only reads); dropping the handle would stop it.
+    _pruning: WatchHandle,
+}
+
+/// Drops the entries of files no longer mapped from `mmap`'s cache and sets how many
+/// files stay mapped on `chronicle_search_mapped_files`.
+///
+/// Tantivy's `MmapDirectory` remembers every file it ever mapped, by path, with a weak
+/// reference to the map, and forgets an entry only when the same path is opened again
+/// or when `get_cache_info` is called; deleting a file does not. Segment and delete
+/// files have fresh names, and the projector writes a segment at every commit (every
+/// 500 ms), so the cache grew by one path, one weak reference and its table slot for
+/// every file the index ever had: about 0.6 MiB a minute at 400 operations/s, the
+/// soak's creeping heap (docs/soak.md, ADR 0031). `get_cache_info` is the one public
+/// way to prune.
+fn prune_mmap_cache(mmap: &MmapDirectory) {
+    let mapped = mmap.get_cache_info().mmapped.len();
+    crate::metrics::SEARCH_MAPPED_FILES.set(mapped as i64);
 }
 
 impl SearchIndex {
@@ -136,13 +159,16 @@ impl SearchIndex {
     pub fn open(dir: &Path) -> tantivy::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = schema();
+        // One directory for the writer and every reader of this index, so that one
+        // cache holds every map this process makes (see `prune_mmap_cache`).
+        let mmap = MmapDirectory::open(dir)?;
         let create = |schema| {
-            Index::builder()
-                .schema(schema)
-                .settings(settings())
-                .create_in_dir(dir)
+            if Index::exists(&mmap)? {
+                return Err(tantivy::TantivyError::IndexAlreadyExists);
+            }
+            Index::create(mmap.clone(), schema, settings())
         };
-        let index = match Index::open_in_dir(dir) {
+        let index = match Index::open(mmap.clone()) {
             Ok(index)
                 if index.schema() == schema
                     && index.settings().sort_by_field == settings().sort_by_field =>
@@ -162,7 +188,7 @@ impl SearchIndex {
                 create(schema)?
             }
             // Another process (or role) may be creating it at the same moment.
-            Err(_) => create(schema).or_else(|_| Index::open_in_dir(dir))?,
+            Err(_) => create(schema).or_else(|_| Index::open(mmap.clone()))?,
         };
         index.tokenizers().register(ANALYZER, analyzer());
         let reader = index
@@ -175,11 +201,17 @@ impl SearchIndex {
             // (This bound did not change the soak's creeping heap: docs/soak.md.)
             .doc_store_cache_num_blocks(STORE_CACHE_BLOCKS)
             .try_into()?;
+        let pruned = mmap.clone();
+        let pruning = index.directory().watch(WatchCallback::new(move || {
+            prune_mmap_cache(&pruned);
+        }))?;
         Ok(Self {
             index,
             reader,
             fields,
             dir: dir.to_owned(),
+            mmap,
+            _pruning: pruning,
         })
     }
 
@@ -188,9 +220,12 @@ impl SearchIndex {
         &self.dir
     }
 
-    /// Picks up the latest commit now rather than after the reload delay.
+    /// Picks up the latest commit now rather than after the reload delay, and forgets
+    /// the files that commit (and the merges before it) left unmapped.
     pub fn refresh(&self) -> tantivy::Result<()> {
-        self.reader.reload()
+        self.reader.reload()?;
+        prune_mmap_cache(&self.mmap);
+        Ok(())
     }
 
     /// The offsets recorded by the last commit (none before the first commit). A
