@@ -7,12 +7,12 @@
 //! booking's money must match its fate: a confirmed booking charged once, an expired
 //! one not charged (or refunded).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::clock::FakedClock;
-use crate::load::{Answer, LoadReport};
+use crate::load::{Answer, LoadReport, send};
 
 /// How far the clock jumps.
 pub const JUMP: Duration = Duration::from_secs(3600);
@@ -42,42 +42,6 @@ impl Client {
             self.report.acknowledged.push(position);
         }
         Some(body)
-    }
-}
-
-async fn send(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    path: &str,
-    body: Value,
-) -> (Answer, Option<Value>) {
-    let sent = Instant::now();
-    let result = http
-        .post(format!("{base}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await;
-    let mut answer = Answer {
-        sent,
-        took: sent.elapsed(),
-        status: None,
-        timed_out: false,
-        retry_after: false,
-    };
-    match result {
-        Ok(response) => {
-            answer.status = Some(response.status().as_u16());
-            answer.retry_after = response.headers().contains_key("retry-after");
-            let ok = response.status().is_success();
-            let body = response.json::<Value>().await.ok().filter(|_| ok);
-            (answer, body)
-        }
-        Err(error) => {
-            answer.timed_out = error.is_timeout();
-            (answer, None)
-        }
     }
 }
 

@@ -98,6 +98,44 @@ impl std::fmt::Display for Window {
     }
 }
 
+/// Sends one command and records its fate; the reply's body only when it is a 2xx
+/// that parses.
+pub async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> (Answer, Option<Value>) {
+    let sent = Instant::now();
+    let result = http
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await;
+    let mut answer = Answer {
+        sent,
+        took: sent.elapsed(),
+        status: None,
+        timed_out: false,
+        retry_after: false,
+    };
+    match result {
+        Ok(response) => {
+            answer.status = Some(response.status().as_u16());
+            answer.retry_after = response.headers().contains_key("retry-after");
+            let ok = response.status().is_success();
+            let body = response.json::<Value>().await.ok().filter(|_| ok);
+            (answer, body)
+        }
+        Err(error) => {
+            answer.timed_out = error.is_timeout();
+            (answer, None)
+        }
+    }
+}
+
 /// Mixed commands from `workers` clients until `stop`.
 pub async fn load(base: String, token: String, stop: Arc<AtomicBool>, workers: u64) -> LoadReport {
     let report: Arc<Mutex<LoadReport>> = Arc::default();
@@ -177,37 +215,12 @@ async fn client(
     while !stop.load(Ordering::SeqCst) {
         step += 1;
         let (path, body) = next_command(step, &account, &mut bookings);
-        let sent = Instant::now();
-        let result = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await;
-        let mut answer = Answer {
-            sent,
-            took: sent.elapsed(),
-            status: None,
-            timed_out: false,
-            retry_after: false,
-        };
-        let response = match result {
-            Ok(response) => response,
-            Err(error) => {
-                answer.timed_out = error.is_timeout();
-                report.lock().unwrap().answers.push(answer);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        answer.status = Some(response.status().as_u16());
-        answer.retry_after = response.headers().contains_key("retry-after");
+        let (answer, reply) = send(&http, &base, &token, &path, body).await;
         report.lock().unwrap().answers.push(answer);
-        if !response.status().is_success() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
-        let Ok(reply) = response.json::<Value>().await else {
+        let Some(reply) = reply else {
+            // No answer: back off longer than after a refusal.
+            let pause = if answer.status.is_none() { 100 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
             continue;
         };
         if let Some(id) = reply["account_id"].as_str() {
