@@ -5,7 +5,7 @@
 # installed with npm ci; all under target/), release builds. Each program's output is kept in docs/bench/<name>.txt, its plots in
 # docs/bench/*.png.
 #
-#   scripts/bench.sh [commands|pipeline|search|search-1m|replay|all] [-- extra args]
+#   scripts/bench.sh [commands|pipeline|process|search|search-1m|replay|all] [-- extra args]
 #
 # Benchmarks want a quiet machine: nothing else running.
 set -euo pipefail
@@ -63,9 +63,10 @@ run() {
 case "$what" in
   commands|all) run commands target/release/commands --out docs/bench "$@" ;;&
   pipeline|all) run pipeline target/release/pipeline "$@" ;;&
+  process|all) run process target/release/process ;;&
   search|all) run search-100k target/release/search 100000 2000 ;;&
   search-1m|all) run search-1m target/release/search 1000000 2000 ;;&
   replay|all) run replay target/release/replay 200000 1000000 ;;&
-  commands|pipeline|search|search-1m|replay|all) ;;
-  *) die "unknown benchmark $what (commands, pipeline, search, search-1m, replay, all)" ;;
+  commands|pipeline|process|search|search-1m|replay|all) ;;
+  *) die "unknown benchmark $what (commands, pipeline, process, search, search-1m, replay, all)" ;;
 esac

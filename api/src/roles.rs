@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chronicle_commands::CommandService;
-use chronicle_commands::process::ProcessManager;
+use chronicle_commands::process::{PROCESS_MANAGER, ProcessManager};
 use chronicle_eventstore::kafka::ensure_topics;
 use chronicle_eventstore::relay::Relay;
 use chronicle_projections::Projector;
@@ -63,8 +63,12 @@ pub fn app_state(
         pool.clone(),
         Some(settings.kafka.clone()),
         vec![
-            OffsetSource::Table(READ_MODELS.to_owned()),
+            OffsetSource::table(READ_MODELS),
             OffsetSource::Search(search.clone()),
+            OffsetSource::Table {
+                name: PROCESS_MANAGER.to_owned(),
+                aggregates: ProcessManager::AGGREGATES.to_vec(),
+            },
         ],
         settings.relay.name.clone(),
         settings.ready,

@@ -155,6 +155,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_CHARGE_RETRY_SECONDS",
     "CHRONICLE_SCHEDULER_TICK_MS",
     "CHRONICLE_FLOW_RETENTION_DAYS",
+    "CHRONICLE_PROCESS_CONCURRENCY",
     "CHRONICLE_READY_MAX_RELAY_LAG",
     "CHRONICLE_READY_MAX_PROJECTOR_LAG",
     "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
@@ -503,6 +504,10 @@ fn process(src: &Source) -> Result<ProcessSettings, ConfigError> {
                     )?,
                 )?,
         ),
+        concurrency: positive(
+            "CHRONICLE_PROCESS_CONCURRENCY",
+            src.parsed("CHRONICLE_PROCESS_CONCURRENCY", defaults.concurrency)?,
+        )?,
     })
 }
 

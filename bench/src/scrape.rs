@@ -79,6 +79,20 @@ pub fn gauge_sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The sum of the series of gauge `name` whose labels include `label` (`key="value"`).
+pub fn gauge_sum_labelled(page: &str, name: &str, label: &str) -> f64 {
+    page.lines()
+        .filter_map(|line| {
+            let labels = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = labels.rsplit_once("} ")?;
+            labels
+                .split(',')
+                .any(|pair| pair == label)
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +150,13 @@ plain_count 3
             "# HELP g a gauge\n# TYPE g gauge\ng{p=\"0\"} 3\ng{p=\"1\"} 4\ngauge_other 100\ng 1\n";
         assert_eq!(gauge_sum(page, "g"), 8.0);
         assert_eq!(gauge_sum(page, "missing"), 0.0);
+    }
+
+    #[test]
+    fn a_labelled_gauge_sums_only_the_series_with_that_label() {
+        let page = "g{projector=\"a\",p=\"0\"} 3\ng{projector=\"b\",p=\"0\"} 4\ng{projector=\"a\",p=\"1\"} 5\ngx{projector=\"a\"} 9\n";
+        assert_eq!(gauge_sum_labelled(page, "g", "projector=\"a\""), 8.0);
+        assert_eq!(gauge_sum_labelled(page, "g", "p=\"0\""), 7.0);
+        assert_eq!(gauge_sum_labelled(page, "g", "projector=\"c\""), 0.0);
     }
 }

@@ -50,21 +50,46 @@ pub struct LagReport {
     pub measured_at: Option<Instant>,
 }
 
-/// Where a projector's stored offsets are kept.
+/// A consumer whose lag is measured: where its stored offsets are kept, and the topics it
+/// reads.
 #[derive(Clone)]
 pub enum OffsetSource {
-    /// The `projector_offsets` table, under this projector name.
-    Table(String),
-    /// The commit payload of the search index.
+    /// The `projector_offsets` table, under this name; it reads the topics of these
+    /// aggregate types (all of Chronicle's when empty).
+    Table {
+        name: String,
+        aggregates: Vec<&'static str>,
+    },
+    /// The commit payload of the search index (it reads the booking topic).
     Search(Arc<SearchIndex>),
 }
 
 impl OffsetSource {
+    /// A consumer of every topic whose offsets are in the table under `name`.
+    pub fn table(name: &str) -> Self {
+        Self::Table {
+            name: name.to_owned(),
+            aggregates: Vec::new(),
+        }
+    }
+
     fn name(&self) -> &str {
         match self {
-            Self::Table(name) => name,
+            Self::Table { name, .. } => name,
             Self::Search(_) => SEARCH,
         }
+    }
+
+    /// Whether it reads `topic`.
+    fn reads(&self, kafka: &KafkaSettings, topic: &str) -> bool {
+        let aggregates: &[&str] = match self {
+            Self::Table { aggregates, .. } => aggregates,
+            Self::Search(_) => &["Booking"],
+        };
+        aggregates.is_empty()
+            || aggregates
+                .iter()
+                .any(|aggregate| topic_for(&kafka.topic_prefix, aggregate) == topic)
     }
 }
 
@@ -233,12 +258,11 @@ fn projector_lags(
     stored: &HashMap<(String, String, i32), i64>,
     ends: &HashMap<(String, i32), i64>,
 ) -> HashMap<(String, String, i32), i64> {
-    let booking_topic = topic_for(&kafka.topic_prefix, "Booking");
     let mut lags = HashMap::new();
     for source in projectors {
         let projector = source.name().to_owned();
         for ((topic, partition), end) in ends {
-            if matches!(source, OffsetSource::Search(_)) && *topic != booking_topic {
+            if !source.reads(kafka, topic) {
                 continue;
             }
             let key = (projector.clone(), topic.clone(), *partition);
@@ -273,7 +297,7 @@ async fn stored_offsets(
     let names: Vec<String> = sources
         .iter()
         .filter_map(|s| match s {
-            OffsetSource::Table(name) => Some(name.clone()),
+            OffsetSource::Table { name, .. } => Some(name.clone()),
             OffsetSource::Search(_) => None,
         })
         .collect();

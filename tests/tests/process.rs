@@ -289,44 +289,34 @@ async fn redelivering_every_event_to_the_process_manager_changes_nothing() {
         .unwrap();
     let before = read_models_snapshot(&app.pool).await;
 
-    // Forget the process manager's offsets and recorded steps: every event is handled
-    // again and every command issued again.
-    sqlx::query("DELETE FROM projector_offsets WHERE projector = 'process-manager'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    // Forget the process manager's offsets: every event is delivered again, and every
+    // flow it started has finished, so none runs again and none changes its status.
+    let flows_before = flows(&app).await;
+    let steps_before = count(&app, "SELECT count(*) FROM pm_steps").await;
+    forget_offsets(&app).await;
+    let again = app.start_process_manager();
+    caught_up(&app).await;
+    again.abort();
+    assert_eq!(flows(&app).await, flows_before);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM pm_steps").await,
+        steps_before
+    );
+
+    // Forget its flows and steps too: every flow runs again and every command is issued
+    // again.
+    forget_offsets(&app).await;
     sqlx::query("DELETE FROM pm_steps")
         .execute(&app.pool)
         .await
         .unwrap();
+    sqlx::query("DELETE FROM pm_flows")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let again = app.start_process_manager();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let handled: Option<i64> = sqlx::query_scalar(
-            "SELECT sum(next_offset)::bigint FROM projector_offsets WHERE projector = 'process-manager'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM pm_steps")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        let booking_and_payment: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE aggregate_type IN ('Booking', 'Payment')",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        if handled == Some(booking_and_payment) && steps > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the process manager did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    caught_up(&app).await;
+    assert!(count(&app, "SELECT count(*) FROM pm_steps").await > 0);
     again.abort();
     app.wait_until_projected().await;
     let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
@@ -338,6 +328,48 @@ async fn redelivering_every_event_to_the_process_manager_changes_nothing() {
         "no command appended anything the second time"
     );
     assert_eq!(read_models_snapshot(&app.pool).await, before);
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap()
+}
+
+/// Every flow's id, kind and status.
+async fn flows(app: &TestApp) -> Vec<(Uuid, String, String)> {
+    sqlx::query_as("SELECT flow_id, kind, status FROM pm_flows ORDER BY flow_id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn forget_offsets(app: &TestApp) {
+    sqlx::query("DELETE FROM projector_offsets WHERE projector = 'process-manager'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
+/// Waits until the process manager's stored offsets cover every booking and payment
+/// event.
+async fn caught_up(app: &TestApp) {
+    chronicle_tests::eventually("the process manager caught up", || async {
+        let handled = count(
+            app,
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_offsets WHERE projector = 'process-manager'",
+        )
+        .await;
+        let events = count(
+            app,
+            "SELECT count(*) FROM events WHERE aggregate_type IN ('Booking', 'Payment')",
+        )
+        .await;
+        if handled == events {
+            Ok(())
+        } else {
+            Err(format!("{handled} of {events}"))
+        }
+    })
+    .await;
 }
 
 /// Holds the process manager forever right after a step.

@@ -1,5 +1,6 @@
 //! `/readyz` fails, with a reason, when the relay is held back by an open transaction
-//! or a projector lags beyond its bound; `/metrics` shows both lags.
+//! or a projector (the process manager among them) lags beyond its bound; `/metrics`
+//! shows both lags.
 
 #![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
 
@@ -93,4 +94,38 @@ async fn a_lagging_projector_is_a_readiness_failure() {
     app.start_projector();
     app.wait_until_projected().await;
     wait_until_ready(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_process_manager_is_a_readiness_failure() {
+    let mut settings = test_settings(&AppOptions::with_read_side());
+    settings.lag_interval = Duration::from_millis(100);
+    settings.ready.projector_messages = 2;
+    let app = spawn_with_settings(Arc::new(TestDb::create().await), settings, true).await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 100_000).await;
+    // Seven requests over three partitions: one partition holds at least three, beyond
+    // the bound of two.
+    for seat in ["A1", "A2", "A3", "A4", "A5", "A6", "A7"] {
+        let body = TestApp::booking_body(account, "hall", &[seat], 10, 0);
+        let reply = app.post("/v1/bookings", Some(&token), &[], &body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    }
+    // Nothing charges the bookings: their requests wait on the booking topic.
+    let body = wait_for_reason(&app, "projector process-manager lag").await;
+    assert_eq!(body["projectors"]["process-manager"], 7, "{body}");
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("chronicle_projector_lag{")
+                && l.contains("projector=\"process-manager\"")),
+        "{metrics}"
+    );
+
+    app.start_process_manager();
+    wait_until_ready(&app).await;
+    let (_, body) = readyz(&app).await;
+    assert_eq!(body["projectors"]["process-manager"], 0, "{body}");
 }

@@ -35,11 +35,16 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         })
     });
     let projector_lag: i64 = report.projectors.values().sum();
+    let mut by_projector = std::collections::BTreeMap::<&str, i64>::new();
+    for ((projector, _, _), lag) in &report.projectors {
+        *by_projector.entry(projector).or_default() += lag;
+    }
     let body = json!({
         "status": if reasons.is_empty() { "ready" } else { "not_ready" },
         "reasons": reasons,
         "relay": relay,
         "projector_lag": projector_lag,
+        "projectors": by_projector,
     });
     let status = if reasons.is_empty() {
         StatusCode::OK

@@ -85,7 +85,10 @@ struct Sample {
     tables: BTreeMap<String, i64>,
     index_bytes: u64,
     relay_lag: f64,
+    /// Read models and search, summed over partitions.
     projector_lag: f64,
+    /// The process manager, summed over partitions.
+    process_lag: f64,
     /// Operations answered per second over the window.
     throughput: f64,
     operations: usize,
@@ -183,6 +186,11 @@ async fn take_sample(
     .into_iter()
     .collect();
     let metrics = client.metrics().await?;
+    let process_lag = scrape::gauge_sum_labelled(
+        &metrics,
+        "chronicle_projector_lag",
+        "projector=\"process-manager\"",
+    );
     for error in &window.first_errors {
         eprintln!("soak: error: {error}");
     }
@@ -204,7 +212,8 @@ async fn take_sample(
         tables,
         index_bytes: directory_bytes(&server.data_dir.join("search")),
         relay_lag: scrape::gauge_sum(&metrics, "chronicle_relay_lag_events"),
-        projector_lag: scrape::gauge_sum(&metrics, "chronicle_projector_lag"),
+        projector_lag: scrape::gauge_sum(&metrics, "chronicle_projector_lag") - process_lag,
+        process_lag,
         throughput: latencies.count() as f64 / window_seconds,
         operations: latencies.count(),
         p99_ms: chronicle_bench::ms(latencies.percentile(99.0)),
@@ -231,7 +240,7 @@ fn directory_bytes(dir: &Path) -> u64 {
 
 fn print_header() {
     println!(
-        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7}",
+        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7}",
         "min",
         "anon MiB",
         "file MiB",
@@ -243,6 +252,7 @@ fn print_header() {
         "index MiB",
         "relay",
         "proj",
+        "pm",
         "ops/s",
         "p99 ms",
         "errors",
@@ -252,7 +262,7 @@ fn print_header() {
 
 fn print_line(sample: &Sample) {
     println!(
-        "{:>7.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5} {:>5} {:>10.1} {:>9.1} {:>7.0} {:>7.0} {:>7.0} {:>8.1} {:>6} {:>7}",
+        "{:>7.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5} {:>5} {:>10.1} {:>9.1} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>8.1} {:>6} {:>7}",
         sample.at / 60.0,
         mib(sample.rss_anon_kib * 1024),
         mib(sample.rss_file_kib * 1024),
@@ -264,6 +274,7 @@ fn print_line(sample: &Sample) {
         mib(sample.index_bytes),
         sample.relay_lag,
         sample.projector_lag,
+        sample.process_lag,
         sample.throughput,
         sample.p99_ms,
         sample.errors,
@@ -329,6 +340,7 @@ fn report(options: &Options, samples: &[Sample]) -> String {
         ("database connections", |s| s.connections as f64),
         ("relay lag (events)", |s| s.relay_lag),
         ("projector lag (messages)", |s| s.projector_lag),
+        ("process-manager lag (messages)", |s| s.process_lag),
         ("p99 latency of a window (ms)", |s| s.p99_ms),
     ] {
         let (low, high) = range(value);
@@ -392,12 +404,12 @@ fn fitted_ends(samples: &[Sample], value: fn(&Sample) -> f64) -> (f64, f64) {
 fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result<()> {
     let mut csv = String::from(
         "seconds,rss_anon_kib,rss_file_kib,heap_bytes,allocator_resident,descriptors,connections,table_bytes,index_bytes,\
-         relay_lag,projector_lag,operations,p99_ms,errors,refused,dropped\n",
+         relay_lag,projector_lag,process_lag,operations,p99_ms,errors,refused,dropped\n",
     );
     for s in samples {
         let _ = writeln!(
             csv,
-            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{:.2},{},{},{}",
+            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{:.2},{},{},{}",
             s.at,
             s.rss_anon_kib,
             s.rss_file_kib,
@@ -409,6 +421,7 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
             s.index_bytes,
             s.relay_lag,
             s.projector_lag,
+            s.process_lag,
             s.operations,
             s.p99_ms,
             s.errors,
@@ -424,8 +437,9 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
     plot_csv(out)
 }
 
-/// Draws `soak-memory.png` and `soak-storage.png` from `out/soak.csv`: memory and
-/// storage apart, since storage grows by gigabytes while memory moves by megabytes.
+/// Draws `soak-memory.png`, `soak-storage.png` and `soak-lag.png` from `out/soak.csv`:
+/// memory and storage apart, since storage grows by gigabytes while memory moves by
+/// megabytes.
 fn plot_csv(out: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(out.join("soak.csv"))?;
     let mut lines = text.lines();
@@ -470,6 +484,17 @@ fn plot_csv(out: &Path) -> anyhow::Result<()> {
         &[
             line("tables", "table_bytes", bytes)?,
             line("search index", "index_bytes", bytes)?,
+        ],
+    )?;
+    plot::over_time(
+        &out.join("soak-lag.png"),
+        "chronicle all under a steady load: lag",
+        "minutes",
+        "events or messages",
+        &[
+            line("relay", "relay_lag", 1.0)?,
+            line("read models and search", "projector_lag", 1.0)?,
+            line("process manager", "process_lag", 1.0)?,
         ],
     )
 }

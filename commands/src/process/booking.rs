@@ -149,9 +149,12 @@ impl ProcessManager {
         owner: String,
         price: Money,
     ) -> Result<(), ProcessError> {
-        let flow = self
-            .flow(event_id, FlowKind::BookingCharge, booking_id)
-            .await?;
+        let Some(flow) = self
+            .event_flow(event_id, FlowKind::BookingCharge, booking_id)
+            .await?
+        else {
+            return Ok(());
+        };
         let booking = self.commands.load_booking(booking_id).await?;
         if booking
             .state()
@@ -260,9 +263,12 @@ impl ProcessManager {
         event_id: Uuid,
         booking_id: Uuid,
     ) -> Result<(), ProcessError> {
-        let flow = self
-            .flow(event_id, FlowKind::BookingRefund, booking_id)
-            .await?;
+        let Some(flow) = self
+            .event_flow(event_id, FlowKind::BookingRefund, booking_id)
+            .await?
+        else {
+            return Ok(());
+        };
         let booking = self.commands.load_booking(booking_id).await?;
         let Some((payment_id, account_id)) = booking
             .state()
@@ -293,9 +299,12 @@ impl ProcessManager {
         account_id: Uuid,
         amount: Money,
     ) -> Result<(), ProcessError> {
-        let flow = self
-            .flow(event_id, FlowKind::PaymentCharge, payment_id)
-            .await?;
+        let Some(flow) = self
+            .event_flow(event_id, FlowKind::PaymentCharge, payment_id)
+            .await?
+        else {
+            return Ok(());
+        };
         let payment = self.commands.load_payment(payment_id).await?;
         if payment
             .state()
@@ -490,7 +499,7 @@ impl ProcessManager {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chronicle_eventstore::envelope::EnvelopeMetadata;
     use serde_json::{Value, json};
 
@@ -499,7 +508,7 @@ mod tests {
     const BOOKING: &str = "3f0c2a52-7c55-4d8e-9a7e-1a0b2c3d4e5f";
     const ACCOUNT: &str = "0b9d8c7e-6f5a-4b3c-8d2e-1f0a9b8c7d6e";
 
-    fn envelope(aggregate_type: &str, event_type: &str, payload: Value) -> Envelope {
+    pub(crate) fn envelope(aggregate_type: &str, event_type: &str, payload: Value) -> Envelope {
         Envelope {
             event_id: Uuid::nil(),
             global_position: 1,
@@ -514,7 +523,7 @@ mod tests {
         }
     }
 
-    fn requested() -> Value {
+    pub(crate) fn requested() -> Value {
         json!({
             "type": "BookingRequested", "booking_id": BOOKING, "account_id": ACCOUNT,
             "owner": "ada", "resource_id": "hall-1", "seats": ["A1"],

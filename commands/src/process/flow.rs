@@ -87,28 +87,62 @@ pub(crate) struct Flow<'a> {
 }
 
 impl ProcessManager {
-    /// Opens (or resumes) the flow started by event `id` about `subject`.
+    /// Opens (or resumes) the flow `id` about `subject`, whatever its status: a scheduled
+    /// flow that ended `retrying` runs again under the same id.
     pub(crate) async fn flow(
         &self,
         id: Uuid,
         kind: FlowKind,
         subject: Uuid,
     ) -> Result<Flow<'_>, ProcessError> {
-        sqlx::query(
-            "INSERT INTO pm_flows (flow_id, kind, subject_id, status) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (flow_id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(kind.as_str())
-        .bind(subject)
-        .bind(FlowStatus::Running.as_str())
-        .execute(&self.pool)
-        .await?;
+        self.open_flow(id, kind, subject).await?;
         Ok(Flow {
             pm: self,
             id,
             subject,
         })
+    }
+
+    /// Opens (or resumes) the flow started by event `id`, or `None` when it already
+    /// finished: a redelivered event (the flow ended, its offset was not stored yet when
+    /// the process stopped) runs nothing, and the flow keeps the status it ended with.
+    pub(crate) async fn event_flow(
+        &self,
+        id: Uuid,
+        kind: FlowKind,
+        subject: Uuid,
+    ) -> Result<Option<Flow<'_>>, ProcessError> {
+        if self.open_flow(id, kind, subject).await? != FlowStatus::Running.as_str() {
+            return Ok(None);
+        }
+        Ok(Some(Flow {
+            pm: self,
+            id,
+            subject,
+        }))
+    }
+
+    /// Inserts the flow's row unless it exists; its status.
+    async fn open_flow(
+        &self,
+        id: Uuid,
+        kind: FlowKind,
+        subject: Uuid,
+    ) -> Result<String, ProcessError> {
+        Ok(sqlx::query_scalar(
+            "WITH opened AS ( \
+               INSERT INTO pm_flows (flow_id, kind, subject_id, status) VALUES ($1, $2, $3, $4) \
+               ON CONFLICT (flow_id) DO NOTHING RETURNING status) \
+             SELECT status FROM opened \
+             UNION ALL SELECT status FROM pm_flows WHERE flow_id = $1 \
+             LIMIT 1",
+        )
+        .bind(id)
+        .bind(kind.as_str())
+        .bind(subject)
+        .bind(FlowStatus::Running.as_str())
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Forgets flows that finished more than the retention ago, with their steps: at

@@ -28,11 +28,13 @@ use chronicle_eventstore::consumer::{
     ConsumerError, Delivered, OffsetStoringConsumer, PartitionKey, Projector, ProjectorSettings,
     dead_letter, load_offsets, store_offsets,
 };
-use chronicle_eventstore::envelope::{Envelope, topic_for};
+use chronicle_eventstore::envelope::topic_for;
 use chronicle_eventstore::kafka::KafkaSettings;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::CommandService;
 use booking::Start;
@@ -58,6 +60,9 @@ pub struct ProcessSettings {
     /// `CHRONICLE_FLOW_RETENTION_DAYS`: how long a finished flow (and its steps) is kept
     /// for operators. Stuck flows are kept until an operator deals with them.
     pub flow_retention: Duration,
+    /// `CHRONICLE_PROCESS_CONCURRENCY`: flows of different aggregates run at once. The
+    /// flows of one aggregate always run one after another, in the order of its events.
+    pub concurrency: usize,
 }
 
 impl Default for ProcessSettings {
@@ -68,6 +73,9 @@ impl Default for ProcessSettings {
             charge_retry: Duration::from_secs(60),
             tick: Duration::from_millis(500),
             flow_retention: Duration::from_secs(30 * 24 * 3600),
+            // Measured by `bench --bin process` (ADR 0033): flows are a chain of short
+            // statements, so one at a time leaves the database mostly waiting.
+            concurrency: 16,
         }
     }
 }
@@ -76,16 +84,6 @@ impl Default for ProcessSettings {
 pub trait StepObserver: Send + Sync {
     /// Called after `step` of a flow completed.
     fn after_step(&self, step: &str) -> BoxFuture<'_, ()>;
-}
-
-/// What the process manager did with a message.
-enum Handled {
-    /// It ran the flow the message starts.
-    Flow,
-    /// The message starts no flow.
-    NoFlow,
-    /// It should start a flow and cannot be read; the reason.
-    Unreadable(String),
 }
 
 /// The process manager.
@@ -97,6 +95,9 @@ pub struct ProcessManager {
 }
 
 impl ProcessManager {
+    /// The aggregate types whose topics it reads.
+    pub const AGGREGATES: [&'static str; 2] = ["Booking", "Payment"];
+
     pub fn new(commands: Arc<CommandService>, settings: ProcessSettings) -> Self {
         Self {
             pool: commands.pool().clone(),
@@ -129,14 +130,8 @@ impl ProcessManager {
         );
     }
 
-    /// Runs the flow `envelope` starts, if any.
-    async fn handle(&self, envelope: &Envelope) -> Result<Handled, ProcessError> {
-        let start = match Start::read(envelope) {
-            Ok(Some(start)) => start,
-            Ok(None) => return Ok(Handled::NoFlow),
-            Err(reason) => return Ok(Handled::Unreadable(reason)),
-        };
-        let event_id = envelope.event_id;
+    /// Runs the flow that event `event_id` starts.
+    async fn run_flow(&self, event_id: Uuid, start: Start) -> Result<(), ProcessError> {
         match start {
             Start::ChargeBooking {
                 booking_id,
@@ -145,22 +140,97 @@ impl ProcessManager {
                 price,
             } => {
                 self.charge_booking(event_id, booking_id, account_id, owner, price)
-                    .await?;
+                    .await
             }
-            Start::RefundBooking { booking_id } => {
-                self.refund_booking(event_id, booking_id).await?;
-            }
+            Start::RefundBooking { booking_id } => self.refund_booking(event_id, booking_id).await,
             Start::ChargeClientPayment {
                 payment_id,
                 account_id,
                 amount,
             } => {
                 self.charge_client_payment(event_id, payment_id, account_id, amount)
-                    .await?;
+                    .await
             }
         }
-        Ok(Handled::Flow)
     }
+
+    /// Runs the flows of one lane in order; on failure, the index (in the batch) of the
+    /// first message whose flow did not finish, and the error.
+    async fn run_lane(&self, lane: Vec<Started>) -> Result<(), (usize, ProcessError)> {
+        for started in lane {
+            self.run_flow(started.event_id, started.start)
+                .await
+                .map_err(|error| (started.index, error))?;
+        }
+        Ok(())
+    }
+}
+
+/// A message of a batch that starts a flow.
+struct Started {
+    /// Its place in the batch.
+    index: usize,
+    event_id: Uuid,
+    start: Start,
+}
+
+/// The messages of a batch sorted for the process manager: lanes of flows, one per
+/// aggregate, each in the order of the aggregate's events; and what cannot be read.
+#[derive(Default)]
+struct Sorted {
+    lanes: HashMap<String, Vec<Started>>,
+    unreadable: Vec<(usize, String)>,
+}
+
+impl Sorted {
+    fn of(batch: &[Delivered]) -> Self {
+        let mut sorted = Self::default();
+        for (index, delivered) in batch.iter().enumerate() {
+            let envelope = match delivered.envelope() {
+                Ok(envelope) => envelope,
+                Err(reason) => {
+                    sorted.unreadable.push((index, reason));
+                    continue;
+                }
+            };
+            match Start::read(&envelope) {
+                Ok(Some(start)) => {
+                    sorted
+                        .lanes
+                        .entry(envelope.aggregate_id)
+                        .or_default()
+                        .push(Started {
+                            index,
+                            event_id: envelope.event_id,
+                            start,
+                        })
+                }
+                Ok(None) => {}
+                Err(reason) => sorted.unreadable.push((index, reason)),
+            }
+        }
+        sorted
+    }
+}
+
+/// The next offset to store per partition of `batch`: past its last message, or, where
+/// a flow did not finish, that flow's message (the earliest such in the partition).
+fn next_offsets<'a>(batch: &'a [Delivered], unfinished: &[usize]) -> HashMap<(&'a str, i32), i64> {
+    let mut next = HashMap::new();
+    for delivered in batch {
+        next.insert(
+            (delivered.topic.as_str(), delivered.partition),
+            delivered.offset + 1,
+        );
+    }
+    for &index in unfinished {
+        let delivered = &batch[index];
+        let stored = next
+            .entry((delivered.topic.as_str(), delivered.partition))
+            .or_insert(delivered.offset);
+        *stored = (*stored).min(delivered.offset);
+    }
+    next
 }
 
 impl OffsetStoringConsumer for ProcessManager {
@@ -169,45 +239,122 @@ impl OffsetStoringConsumer for ProcessManager {
     }
 
     fn topics(&self, kafka: &KafkaSettings) -> Vec<String> {
-        vec![
-            topic_for(&kafka.topic_prefix, "Booking"),
-            topic_for(&kafka.topic_prefix, "Payment"),
-        ]
+        Self::AGGREGATES
+            .iter()
+            .map(|aggregate| topic_for(&kafka.topic_prefix, aggregate))
+            .collect()
     }
 
     async fn stored_offsets(&self) -> Result<HashMap<PartitionKey, i64>, ConsumerError> {
         Ok(load_offsets(&self.pool, PROCESS_MANAGER).await?)
     }
 
-    /// A message's offset is stored as soon as the flow it starts has run, so a crash
-    /// re-runs at most that flow (ADR 0007). Messages that start no flow (most of them)
-    /// have their offsets stored together at the end of the batch: reading them again
-    /// after a crash runs nothing, and one write replaces one per message.
+    /// The flows a batch starts run in lanes, one per aggregate: a lane runs its flows
+    /// one after another in the order of the aggregate's events, and up to
+    /// `concurrency` lanes run at once (ADR 0033). Offsets are stored once, when every
+    /// lane has ended: past the batch, or, in a partition where a flow failed, up to that
+    /// flow's message, so it runs again on the restart. A crash re-runs the flows of the
+    /// batch that were in flight; a flow that already finished is not run again
+    /// (`event_flow`), and every step of the others is idempotent.
     async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ConsumerError> {
-        let mut quiet: HashMap<(&str, i32), i64> = HashMap::new();
-        for delivered in batch {
-            let partition = (delivered.topic.as_str(), delivered.partition);
-            let next = HashMap::from([(partition, delivered.offset + 1)]);
-            let handled = match delivered.envelope() {
-                Ok(envelope) => self
-                    .handle(&envelope)
-                    .await
-                    .map_err(|e| ConsumerError::Other(e.to_string()))?,
-                Err(reason) => Handled::Unreadable(reason),
-            };
-            if let Handled::Unreadable(reason) = &handled {
-                // Recorded with its offset, like a flow's end: a crash re-reads at most
-                // this message, and the record is not written twice.
-                dead_letter(&self.pool, PROCESS_MANAGER, delivered, reason).await?;
-            }
-            if !matches!(handled, Handled::NoFlow) {
-                store_offsets(&self.pool, PROCESS_MANAGER, &next).await?;
-                quiet.remove(&partition);
-            } else {
-                quiet.extend(next);
-            }
+        let Sorted { lanes, unreadable } = Sorted::of(batch);
+        let results: Vec<_> = futures::stream::iter(lanes.into_values())
+            .map(|lane| self.run_lane(lane))
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        for (index, reason) in &unreadable {
+            // Recorded with its offset: a re-read message is not recorded twice.
+            dead_letter(&self.pool, PROCESS_MANAGER, &batch[*index], reason).await?;
         }
-        store_offsets(&self.pool, PROCESS_MANAGER, &quiet).await?;
-        Ok(())
+        let mut unfinished = Vec::new();
+        let mut first_error = None;
+        for (index, error) in results.into_iter().filter_map(Result::err) {
+            unfinished.push(index);
+            first_error.get_or_insert(error);
+        }
+        store_offsets(
+            &self.pool,
+            PROCESS_MANAGER,
+            &next_offsets(batch, &unfinished),
+        )
+        .await?;
+        match first_error {
+            None => Ok(()),
+            Some(error) => Err(ConsumerError::Other(error.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::booking::tests::{envelope, requested};
+    use super::*;
+
+    fn delivered(partition: i32, offset: i64, payload: &[u8]) -> Delivered {
+        Delivered {
+            topic: "booking".into(),
+            partition,
+            offset,
+            payload: Some(payload.to_vec()),
+            sent_at_ms: None,
+        }
+    }
+
+    fn booking_event(aggregate_id: &str, event_type: &str, payload: serde_json::Value) -> Vec<u8> {
+        let mut envelope = envelope("Booking", event_type, payload);
+        envelope.aggregate_id = aggregate_id.into();
+        envelope.event_id = Uuid::new_v4();
+        serde_json::to_vec(&envelope).unwrap()
+    }
+
+    #[test]
+    fn flows_are_laned_by_aggregate_in_the_order_of_its_events() {
+        let cancelled = json!({"type": "BookingCancelled", "reason": null, "cancelled_at": "2030-01-01T00:00:00Z"});
+        let (a, b) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+        let batch = [
+            delivered(0, 10, &booking_event(&a, "BookingRequested", requested())),
+            delivered(0, 11, &booking_event(&b, "BookingRequested", requested())),
+            delivered(0, 12, &booking_event(&a, "BookingConfirmed", json!({}))),
+            delivered(0, 13, b"not json"),
+            delivered(0, 14, &booking_event(&a, "BookingCancelled", cancelled)),
+        ];
+        let sorted = Sorted::of(&batch);
+        let indexes =
+            |lane: &String| -> Vec<usize> { sorted.lanes[lane].iter().map(|s| s.index).collect() };
+        assert_eq!(sorted.lanes.len(), 2);
+        assert_eq!(indexes(&a), [0, 4], "a confirmation starts nothing");
+        assert_eq!(indexes(&b), [1]);
+        assert!(matches!(
+            sorted.lanes[&a][1].start,
+            Start::RefundBooking { .. }
+        ));
+        assert_eq!(
+            sorted
+                .unreadable
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>(),
+            [3]
+        );
+    }
+
+    #[test]
+    fn offsets_stop_at_the_earliest_unfinished_flow_of_each_partition() {
+        let batch = [
+            delivered(0, 10, b""),
+            delivered(1, 5, b""),
+            delivered(0, 11, b""),
+            delivered(1, 6, b""),
+            delivered(0, 12, b""),
+        ];
+        let all = next_offsets(&batch, &[]);
+        assert_eq!(all[&("booking", 0)], 13);
+        assert_eq!(all[&("booking", 1)], 7);
+        let failed = next_offsets(&batch, &[4, 2, 3]);
+        assert_eq!(failed[&("booking", 0)], 11, "flow 11 failed: it runs again");
+        assert_eq!(failed[&("booking", 1)], 6);
     }
 }
