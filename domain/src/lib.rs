@@ -1,4 +1,4 @@
-//! Chronicle's domain: the `Account`, `Booking` and `Payment` aggregates, their commands,
+//! Chronicle's domain: the `Account`, `Booking`, `Payment` and `Subscription` aggregates, their commands,
 //! versioned events and typed errors.
 //!
 //! Everything here is pure. Each aggregate decides with a synchronous function of
@@ -9,12 +9,14 @@
 
 pub mod account;
 pub mod actor;
+pub mod billing;
 pub mod booking;
 mod currency;
 pub mod error;
 pub mod issued;
 pub mod money;
 pub mod payment;
+pub mod subscription;
 pub mod upcast;
 pub mod values;
 mod worded;
