@@ -428,8 +428,8 @@ async fn a_crash_between_withdrawn_and_captured_resumes_with_one_withdrawal() {
         payment_status, "PaymentInitiated",
         "killed before the capture"
     );
-    // As if the crash came before the step was even recorded: the reference alone must
-    // keep the withdrawal single.
+    // Steps are recorded with the flow's end (ADR 0033), so none of this flow's is; and
+    // if one were, deleting it leaves the reference alone to keep the withdrawal single.
     sqlx::query("DELETE FROM pm_steps WHERE step = 'withdraw'")
         .execute(&app.pool)
         .await

@@ -2,7 +2,9 @@
 //! metadata and ids of the commands it issues, all derived from the event that started
 //! it.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chronicle_domain::{Actor, DomainError};
@@ -84,6 +86,12 @@ pub(crate) struct Flow<'a> {
     pub id: Uuid,
     /// What the flow is about (a booking, a payment); the correlation id of its commands.
     pub subject: Uuid,
+    /// The steps completed so far, as recorded in `pm_steps` when the flow was opened
+    /// and by this run since.
+    done: Mutex<HashSet<String>>,
+    /// Steps this run completed, with their command ids: recorded in `pm_steps` with the
+    /// flow's end, in one statement (ADR 0033).
+    completed: Mutex<Vec<(String, Uuid)>>,
 }
 
 impl ProcessManager {
@@ -95,12 +103,8 @@ impl ProcessManager {
         kind: FlowKind,
         subject: Uuid,
     ) -> Result<Flow<'_>, ProcessError> {
-        self.open_flow(id, kind, subject).await?;
-        Ok(Flow {
-            pm: self,
-            id,
-            subject,
-        })
+        let (_, fresh) = self.open_flow(id, kind, subject).await?;
+        self.resume(id, subject, fresh).await
     }
 
     /// Opens (or resumes) the flow started by event `id`, or `None` when it already
@@ -112,29 +116,29 @@ impl ProcessManager {
         kind: FlowKind,
         subject: Uuid,
     ) -> Result<Option<Flow<'_>>, ProcessError> {
-        if self.open_flow(id, kind, subject).await? != FlowStatus::Running.as_str() {
+        let (status, fresh) = self.open_flow(id, kind, subject).await?;
+        if status != FlowStatus::Running.as_str() {
             return Ok(None);
         }
-        Ok(Some(Flow {
-            pm: self,
-            id,
-            subject,
-        }))
+        Ok(Some(self.resume(id, subject, fresh).await?))
     }
 
-    /// Inserts the flow's row unless it exists; its status.
+    /// Inserts the flow's row unless it exists; its status, and whether it was inserted
+    /// now.
     async fn open_flow(
         &self,
         id: Uuid,
         kind: FlowKind,
         subject: Uuid,
-    ) -> Result<String, ProcessError> {
-        Ok(sqlx::query_scalar(
+    ) -> Result<(String, bool), ProcessError> {
+        // Both branches read the snapshot from before the insert, so exactly one of them
+        // returns a row.
+        Ok(sqlx::query_as(
             "WITH opened AS ( \
                INSERT INTO pm_flows (flow_id, kind, subject_id, status) VALUES ($1, $2, $3, $4) \
                ON CONFLICT (flow_id) DO NOTHING RETURNING status) \
-             SELECT status FROM opened \
-             UNION ALL SELECT status FROM pm_flows WHERE flow_id = $1 \
+             SELECT status, true FROM opened \
+             UNION ALL SELECT status, false FROM pm_flows WHERE flow_id = $1 \
              LIMIT 1",
         )
         .bind(id)
@@ -143,6 +147,27 @@ impl ProcessManager {
         .bind(FlowStatus::Running.as_str())
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// The flow, with the steps it completed before: none when it is `fresh`, so a new
+    /// flow asks the database nothing about its steps (most flows run once, start to
+    /// end).
+    async fn resume(&self, id: Uuid, subject: Uuid, fresh: bool) -> Result<Flow<'_>, ProcessError> {
+        let done: Vec<String> = if fresh {
+            Vec::new()
+        } else {
+            sqlx::query_scalar("SELECT step FROM pm_steps WHERE flow_id = $1")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+        };
+        Ok(Flow {
+            pm: self,
+            id,
+            subject,
+            done: Mutex::new(done.into_iter().collect()),
+            completed: Mutex::new(Vec::new()),
+        })
     }
 
     /// Forgets flows that finished more than the retention ago, with their steps: at
@@ -202,6 +227,10 @@ impl ProcessManager {
 }
 
 impl Flow<'_> {
+    fn is_done(&self, step: &str) -> bool {
+        self.done.lock().is_ok_and(|done| done.contains(step))
+    }
+
     /// An id for `purpose` within this flow, the same every time the flow runs.
     pub fn derive(&self, purpose: &str) -> Uuid {
         Uuid::new_v5(&self.id, purpose.as_bytes())
@@ -215,14 +244,7 @@ impl Flow<'_> {
         F: FnOnce(CommandMetadata) -> Fut,
         Fut: Future<Output = Result<CommandOutcome, CommandError>>,
     {
-        let done: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pm_steps WHERE flow_id = $1 AND step = $2)",
-        )
-        .bind(self.id)
-        .bind(name)
-        .fetch_one(&self.pm.pool)
-        .await?;
-        if done {
+        if self.is_done(name) {
             return Ok(Step::Done);
         }
         let command_id = self.derive(name);
@@ -241,14 +263,12 @@ impl Flow<'_> {
             Err(CommandError::Rejected(refusal)) => return Ok(Step::Refused(refusal)),
             Err(error) => return Err(error.into()),
         };
-        sqlx::query(
-            "INSERT INTO pm_steps (flow_id, step, command_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(self.id)
-        .bind(name)
-        .bind(command_id)
-        .execute(&self.pm.pool)
-        .await?;
+        if let Ok(mut done) = self.done.lock() {
+            done.insert(name.to_owned());
+        }
+        if let Ok(mut completed) = self.completed.lock() {
+            completed.push((name.to_owned(), command_id));
+        }
         tracing::debug!(flow = %self.id, step = name, "step done");
         if let Some(observer) = &self.pm.observer {
             observer.after_step(name).await;
@@ -263,12 +283,23 @@ impl Flow<'_> {
         detail: Option<String>,
     ) -> Result<(), ProcessError> {
         tracing::info!(flow = %self.id, subject = %self.subject, %status, detail = detail.as_deref().unwrap_or(""), "flow finished");
+        let (steps, commands): (Vec<String>, Vec<Uuid>) = self
+            .completed
+            .lock()
+            .map(|completed| completed.iter().cloned().unzip())
+            .unwrap_or_default();
         sqlx::query(
-            "UPDATE pm_flows SET status = $2, detail = $3, updated_at = now() WHERE flow_id = $1",
+            "WITH steps AS ( \
+               INSERT INTO pm_steps (flow_id, step, command_id) \
+               SELECT $1, step, command_id FROM unnest($4::text[], $5::uuid[]) AS s (step, command_id) \
+               ON CONFLICT DO NOTHING) \
+             UPDATE pm_flows SET status = $2, detail = $3, updated_at = now() WHERE flow_id = $1",
         )
         .bind(self.id)
         .bind(status.as_str())
         .bind(detail)
+        .bind(&steps)
+        .bind(&commands)
         .execute(&self.pm.pool)
         .await?;
         Ok(())
