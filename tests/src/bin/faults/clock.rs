@@ -85,6 +85,9 @@ impl FakedClock {
 pub struct OwnPostgres {
     data: PathBuf,
     pub port: u16,
+    /// The postmaster's pid, to stop it even when its data directory is gone (a clean
+    /// scenario's scratch directory is removed before the stage is dropped).
+    pid: Option<u32>,
 }
 
 fn postgres_bin(program: &str) -> PathBuf {
@@ -159,7 +162,10 @@ impl OwnPostgres {
         .await
         .unwrap();
         wait_for_port(&format!("127.0.0.1:{port}")).await;
-        Self { data, port }
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse().ok());
+        Self { data, port, pid }
     }
 
     /// A URL of its `postgres` database, to create test databases through.
@@ -169,13 +175,21 @@ impl OwnPostgres {
 }
 
 impl Drop for OwnPostgres {
-    /// A fast shutdown; the cluster's files go with the scratch directory.
+    /// A fast shutdown; the cluster's files go with the scratch directory. Without its
+    /// data directory `pg_ctl` cannot find the server: then the postmaster is sent
+    /// SIGINT (a fast shutdown) by its pid.
     fn drop(&mut self) {
-        let _ = Command::new("runuser")
+        let stopped = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(postgres_bin("pg_ctl"))
             .args(["stop", "-m", "fast", "-w", "-D"])
             .arg(&self.data)
-            .output();
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if let (false, Some(pid)) = (stopped, self.pid) {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+        }
     }
 }
