@@ -61,7 +61,8 @@ impl Commander {
     }
 
     /// Checks the actor may issue commands, then executes one, once per
-    /// `Idempotency-Key`.
+    /// `Idempotency-Key`, waiting for pooled connections no longer in all than the pool
+    /// lets one wait (`chronicle_eventstore::deadline`).
     ///
     /// `request_line` ("POST /v1/accounts/…") and `body` identify the request; the same key
     /// with the same request answers from the stored record, with another request 422.
@@ -97,7 +98,11 @@ impl Commander {
             self.headers.correlation_id,
         )
         .with_idempotency(claim.clone());
-        match (run(metadata).await, &claim) {
+        // However many connections the command takes in turn, it waits for them no longer
+        // in all than the pool lets one wait, so an exhausted pool is answered 503 in time.
+        let deadline = tokio::time::Instant::now() + state.pool.options().get_acquire_timeout();
+        let outcome = chronicle_eventstore::deadline::within(deadline, run(metadata)).await;
+        match (outcome, &claim) {
             (Ok(outcome), _) => Ok(outcome.into()),
             // Another request with this key committed: the same request (a concurrent
             // retry) answers from its record, another one 422.

@@ -159,8 +159,10 @@ pub fn read_model_projector(settings: &Settings, pool: PgPool) -> Projector<Read
     )
 }
 
-/// The process manager, with a command service of its own.
+/// The process manager, with a command service and a pool of its own beside `pool`
+/// (`CHRONICLE_PROCESS_DB_CONNECTIONS`).
 pub fn process_manager(settings: &Settings, pool: PgPool) -> Arc<ProcessManager> {
+    let pool = chronicle_eventstore::db::pool_beside(&pool, settings.process.connections);
     let commands = Arc::new(CommandService::new(pool, settings.commands.clone()));
     Arc::new(ProcessManager::new(commands, settings.process))
 }

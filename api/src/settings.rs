@@ -156,6 +156,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_SCHEDULER_TICK_MS",
     "CHRONICLE_FLOW_RETENTION_DAYS",
     "CHRONICLE_PROCESS_CONCURRENCY",
+    "CHRONICLE_PROCESS_DB_CONNECTIONS",
     "CHRONICLE_READY_MAX_RELAY_LAG",
     "CHRONICLE_READY_MAX_PROJECTOR_LAG",
     "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
@@ -507,6 +508,10 @@ fn process(src: &Source) -> Result<ProcessSettings, ConfigError> {
         concurrency: positive(
             "CHRONICLE_PROCESS_CONCURRENCY",
             src.parsed("CHRONICLE_PROCESS_CONCURRENCY", defaults.concurrency)?,
+        )?,
+        connections: positive(
+            "CHRONICLE_PROCESS_DB_CONNECTIONS",
+            src.parsed("CHRONICLE_PROCESS_DB_CONNECTIONS", defaults.connections)?,
         )?,
     })
 }

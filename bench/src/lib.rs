@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)]
 
 pub mod chronicle;
+pub mod dbwatch;
 pub mod floor;
 pub mod mix;
 pub mod peers;

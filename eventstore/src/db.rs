@@ -85,6 +85,16 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> 
         .await?)
 }
 
+/// A second pool on `pool`'s database, with its connection options (the lock timeout
+/// included) and acquire timeout, of at most `max_connections`, connecting on first use.
+/// A bulkhead: work given its own pool cannot take the connections of the rest.
+pub fn pool_beside(pool: &PgPool, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with(pool.connect_options().as_ref().clone())
+}
+
 /// One connection without a lock timeout, for migrating: migrators take turns on an
 /// advisory lock, and a second process starting must wait for the first to finish.
 pub async fn connect_for_migrations(

@@ -12,6 +12,7 @@ pub mod chain;
 pub mod clock;
 pub mod consumer;
 pub mod db;
+pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod idempotency;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chronicle_bench::chronicle::{Client, Server};
+use chronicle_bench::dbwatch::{self, Counters, Rates, Statement};
 use chronicle_bench::mix::{self, Window};
 use chronicle_bench::plot::{self, Series};
 use chronicle_bench::scrape;
@@ -96,6 +97,8 @@ struct Sample {
     errors: u64,
     refused: u64,
     dropped: u64,
+    /// The database's and the processes' work over the window.
+    rates: Rates,
 }
 
 #[tokio::main]
@@ -127,25 +130,40 @@ async fn main() -> anyhow::Result<()> {
     ));
     let started = Instant::now();
     let mut samples = Vec::new();
+    let mut counters = Counters::take(&pool).await;
+    // pg_stat_statements, when loaded: a snapshot at each quarter of the run.
+    let mut snapshots = Vec::from_iter(dbwatch::statements(&pool).await);
+    let quarter = duration.as_secs_f64() / 4.0;
     print_header();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(options.sample)).await;
         let taken = mix::take(&window);
-        let sample = take_sample(
-            &server,
-            &client,
-            pid,
-            &pool,
-            started,
-            taken,
-            options.sample as f64,
-        )
-        .await?;
+        let now = Counters::take(&pool).await;
+        let rates = now.rates_since(&counters, options.sample as f64);
+        counters = now;
+        let sample = Sample {
+            rates,
+            ..take_sample(
+                &server,
+                &client,
+                pid,
+                &pool,
+                started,
+                taken,
+                options.sample as f64,
+            )
+            .await?
+        };
         print_line(&sample);
         samples.push(sample);
+        let quarters_done = (started.elapsed().as_secs_f64() / quarter).floor() as usize;
+        if !snapshots.is_empty() && snapshots.len() <= quarters_done.min(4) {
+            snapshots.extend(dbwatch::statements(&pool).await);
+        }
     }
     load.await?;
-    let report = report(&options, &samples);
+    let mut report = report(&options, &samples);
+    report.push_str(&statements_report(&snapshots, quarter));
     println!("{report}");
     write_outputs(&options.out, &samples, &report)?;
     pool.close().await;
@@ -220,6 +238,7 @@ async fn take_sample(
         errors: window.errors,
         refused,
         dropped: window.dropped,
+        rates: Rates::default(),
     })
 }
 
@@ -240,7 +259,7 @@ fn directory_bytes(dir: &Path) -> u64 {
 
 fn print_header() {
     println!(
-        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7}",
+        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>7} {:>5} {:>5} {:>5} {:>6} {:>6} {:>7} {:>5}",
         "min",
         "anon MiB",
         "file MiB",
@@ -256,13 +275,20 @@ fn print_header() {
         "ops/s",
         "p99 ms",
         "errors",
-        "refused"
+        "refused",
+        "chr%",
+        "pg%",
+        "tan%",
+        "WAL/s",
+        "FPI/s",
+        "reads/s",
+        "hit%"
     );
 }
 
 fn print_line(sample: &Sample) {
     println!(
-        "{:>7.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5} {:>5} {:>10.1} {:>9.1} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>8.1} {:>6} {:>7}",
+        "{:>7.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5} {:>5} {:>10.1} {:>9.1} {:>7.0} {:>7.0} {:>7.0} {:>7.0} {:>8.1} {:>6} {:>7} {:>5.0} {:>5.0} {:>5.0} {:>6.2} {:>6.0} {:>7.0} {:>5.1}",
         sample.at / 60.0,
         mib(sample.rss_anon_kib * 1024),
         mib(sample.rss_file_kib * 1024),
@@ -279,6 +305,13 @@ fn print_line(sample: &Sample) {
         sample.p99_ms,
         sample.errors,
         sample.refused + sample.dropped,
+        sample.rates.chronicle_cpu,
+        sample.rates.postgres_cpu,
+        sample.rates.tansu_cpu,
+        sample.rates.wal_mib_per_s,
+        sample.rates.fpi_per_s,
+        sample.rates.reads_per_s,
+        sample.rates.hit_percent,
     );
 }
 
@@ -404,12 +437,13 @@ fn fitted_ends(samples: &[Sample], value: fn(&Sample) -> f64) -> (f64, f64) {
 fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result<()> {
     let mut csv = String::from(
         "seconds,rss_anon_kib,rss_file_kib,heap_bytes,allocator_resident,descriptors,connections,table_bytes,index_bytes,\
-         relay_lag,projector_lag,process_lag,operations,p99_ms,errors,refused,dropped\n",
+         relay_lag,projector_lag,process_lag,operations,p99_ms,errors,refused,dropped,\
+         chronicle_cpu,postgres_cpu,tansu_cpu,wal_mib_per_s,fpi_per_s,checkpoints,reads_per_s,hit_percent\n",
     );
     for s in samples {
         let _ = writeln!(
             csv,
-            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{:.2},{},{},{}",
+            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{:.2},{},{},{},{:.1},{:.1},{:.1},{:.3},{:.1},{},{:.1},{:.2}",
             s.at,
             s.rss_anon_kib,
             s.rss_file_kib,
@@ -426,7 +460,15 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
             s.p99_ms,
             s.errors,
             s.refused,
-            s.dropped
+            s.dropped,
+            s.rates.chronicle_cpu,
+            s.rates.postgres_cpu,
+            s.rates.tansu_cpu,
+            s.rates.wal_mib_per_s,
+            s.rates.fpi_per_s,
+            s.rates.checkpoints,
+            s.rates.reads_per_s,
+            s.rates.hit_percent
         );
     }
     std::fs::write(out.join("soak.csv"), csv)?;
@@ -497,4 +539,58 @@ fn plot_csv(out: &Path) -> anyhow::Result<()> {
             line("process manager", "process_lag", 1.0)?,
         ],
     )
+}
+
+/// The statements that took the database's time, quarter by quarter, when
+/// `pg_stat_statements` was loaded: the ten that took most in the last quarter, with their
+/// calls per second and mean time in each.
+fn statements_report(snapshots: &[BTreeMap<i64, Statement>], quarter_seconds: f64) -> String {
+    let quarters: Vec<BTreeMap<i64, Statement>> = snapshots
+        .windows(2)
+        .map(|pair| dbwatch::statements_between(&pair[0], &pair[1]))
+        .collect();
+    let Some(last) = quarters.last() else {
+        return "\n(pg_stat_statements not loaded: no statement report; see docs/soak.md)\n"
+            .to_owned();
+    };
+    let mut top: Vec<(&i64, &Statement)> = last.iter().collect();
+    top.sort_by(|a, b| b.1.total_ms.total_cmp(&a.1.total_ms));
+    let mut out = String::from("\n## Statements (pg_stat_statements), by quarter\n\n");
+    let _ = write!(out, "| statement |");
+    for q in 1..=quarters.len() {
+        let _ = write!(
+            out,
+            " Q{q} calls/s | Q{q} mean ms | Q{q} blocks read/call |"
+        );
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in &quarters {
+        let _ = write!(out, "---|---|---|");
+    }
+    out.push('\n');
+    for (id, statement) in top.into_iter().take(10) {
+        let text: String = statement
+            .query
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let text: String = text.chars().take(90).collect();
+        let _ = write!(out, "| `{}` |", text.replace('|', "\\|"));
+        for quarter in &quarters {
+            match quarter.get(id) {
+                Some(s) => {
+                    let _ = write!(
+                        out,
+                        " {:.1} | {:.3} | {:.2} |",
+                        s.calls / quarter_seconds,
+                        s.total_ms / s.calls.max(1.0),
+                        s.blocks_read / s.calls.max(1.0)
+                    );
+                }
+                None => out.push_str(" – | – | – |"),
+            }
+        }
+        out.push('\n');
+    }
+    out
 }

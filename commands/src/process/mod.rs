@@ -63,6 +63,10 @@ pub struct ProcessSettings {
     /// `CHRONICLE_PROCESS_CONCURRENCY`: flows of different aggregates run at once. The
     /// flows of one aggregate always run one after another, in the order of its events.
     pub concurrency: usize,
+    /// `CHRONICLE_PROCESS_DB_CONNECTIONS`: the process manager's own pool, beside the one
+    /// the HTTP API and projectors share, so its lanes cannot take the connections
+    /// clients' commands need (a lock held on `events` makes every lane wait on one).
+    pub connections: u32,
 }
 
 impl Default for ProcessSettings {
@@ -76,6 +80,7 @@ impl Default for ProcessSettings {
             // Measured by `bench --bin process` (ADR 0033): flows are a chain of short
             // statements, so one at a time leaves the database mostly waiting.
             concurrency: 16,
+            connections: 8,
         }
     }
 }

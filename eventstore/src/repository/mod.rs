@@ -226,10 +226,11 @@ impl EventRepository {
         &self.pool
     }
 
-    /// A connection from the pool. A command loads and appends on one connection: each
-    /// use of the pool costs sqlx a health check on the way out and on the way in.
+    /// A connection from the pool, within the deadline of the work asking (see
+    /// [`crate::deadline`]). A command loads and appends on one connection: each use of
+    /// the pool costs sqlx a health check on the way out and on the way in.
     pub async fn connection(&self) -> Result<PoolConnection<Postgres>, RepositoryError> {
-        Ok(self.pool.acquire().await?)
+        Ok(crate::deadline::acquire(&self.pool).await?)
     }
 
     /// Loads the stream `aggregate_id` of `A` and, when `idempotency` names an
