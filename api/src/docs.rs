@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use crate::routes::{accounts, bookings, ops, payments, reads, search, temporal};
+use crate::routes::{accounts, bookings, ops, payments, reads, search, subscriptions, temporal};
 
 /// The stable machine codes of errors.
 #[derive(Serialize, ToSchema)]
@@ -158,9 +158,12 @@ impl Modify for BearerAuth {
         accounts::open, accounts::deposit, accounts::withdraw, accounts::close,
         bookings::request, bookings::cancel,
         payments::initiate, payments::refund,
+        subscriptions::cancel, subscriptions::pause, subscriptions::resume,
+        subscriptions::change_plan, subscriptions::invoices,
         reads::account, reads::transactions, reads::booking, reads::bookings, reads::payment,
         search::bookings,
         temporal::balance, temporal::revenue, temporal::occupancy, temporal::audit,
+        temporal::subscriptions, temporal::mrr,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(Problem, ErrorCode)),
@@ -169,6 +172,7 @@ impl Modify for BearerAuth {
         (name = "accounts", description = "Wallets: open, deposit, withdraw, close, read"),
         (name = "bookings", description = "Seats on a resource for a time range"),
         (name = "payments", description = "One-time and recurring charges, refunds"),
+        (name = "subscriptions", description = "Plans billed per calendar period: the third kind of payment"),
         (name = "search", description = "Full-text search over bookings"),
         (name = "analytics", description = "Temporal queries for analysts"),
         (name = "audit", description = "Event histories for auditors"),

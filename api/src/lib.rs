@@ -144,7 +144,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// The whole HTTP API.
 pub fn router(state: AppState, http: HttpLimits) -> Router {
     let limits = http;
-    use routes::{accounts, bookings, ops, payments, reads, search, temporal};
+    use routes::{accounts, bookings, ops, payments, reads, search, subscriptions, temporal};
     Router::new()
         .route("/v1/accounts", post(accounts::open))
         .route("/v1/accounts/{id}", get(reads::account))
@@ -159,9 +159,19 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
         .route("/v1/payments", post(payments::initiate))
         .route("/v1/payments/{id}", get(reads::payment))
         .route("/v1/payments/{id}/refund", post(payments::refund))
+        .route("/v1/payments/{id}/cancel", post(subscriptions::cancel))
+        .route("/v1/payments/{id}/pause", post(subscriptions::pause))
+        .route("/v1/payments/{id}/resume", post(subscriptions::resume))
+        .route(
+            "/v1/payments/{id}/change-plan",
+            post(subscriptions::change_plan),
+        )
+        .route("/v1/payments/{id}/invoices", get(subscriptions::invoices))
         .route("/v1/search/bookings", get(search::bookings))
         .route("/v1/analytics/revenue", get(temporal::revenue))
         .route("/v1/analytics/occupancy", get(temporal::occupancy))
+        .route("/v1/analytics/subscriptions", get(temporal::subscriptions))
+        .route("/v1/analytics/mrr", get(temporal::mrr))
         .route(
             "/v1/audit/{aggregate_type}/{id}/events",
             get(temporal::audit),

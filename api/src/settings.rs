@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chronicle_commands::CommandSettings;
-use chronicle_commands::process::ProcessSettings;
+use chronicle_commands::process::{ProcessSettings, RetryDelays};
 use chronicle_eventstore::DatabaseSettings;
 use chronicle_eventstore::clock::ClockSource;
 use chronicle_eventstore::kafka::KafkaSettings;
@@ -157,6 +157,7 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_FLOW_RETENTION_DAYS",
     "CHRONICLE_PROCESS_CONCURRENCY",
     "CHRONICLE_PROCESS_DB_CONNECTIONS",
+    "CHRONICLE_SUBSCRIPTION_RETRY_HOURS",
     "CHRONICLE_READY_MAX_RELAY_LAG",
     "CHRONICLE_READY_MAX_PROJECTOR_LAG",
     "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
@@ -513,7 +514,33 @@ fn process(src: &Source) -> Result<ProcessSettings, ConfigError> {
             "CHRONICLE_PROCESS_DB_CONNECTIONS",
             src.parsed("CHRONICLE_PROCESS_DB_CONNECTIONS", defaults.connections)?,
         )?,
+        subscription_retries: match src.var("CHRONICLE_SUBSCRIPTION_RETRY_HOURS") {
+            None => defaults.subscription_retries,
+            Some(text) => retry_hours(&text)?,
+        },
     })
+}
+
+/// `CHRONICLE_SUBSCRIPTION_RETRY_HOURS`: hours (fractions allowed) before each retry of a
+/// refused subscription charge, comma-separated; `none` for no retries.
+fn retry_hours(text: &str) -> Result<RetryDelays, ConfigError> {
+    const NAME: &str = "CHRONICLE_SUBSCRIPTION_RETRY_HOURS";
+    let text = text.trim();
+    let delays: Vec<Duration> = if text == "none" {
+        Vec::new()
+    } else {
+        text.split(',')
+            .map(|hours| match hours.trim().parse::<f64>() {
+                Ok(h) if h > 0.0 && h <= 24.0 * 366.0 => Ok(Duration::from_secs_f64(h * 3600.0)),
+                _ => Err(invalid(
+                    NAME,
+                    "expected hours, each above 0 and at most a year, comma-separated, or `none`",
+                )),
+            })
+            .collect::<Result<_, _>>()?
+    };
+    RetryDelays::new(&delays)
+        .ok_or_else(|| invalid(NAME, &format!("at most {} retries", RetryDelays::MAX)))
 }
 
 fn ready(src: &Source) -> Result<LagBounds, ConfigError> {

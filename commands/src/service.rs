@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chronicle_domain::subscription::Subscription;
 use chronicle_domain::{Account, Actor, Booking, Currency, DomainError, Issued, Payment};
 use chronicle_eventstore::AppendRejection;
 use chronicle_eventstore::error::is_unavailable;
@@ -145,6 +146,21 @@ impl CommandService {
         metadata: &CommandMetadata,
     ) -> Result<CommandOutcome, CommandError> {
         self.execute::<Payment, _>(id, command, metadata).await
+    }
+
+    /// Executes a command on subscription `id`.
+    pub async fn subscription(
+        &self,
+        id: Uuid,
+        command: <Subscription as Aggregate>::Command,
+        metadata: &CommandMetadata,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.execute::<Subscription, _>(id, command, metadata).await
+    }
+
+    /// The current state of subscription `id`.
+    pub async fn load_subscription(&self, id: Uuid) -> Result<Subscription, CommandError> {
+        self.load(id).await
     }
 
     /// The current state of account `id` (default when it does not exist), for checks a

@@ -237,6 +237,9 @@ pub struct SubscriptionState {
     pub last_charge: i64,
     /// Failed attempts of the period now due.
     pub failed_attempts: BTreeMap<u32, u32>,
+    /// When the refused charge of the period now due is tried again.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
     pub paused_at: Option<DateTime<Utc>>,
     /// The status to return to on resume.
     pub paused_from: Option<SubscriptionStatus>,
@@ -270,9 +273,9 @@ impl SubscriptionState {
         self.periods_charged
     }
 
-    /// When the next charge falls due (its retry, if one failed), or `None` when no
+    /// When the next charge falls due (its retry, if one was refused), or `None` when no
     /// charge is to come.
-    pub fn next_charge_at(&self, retry_at: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    pub fn next_charge_at(&self) -> Option<DateTime<Utc>> {
         if self.status.is_final() || self.status == SubscriptionStatus::Paused {
             return None;
         }
@@ -280,7 +283,7 @@ impl SubscriptionState {
         if self.ends_at.is_some_and(|end| start >= end) {
             return None;
         }
-        Some(retry_at.map_or(start, |retry| retry.max(start)))
+        Some(self.retry_at.map_or(start, |retry| retry.max(start)))
     }
 
     /// The period `at` falls in, counting a time before the anchor as period 0.
@@ -311,7 +314,9 @@ impl SubscriptionState {
                 if *period < self.periods_charged {
                     return Ok(vec![]);
                 }
-                if self.status.is_final() || self.status == SubscriptionStatus::Paused {
+                // A charge taken for a period due before a pause is still recorded: the
+                // money moved (the process manager looked before the pause came).
+                if self.status.is_final() {
                     return Err(self.refuse("charge"));
                 }
                 if *period != self.periods_charged {
@@ -381,7 +386,7 @@ impl SubscriptionState {
                 }])
             }
             SubscriptionCommand::Resume { reason } => {
-                let Some(paused_at) = self.paused_at else {
+                let Some(paused_at) = self.paused_at.filter(|_| !self.status.is_final()) else {
                     return Err(self.refuse("resume"));
                 };
                 let paused = (at - paused_at).max(Duration::zero());
@@ -470,8 +475,10 @@ impl SubscriptionState {
         if self.status.is_final() {
             return Ok(vec![]);
         }
-        let current = self.current_period(at)?;
-        let charged = at >= self.anchor && current < self.periods_charged;
+        // While paused, the period in progress is the one the pause stopped.
+        let effective = self.paused_at.unwrap_or(at);
+        let current = self.current_period(effective)?;
+        let charged = effective >= self.anchor && current < self.periods_charged;
         if at_period_end && charged && self.status != SubscriptionStatus::Paused {
             let (_, end) = self.period(current)?;
             if self.ends_at == Some(end) {
@@ -487,7 +494,7 @@ impl SubscriptionState {
         // one gives back its unused share (a paused one, what was left when paused).
         let refund = if charged {
             let (start, end) = self.period(current)?;
-            let (remaining, length) = unused(start, end, self.paused_at.unwrap_or(at));
+            let (remaining, length) = unused(start, end, effective);
             share(self.last_charge, remaining, length)
         } else {
             0
@@ -507,6 +514,7 @@ impl SubscriptionState {
                 self.periods_charged = period + 1;
                 self.last_charge = amount;
                 self.failed_attempts.clear();
+                self.retry_at = None;
                 if let Some((from, plan)) = self.scheduled_plan.take() {
                     if from <= period {
                         self.plan = plan;
@@ -519,9 +527,13 @@ impl SubscriptionState {
                 }
             }
             SubscriptionEvent::ChargeFailed {
-                period, attempt, ..
+                period,
+                attempt,
+                retry_at,
+                ..
             } => {
                 self.failed_attempts.insert(period, attempt);
+                self.retry_at = retry_at;
                 self.status = SubscriptionStatus::PastDue;
             }
             SubscriptionEvent::PlanChanged { to, charge, .. } => {
@@ -554,6 +566,8 @@ impl SubscriptionState {
             }
             SubscriptionEvent::SubscriptionCancelled { .. } => {
                 self.status = SubscriptionStatus::Cancelled;
+                self.paused_at = None;
+                self.paused_from = None;
             }
             SubscriptionEvent::SubscriptionEnded { .. } => {
                 self.status = SubscriptionStatus::Ended;
@@ -583,6 +597,12 @@ impl Subscription {
     pub fn state(&self) -> Option<&SubscriptionState> {
         self.state.as_ref()
     }
+
+    /// Folds `event` in exactly as the aggregate does: read models keep a subscription's
+    /// state this way, so they cannot disagree with it about periods, plans or status.
+    pub fn fold(&mut self, event: SubscriptionEvent) {
+        <Self as Aggregate>::apply(self, event);
+    }
 }
 
 fn start(
@@ -597,10 +617,10 @@ fn start(
         ));
     }
     let begins = request.starts_at.unwrap_or(at);
-    if begins < at - Duration::days(1) {
+    if begins < at - Duration::days(1) || begins > at + Duration::days(366) {
         return Err(DomainError::invalid(
             "starts_at",
-            "may not lie more than a day in the past",
+            "may lie at most a day in the past and a year ahead",
         ));
     }
     Ok(SubscriptionEvent::SubscriptionStarted {
@@ -659,6 +679,7 @@ impl Aggregate for Subscription {
                 periods_charged: 0,
                 last_charge: 0,
                 failed_attempts: BTreeMap::new(),
+                retry_at: None,
                 paused_at: None,
                 paused_from: None,
                 scheduled_plan: None,
@@ -675,3 +696,7 @@ impl Aggregate for Subscription {
 #[cfg(test)]
 #[path = "subscription_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "subscription_model_tests.rs"]
+mod model_tests;

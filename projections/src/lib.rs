@@ -5,10 +5,12 @@
 //!   not trust Kafka's committed offsets: each projection stores its own per partition,
 //!   atomically with its effects, and the loop seeks to them and drops what they say
 //!   was applied already.
-//! - [`read_models`]: the PostgreSQL projection (accounts, ledger, bookings, payments).
+//! - [`read_models`]: the PostgreSQL projection (accounts, ledger, bookings, payments,
+//!   subscriptions).
 //! - [`search`]: the Tantivy projection of bookings and its queries.
 //! - [`queries`]: what the API reads, with keyset cursors.
 //! - [`temporal`]: as-of lookups and time buckets over the temporal read models.
+//! - [`subscriptions`]: a subscription, its invoices, and as-of counts and MRR.
 //! - [`watch`]: read-your-writes (`min_position`).
 //! - [`monitor`]: relay and projector lag for `/metrics` and `/readyz`.
 
@@ -18,6 +20,7 @@ pub mod monitor;
 pub mod queries;
 pub mod read_models;
 pub mod search;
+pub mod subscriptions;
 pub mod temporal;
 pub mod watch;
 

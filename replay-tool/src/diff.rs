@@ -8,6 +8,7 @@ use std::fmt;
 use chronicle_domain::account::AccountState;
 use chronicle_domain::booking::BookingState;
 use chronicle_domain::payment::PaymentState;
+use chronicle_domain::subscription::SubscriptionState;
 use chronicle_eventstore::envelope::{STORED_COLUMNS, StoredEvent};
 use chronicle_projections::search::SearchIndex;
 use futures::TryStreamExt;
@@ -37,6 +38,8 @@ pub struct Expected {
     pub accounts: BTreeMap<Uuid, (AccountState, u64, i64)>,
     pub bookings: BTreeMap<Uuid, (BookingState, u64)>,
     pub payments: BTreeMap<Uuid, (PaymentState, u64, i64)>,
+    /// Each subscription's state, version, and invoice lines its events make.
+    pub subscriptions: BTreeMap<Uuid, (SubscriptionState, u64, i64)>,
 }
 
 /// Replays every stream of the store.
@@ -77,12 +80,7 @@ pub async fn replay_store(
         }
         if let Some((_, _, state, moved)) = current.as_mut() {
             replayer.apply(state, &event).map_err(anyhow::Error::msg)?;
-            if matches!(
-                event.event_type.as_str(),
-                "FundsDeposited" | "FundsWithdrawn" | "PaymentCaptured" | "PaymentRefunded"
-            ) {
-                *moved += 1;
-            }
+            *moved += lines_made(&event);
         }
     }
     if let Some(done) = current.take() {
@@ -90,6 +88,18 @@ pub async fn replay_store(
     }
     progress.finish();
     Ok(expected)
+}
+
+/// The ledger or invoice lines `event` makes in its aggregate's read model.
+fn lines_made(event: &StoredEvent) -> i64 {
+    let positive = |field: &str| i64::from(event.payload[field].as_i64().unwrap_or(0) != 0);
+    match event.event_type.as_str() {
+        "FundsDeposited" | "FundsWithdrawn" | "PaymentCaptured" | "PaymentRefunded" => 1,
+        "PeriodCharged" => positive("amount"),
+        "PlanChanged" => positive("credit") + positive("charge"),
+        "SubscriptionCancelled" => positive("refund"),
+        _ => 0,
+    }
 }
 
 impl Expected {
@@ -111,6 +121,11 @@ impl Expected {
             State::Payment(p) => {
                 if let Some(s) = p.state {
                     self.payments.insert(id, (s, p.version, moved));
+                }
+            }
+            State::Subscription(sub) => {
+                if let Some(s) = sub.state {
+                    self.subscriptions.insert(id, (s, sub.version, moved));
                 }
             }
         }
@@ -188,6 +203,15 @@ const BOOKING_ROWS: &str = "SELECT b.booking_id, b.status, b.version, b.payment_
 const PAYMENT_ROWS: &str = "SELECT p.payment_id, p.status, p.captured_total, p.refunded_total, p.charges_captured, p.version, \
                 (SELECT count(*) FROM payment_ledger l WHERE l.payment_id = p.payment_id) \
            FROM payments p";
+
+/// A live `subscriptions` row with the counts of its invoice lines and history versions.
+type SubscriptionRow = (Uuid, String, i32, i64, i64, i64);
+
+/// Reads every [`SubscriptionRow`].
+const SUBSCRIPTION_ROWS: &str = "SELECT s.subscription_id, s.status, s.periods_charged, s.version, \
+                (SELECT count(*) FROM subscription_invoices i WHERE i.subscription_id = s.subscription_id), \
+                (SELECT count(*) FROM subscription_history h WHERE h.subscription_id = s.subscription_id) \
+           FROM subscriptions s";
 
 /// Reads all rows of one read-model query, keyed by the aggregate id `key` picks out.
 async fn load_rows<R>(
@@ -331,6 +355,33 @@ impl Differ {
         self.check("payments", id, "version", row.5, *version as i64);
         self.check("payment_ledger", id, "lines", row.6, *moved);
     }
+
+    /// Compares one subscription with its invoices and history.
+    fn subscription(
+        &mut self,
+        id: &Uuid,
+        row: &SubscriptionRow,
+        (state, version, lines): &(SubscriptionState, u64, i64),
+    ) {
+        let model = "subscriptions";
+        self.check(model, id, "status", row.1.as_str(), state.status.as_str());
+        self.check(
+            model,
+            id,
+            "periods_charged",
+            row.2,
+            state.periods_charged as i32,
+        );
+        self.check(model, id, "version", row.3, *version as i64);
+        self.check("subscription_invoices", id, "lines", row.4, *lines);
+        self.check(
+            "subscription_history",
+            id,
+            "versions",
+            row.5,
+            *version as i64,
+        );
+    }
 }
 
 /// Compares the PostgreSQL read models with the replayed store.
@@ -355,6 +406,13 @@ pub async fn diff_read_models(
     differ.compare("bookings", &bookings, &expected.bookings, Differ::booking);
     let payments = load_rows(conn, PAYMENT_ROWS, |row: &PaymentRow| row.0).await?;
     differ.compare("payments", &payments, &expected.payments, Differ::payment);
+    let subscriptions = load_rows(conn, SUBSCRIPTION_ROWS, |row: &SubscriptionRow| row.0).await?;
+    differ.compare(
+        "subscriptions",
+        &subscriptions,
+        &expected.subscriptions,
+        Differ::subscription,
+    );
     Ok(differ.found)
 }
 

@@ -1,5 +1,6 @@
 //! Replays events through the domain's own `apply`, upcasting stored versions first.
 
+use chronicle_domain::subscription::Subscription;
 use chronicle_domain::upcast::upcasters;
 use chronicle_domain::{Account, Booking, Payment};
 use chronicle_eventstore::envelope::StoredEvent;
@@ -7,12 +8,13 @@ use cqrs_es::Aggregate;
 use cqrs_es::persist::EventUpcaster;
 use serde_json::Value;
 
-/// The three aggregate types.
+/// The aggregate types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Account,
     Booking,
     Payment,
+    Subscription,
 }
 
 impl Kind {
@@ -22,6 +24,7 @@ impl Kind {
             "account" => Some(Self::Account),
             "booking" => Some(Self::Booking),
             "payment" => Some(Self::Payment),
+            "subscription" => Some(Self::Subscription),
             _ => None,
         }
     }
@@ -32,6 +35,7 @@ impl Kind {
             Self::Account => "Account",
             Self::Booking => "Booking",
             Self::Payment => "Payment",
+            Self::Subscription => "Subscription",
         }
     }
 }
@@ -42,6 +46,7 @@ pub enum State {
     Account(Account),
     Booking(Booking),
     Payment(Payment),
+    Subscription(Subscription),
 }
 
 /// Folds events into aggregates.
@@ -78,6 +83,7 @@ impl Replayer {
             Kind::Account => State::Account(Account::default()),
             Kind::Booking => State::Booking(Booking::default()),
             Kind::Payment => State::Payment(Payment::default()),
+            Kind::Subscription => State::Subscription(Subscription::default()),
         }
     }
 
@@ -88,6 +94,7 @@ impl Replayer {
             State::Account(a) => apply::<Account>(a, payload),
             State::Booking(b) => apply::<Booking>(b, payload),
             State::Payment(p) => apply::<Payment>(p, payload),
+            State::Subscription(s) => apply::<Subscription>(s, payload),
         }
         .map_err(|e| {
             format!(
@@ -105,6 +112,7 @@ impl State {
             Self::Account(a) => serde_json::to_value(a),
             Self::Booking(b) => serde_json::to_value(b),
             Self::Payment(p) => serde_json::to_value(p),
+            Self::Subscription(s) => serde_json::to_value(s),
         }
         .unwrap_or(Value::Null)
     }
@@ -115,6 +123,7 @@ impl State {
             Self::Account(a) => a.version,
             Self::Booking(b) => b.version,
             Self::Payment(p) => p.version,
+            Self::Subscription(s) => s.version,
         }
     }
 }

@@ -110,7 +110,9 @@ enum Command {
 
 fn kind(text: &str) -> anyhow::Result<Kind> {
     Kind::parse(text).ok_or_else(|| {
-        anyhow::anyhow!("unknown aggregate type {text:?}; use account, booking or payment")
+        anyhow::anyhow!(
+            "unknown aggregate type {text:?}; use account, booking, payment or subscription"
+        )
     })
 }
 

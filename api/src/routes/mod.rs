@@ -6,6 +6,7 @@ pub mod ops;
 pub mod payments;
 pub mod reads;
 pub mod search;
+pub mod subscriptions;
 pub mod temporal;
 
 use axum::Json;

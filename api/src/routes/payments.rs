@@ -1,15 +1,16 @@
-//! `POST /v1/payments` and refunds.
+//! `POST /v1/payments` and refunds; subscriptions, the third kind, in `subscriptions`.
 
 use axum::extract::State;
 use axum::response::Response;
 use chronicle_domain::payment::PaymentRequest;
 use chronicle_domain::{
-    Amount, Currency, Money, PaymentCommand, PaymentKind, PaymentStatus, Schedule,
+    Amount, Currency, DomainError, Money, PaymentCommand, PaymentKind, PaymentStatus, Schedule,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::subscriptions::{self, PlanBody};
 use super::{created, ok};
 use crate::AppState;
 use crate::command::{Accepted, Commander};
@@ -32,25 +33,37 @@ pub struct InitiatePaymentBody {
     /// Chosen by the server when absent.
     pub payment_id: Option<Uuid>,
     pub account_id: Uuid,
-    /// Minor units (per charge, for recurring payments).
+    /// Minor units (per charge, for recurring payments); required for `one_time` and
+    /// `recurring`, absent for `subscription` (its plan has the amount).
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
-    pub amount: i64,
+    pub amount: Option<i64>,
+    /// Required for `one_time` and `recurring`, absent for `subscription`.
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
-    pub currency: String,
-    #[schema(value_type = KindSchema)]
-    pub kind: PaymentKind,
+    pub currency: Option<String>,
+    pub kind: KindBody,
     pub booking_id: Option<Uuid>,
+    /// `recurring` only.
     pub schedule: Option<ScheduleBody>,
+    /// `subscription` only: what it bills, how often.
+    pub plan: Option<PlanBody>,
+    /// `subscription` only: days before the first charge (default 0).
+    #[schema(maximum = 366)]
+    pub trial_days: Option<u32>,
+    /// `subscription` only: when billing starts (after the trial, if any); default now.
+    pub starts_at: Option<DateTime<Utc>>,
 }
 
-/// `one_time` or `recurring` (documentation of the domain's `PaymentKind`).
-#[derive(Serialize, utoipa::ToSchema)]
+/// The kind of payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[schema(as = PaymentKind)]
 #[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum KindSchema {
+pub enum KindBody {
+    /// Charged once.
     OneTime,
+    /// Charged on a fixed schedule.
     Recurring,
+    /// A plan billed per calendar period (ADR 0034).
+    Subscription,
 }
 
 /// Body of `POST /v1/payments/{id}/refund`.
@@ -75,7 +88,7 @@ pub struct PaymentAccepted {
 }
 
 impl PaymentAccepted {
-    fn new(accepted: &Accepted) -> Self {
+    pub(super) fn new(accepted: &Accepted) -> Self {
         Self {
             payment_id: accepted.aggregate_id,
             status: None,
@@ -87,7 +100,8 @@ impl PaymentAccepted {
 }
 
 /// Initiates a payment; the process manager charges it (recurring ones at each due
-/// time).
+/// time). With `kind: "subscription"` it starts a subscription, billed per calendar
+/// period on its plan.
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = InitiatePaymentBody,
     params(crate::docs::IdempotencyKeyHeader),
     responses((status = 201, description = "Initiated", body = PaymentAccepted), crate::docs::CommandErrors),
@@ -98,9 +112,28 @@ pub async fn initiate(
     ApiJson(body): ApiJson<InitiatePaymentBody>,
 ) -> Result<Response, AppError> {
     let (state, body, commander) = (&state, &body, &commander);
+    let kind = match body.kind {
+        KindBody::OneTime => PaymentKind::OneTime,
+        KindBody::Recurring => PaymentKind::Recurring,
+        KindBody::Subscription => return subscriptions::start(state, commander, body).await,
+    };
     let accepted = commander
         .execute(state, "POST /v1/payments", body, |metadata| async move {
-            let currency = Currency::parse(&body.currency)?;
+            if body.plan.is_some() || body.trial_days.is_some() || body.starts_at.is_some() {
+                return Err(DomainError::invalid(
+                    "kind",
+                    "`plan`, `trial_days` and `starts_at` belong to a subscription",
+                )
+                .into());
+            }
+            let (Some(amount), Some(currency)) = (body.amount, body.currency.as_deref()) else {
+                return Err(DomainError::invalid(
+                    "amount",
+                    "`amount` and `currency` are required for this kind",
+                )
+                .into());
+            };
+            let currency = Currency::parse(currency)?;
             let owner = state
                 .commands
                 .chargeable_account(&commander.principal.0, body.account_id, currency)
@@ -110,8 +143,8 @@ pub async fn initiate(
                 payment_id: id,
                 account_id: body.account_id,
                 owner,
-                amount: Money::new(Amount::new("amount", body.amount)?, currency),
-                kind: body.kind,
+                amount: Money::new(Amount::new("amount", amount)?, currency),
+                kind,
                 schedule: body.schedule.as_ref().map(|s| Schedule {
                     interval_seconds: s.interval_seconds,
                     count: s.count,
@@ -123,7 +156,7 @@ pub async fn initiate(
             state.commands.payment(id, issued, &metadata).await
         })
         .await?;
-    let status = match body.kind {
+    let status = match kind {
         PaymentKind::OneTime => PaymentStatus::Pending,
         PaymentKind::Recurring => PaymentStatus::Active,
     };

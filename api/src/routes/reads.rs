@@ -8,7 +8,8 @@ use chronicle_domain::{Actor, BookingStatus, Role};
 use chronicle_projections::queries::{
     self, AccountView, BookingFilter, BookingView, LedgerLine, Page, PaymentView,
 };
-use serde::Deserialize;
+use chronicle_projections::subscriptions::{self, SubscriptionView};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -241,19 +242,36 @@ pub async fn bookings(
         .map_err(|_| invalid_cursor())
 }
 
-/// A payment, from the read models.
+/// A payment or a subscription (the third kind of payment), as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum PaymentRead {
+    Payment(PaymentView),
+    Subscription(SubscriptionView),
+}
+
+/// A payment, or a subscription with its period in progress, next charge and history,
+/// from the read models.
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", params(("id" = Uuid, Path, description = "The payment's id"), ReadParams),
-    responses((status = 200, body = PaymentView), crate::docs::QueryErrors), security(("bearer" = [])))]
+    responses((status = 200, body = PaymentRead), crate::docs::QueryErrors), security(("bearer" = [])))]
 pub async fn payment(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
     ApiQuery(params): ApiQuery<ReadParams>,
-) -> Result<Json<PaymentView>, AppError> {
+) -> Result<Json<PaymentRead>, AppError> {
     read_your_writes(&state, params.min_position).await?;
-    let payment = queries::payment(&state.pool, id).await.map_err(database)?;
-    payment
-        .filter(|p| may_read(&principal.0, &p.owner))
-        .map(Json)
+    if let Some(payment) = queries::payment(&state.pool, id).await.map_err(database)? {
+        return Some(payment)
+            .filter(|p| may_read(&principal.0, &p.owner))
+            .map(|p| Json(PaymentRead::Payment(p)))
+            .ok_or_else(AppError::not_found);
+    }
+    let now = chronicle_eventstore::clock::now();
+    subscriptions::subscription(&state.pool, id, now)
+        .await
+        .map_err(database)?
+        .filter(|s| may_read(&principal.0, &s.owner))
+        .map(|s| Json(PaymentRead::Subscription(s)))
         .ok_or_else(AppError::not_found)
 }

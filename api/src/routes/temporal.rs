@@ -5,10 +5,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chronicle_domain::Role;
 use chronicle_projections::queries::Page;
+use chronicle_projections::subscriptions::{
+    self as subscription_reads, Mrr, MrrBucket, StatusCount,
+};
 use chronicle_projections::temporal::{
     self, AuditEvent, BalanceAsOf, Bucket, Occupancy, RevenueBucket,
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -84,6 +87,94 @@ pub async fn revenue(
     ApiQuery(params): ApiQuery<RevenueParams>,
 ) -> Result<Json<Revenue>, AppError> {
     principal.require_any(&[Role::Analyst, Role::Admin])?;
+    let bucket = checked_buckets(&params)?;
+    read_your_writes(&state, params.min_position).await?;
+    let rows = temporal::revenue(&state.pool, params.from, params.to, bucket)
+        .await
+        .map_err(database)?;
+    Ok(Json(Revenue {
+        from: params.from,
+        to: params.to,
+        bucket: params.bucket,
+        buckets: rows,
+    }))
+}
+
+/// Subscriptions as of an instant.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SubscriptionsAsOf {
+    pub as_of: DateTime<Utc>,
+    /// Subscriptions by status (statuses with none are left out).
+    pub counts: Vec<StatusCount>,
+    /// Monthly recurring revenue by currency.
+    pub mrr: Vec<Mrr>,
+}
+
+/// Subscriptions by status and MRR by currency as of a transaction time (now when
+/// absent), from the subscriptions' history (analyst or admin).
+#[utoipa::path(get, path = "/v1/analytics/subscriptions", tag = "analytics", params(AsOfParams),
+    responses((status = 200, body = SubscriptionsAsOf), crate::docs::QueryErrors), security(("bearer" = [])))]
+pub async fn subscriptions(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<AsOfParams>,
+) -> Result<Json<SubscriptionsAsOf>, AppError> {
+    principal.require_any(&[Role::Analyst, Role::Admin])?;
+    read_your_writes(&state, params.min_position).await?;
+    let at = params.as_of.unwrap_or_else(Utc::now);
+    let (counts, mrr) = subscription_reads::as_of(&state.pool, at)
+        .await
+        .map_err(database)?;
+    Ok(Json(SubscriptionsAsOf {
+        as_of: at,
+        counts,
+        mrr,
+    }))
+}
+
+/// MRR per bucket.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MrrMovements {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub bucket: String,
+    pub buckets: Vec<MrrBucket>,
+}
+
+/// MRR at the end of each UTC bucket overlapping `[from, to)` and how it moved in it
+/// (new, expansion, contraction, churned), per currency (analyst or admin).
+#[utoipa::path(get, path = "/v1/analytics/mrr", tag = "analytics", params(RevenueParams),
+    responses((status = 200, body = MrrMovements), crate::docs::QueryErrors), security(("bearer" = [])))]
+pub async fn mrr(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<RevenueParams>,
+) -> Result<Json<MrrMovements>, AppError> {
+    principal.require_any(&[Role::Analyst, Role::Admin])?;
+    let bucket = checked_buckets(&params)?;
+    // Buckets are computed in the database: keep their ends inside its calendar.
+    let calendar = |t: DateTime<Utc>| (1..=9000).contains(&t.year());
+    if !calendar(params.from) || !calendar(params.to) {
+        return Err(validation(
+            "to",
+            "from and to must lie in the years 1 to 9000".into(),
+        ));
+    }
+    read_your_writes(&state, params.min_position).await?;
+    let rows = subscription_reads::mrr_buckets(&state.pool, params.from, params.to, bucket)
+        .await
+        .map_err(database)?;
+    Ok(Json(MrrMovements {
+        from: params.from,
+        to: params.to,
+        bucket: params.bucket,
+        buckets: rows,
+    }))
+}
+
+/// The bucket width `params` name, when the range is not empty and spans at most
+/// [`MAX_BUCKETS`] of them.
+fn checked_buckets(params: &RevenueParams) -> Result<Bucket, AppError> {
     let bucket = Bucket::parse(&params.bucket)
         .ok_or_else(|| validation("bucket", "must be hour, day or month".into()))?;
     if params.to <= params.from {
@@ -101,16 +192,7 @@ pub async fn revenue(
             format!("the range spans more than {MAX_BUCKETS} buckets"),
         ));
     }
-    read_your_writes(&state, params.min_position).await?;
-    let rows = temporal::revenue(&state.pool, params.from, params.to, bucket)
-        .await
-        .map_err(database)?;
-    Ok(Json(Revenue {
-        from: params.from,
-        to: params.to,
-        bucket: params.bucket,
-        buckets: rows,
-    }))
+    Ok(bucket)
 }
 
 /// `GET /v1/analytics/occupancy` parameters.
@@ -181,6 +263,7 @@ pub async fn audit(
         "account" => "Account",
         "booking" => "Booking",
         "payment" => "Payment",
+        "subscription" => "Subscription",
         _ => return Err(AppError::not_found()),
     };
     let id = Uuid::parse_str(&id).map_err(|_| AppError::not_found())?;

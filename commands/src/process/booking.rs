@@ -49,6 +49,16 @@ pub(crate) enum Start {
         account_id: Uuid,
         amount: Money,
     },
+    /// A mid-period plan change's net: charged when positive, paid back when negative.
+    ProrateSubscription {
+        subscription_id: Uuid,
+        net: i64,
+    },
+    /// A cancellation now's refund of the unused part of the period.
+    RefundSubscription {
+        subscription_id: Uuid,
+        refund: i64,
+    },
 }
 
 impl Start {
@@ -64,6 +74,9 @@ impl Start {
                 Self::of_booking_event(envelope, payload(envelope)?)
             }
             ("Payment", "PaymentInitiated") => Self::of_payment_event(envelope, payload(envelope)?),
+            ("Subscription", "PlanChanged" | "SubscriptionCancelled") => {
+                super::subscription::start(envelope)
+            }
             _ => Ok(None),
         }
     }
@@ -130,6 +143,15 @@ fn mismatch(envelope: &Envelope, payload_type: String) -> String {
 fn payload<E: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<E, String> {
     serde_json::from_value(envelope.payload.clone())
         .map_err(|e| format!("{} {}: {e}", envelope.aggregate_type, envelope.event_type))
+}
+
+/// A movement of `amount` on an account, with `reference_id` as its reference.
+fn movement(amount: Money, reference_id: Uuid) -> Result<Movement, ProcessError> {
+    Ok(Movement {
+        amount: Amount::new("amount", amount.amount).map_err(crate::CommandError::from)?,
+        currency: Some(amount.currency),
+        reference: Some(Reference::of_id(reference_id)),
+    })
 }
 
 /// A refusal the flow did not expect: it ends the flow, loudly.
@@ -335,6 +357,7 @@ impl ProcessManager {
         }
     }
 
+    /// Withdraws `amount` from `account_id`, with `reference_id` as reference.
     pub(crate) async fn debit(
         &self,
         flow: &Flow<'_>,
@@ -343,19 +366,44 @@ impl ProcessManager {
         reference_id: Uuid,
         step: &str,
     ) -> Result<Step, ProcessError> {
-        let movement = Movement {
-            amount: Amount::new("amount", amount.amount).map_err(crate::CommandError::from)?,
-            currency: Some(amount.currency),
-            reference: Some(Reference::of_id(reference_id)),
-        };
+        let movement = movement(amount, reference_id)?;
+        self.on_account(
+            flow,
+            step,
+            account_id,
+            AccountCommand::WithdrawFunds(movement),
+        )
+        .await
+    }
+
+    /// Deposits `amount` to `account_id`, with `reference_id` as reference.
+    pub(crate) async fn credit(
+        &self,
+        flow: &Flow<'_>,
+        account_id: Uuid,
+        amount: Money,
+        reference_id: Uuid,
+        step: &str,
+    ) -> Result<Step, ProcessError> {
+        let movement = movement(amount, reference_id)?;
+        self.on_account(
+            flow,
+            step,
+            account_id,
+            AccountCommand::DepositFunds(movement),
+        )
+        .await
+    }
+
+    async fn on_account(
+        &self,
+        flow: &Flow<'_>,
+        step: &str,
+        account_id: Uuid,
+        command: AccountCommand,
+    ) -> Result<Step, ProcessError> {
         flow.step(step, |m| async move {
-            self.commands
-                .account(
-                    account_id,
-                    issued(AccountCommand::WithdrawFunds(movement)),
-                    &m,
-                )
-                .await
+            self.commands.account(account_id, issued(command), &m).await
         })
         .await
     }
@@ -472,21 +520,15 @@ impl ProcessManager {
                 unexpected(flow, "refund-payment", &refusal).unwrap_or_default(),
             ));
         }
-        let movement = Movement {
-            amount: value,
-            currency: Some(currency),
-            reference: Some(Reference::of_id(refund_id)),
-        };
-        let credited = flow
-            .step(&format!("{purpose}-deposit"), |m| async move {
-                self.commands
-                    .account(
-                        account_id,
-                        issued(AccountCommand::DepositFunds(movement)),
-                        &m,
-                    )
-                    .await
-            })
+        let money = Money { amount, currency };
+        let credited = self
+            .credit(
+                flow,
+                account_id,
+                money,
+                refund_id,
+                &format!("{purpose}-deposit"),
+            )
             .await?;
         match credited {
             Step::Done => Ok(Refund::Done),

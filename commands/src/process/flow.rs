@@ -38,6 +38,14 @@ chronicle_domain::worded! {
         RecurringCharge = "recurring-charge",
         /// Expires a booking left pending too long.
         BookingExpiry = "booking-expiry",
+        /// Charges one period of a subscription (and retries a refused charge).
+        SubscriptionCharge = "subscription-charge",
+        /// Moves the net of a mid-period plan change.
+        SubscriptionProration = "subscription-proration",
+        /// Refunds the unused part of a period cancelled now.
+        SubscriptionRefund = "subscription-refund",
+        /// Ends a subscription whose cancellation at period end took effect.
+        SubscriptionEnd = "subscription-end",
     }
 }
 
@@ -313,12 +321,14 @@ mod tests {
     use super::*;
 
     const WORDS: &str = include_str!("../../migrations/20261206000002_flow_words.sql");
+    /// The kinds as the subscription flows widened them.
+    const KINDS: &str = include_str!("../../migrations/20261207000002_subscription_flows.sql");
 
     #[test]
     fn pm_flows_allows_exactly_the_kinds_and_statuses_flows_write() {
         let kinds: Vec<&str> = FlowKind::ALL.iter().map(|k| k.as_str()).collect();
         let statuses: Vec<&str> = FlowStatus::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(checked_words(WORDS, "pm_flows_kind_words"), kinds);
+        assert_eq!(checked_words(KINDS, "pm_flows_kind_words"), kinds);
         assert_eq!(checked_words(WORDS, "pm_flows_status_words"), statuses);
     }
 }

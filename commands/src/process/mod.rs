@@ -19,6 +19,7 @@
 mod booking;
 mod flow;
 mod schedule;
+mod subscription;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +68,45 @@ pub struct ProcessSettings {
     /// the HTTP API and projectors share, so its lanes cannot take the connections
     /// clients' commands need (a lock held on `events` makes every lane wait on one).
     pub connections: u32,
+    /// `CHRONICLE_SUBSCRIPTION_RETRY_HOURS`: the waits before each retry of a refused
+    /// subscription charge; when the last retry is refused too, the subscription is
+    /// cancelled as unpaid.
+    pub subscription_retries: RetryDelays,
+}
+
+/// The waits before each retry of a refused charge: at most [`RetryDelays::MAX`], kept
+/// in place so the settings stay `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryDelays {
+    delays: [Duration; RetryDelays::MAX],
+    len: usize,
+}
+
+impl RetryDelays {
+    pub const MAX: usize = 8;
+
+    /// `delays` in order, or `None` when there are more than [`Self::MAX`].
+    pub fn new(delays: &[Duration]) -> Option<Self> {
+        if delays.len() > Self::MAX {
+            return None;
+        }
+        let mut kept = [Duration::ZERO; Self::MAX];
+        kept[..delays.len()].copy_from_slice(delays);
+        Some(Self {
+            delays: kept,
+            len: delays.len(),
+        })
+    }
+
+    /// The wait after refused attempt `attempt` (from 1), or `None` when it was the last.
+    pub fn after(&self, attempt: u32) -> Option<Duration> {
+        let index = usize::try_from(attempt.checked_sub(1)?).ok()?;
+        self.as_slice().get(index).copied()
+    }
+
+    pub fn as_slice(&self) -> &[Duration] {
+        &self.delays[..self.len]
+    }
 }
 
 impl Default for ProcessSettings {
@@ -81,6 +121,15 @@ impl Default for ProcessSettings {
             // statements, so one at a time leaves the database mostly waiting.
             concurrency: 16,
             connections: 8,
+            // Three attempts: the first, then a day and three days later.
+            subscription_retries: RetryDelays::new(&[
+                Duration::from_secs(24 * 3600),
+                Duration::from_secs(72 * 3600),
+            ])
+            .unwrap_or(RetryDelays {
+                delays: [Duration::ZERO; RetryDelays::MAX],
+                len: 0,
+            }),
         }
     }
 }
@@ -101,7 +150,7 @@ pub struct ProcessManager {
 
 impl ProcessManager {
     /// The aggregate types whose topics it reads.
-    pub const AGGREGATES: [&'static str; 2] = ["Booking", "Payment"];
+    pub const AGGREGATES: [&'static str; 3] = ["Booking", "Payment", "Subscription"];
 
     pub fn new(commands: Arc<CommandService>, settings: ProcessSettings) -> Self {
         Self {
@@ -154,6 +203,20 @@ impl ProcessManager {
                 amount,
             } => {
                 self.charge_client_payment(event_id, payment_id, account_id, amount)
+                    .await
+            }
+            Start::ProrateSubscription {
+                subscription_id,
+                net,
+            } => {
+                self.prorate_subscription(event_id, subscription_id, net)
+                    .await
+            }
+            Start::RefundSubscription {
+                subscription_id,
+                refund,
+            } => {
+                self.refund_subscription(event_id, subscription_id, refund)
                     .await
             }
         }
@@ -288,6 +351,22 @@ impl OffsetStoringConsumer for ProcessManager {
             None => Ok(()),
             Some(error) => Err(ConsumerError::Other(error.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn each_refused_attempt_but_the_last_has_a_wait() {
+        let hour = Duration::from_secs(3600);
+        let delays = RetryDelays::new(&[hour, 3 * hour]).unwrap();
+        assert_eq!(delays.after(1), Some(hour));
+        assert_eq!(delays.after(2), Some(3 * hour));
+        assert_eq!(delays.after(3), None);
+        assert_eq!(delays.after(0), None);
+        assert!(RetryDelays::new(&[hour; 9]).is_none());
     }
 }
 

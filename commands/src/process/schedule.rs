@@ -1,5 +1,5 @@
-//! The timed side of the process manager: recurring charges that fall due, and pending
-//! bookings whose hold has run out. Both find their work in read models and act through
+//! The timed side of the process manager: recurring charges that fall due (and
+//! subscriptions', in `subscription.rs`), and pending bookings whose hold has run out. Both find their work in read models and act through
 //! idempotent commands, so two instances never charge twice; a session advisory lock per
 //! payment only keeps them from doing the same work at once.
 //!
@@ -34,6 +34,9 @@ impl ProcessManager {
             if let Err(error) = self.charge_due().await {
                 tracing::warn!(%error, "charging due payments failed; retrying next tick");
             }
+            if let Err(error) = self.charge_due_subscriptions().await {
+                tracing::warn!(%error, "charging due subscriptions failed; retrying next tick");
+            }
             if let Err(error) = self.expire_holds().await {
                 tracing::warn!(%error, "expiring bookings failed; retrying next tick");
             }
@@ -52,10 +55,7 @@ impl ProcessManager {
         if due.is_empty() {
             return Ok(0);
         }
-        let mut locks = ChargeLocks {
-            conn: self.pool.acquire().await?,
-            may_hold: false,
-        };
+        let mut locks = ChargeLocks::new(self.pool.acquire().await?);
         let mut taken = 0;
         for charge in &due {
             if !locks.try_lock(charge.payment_id).await? {
@@ -210,18 +210,25 @@ impl ProcessManager {
 /// Dropped while a lock may be held (an error, a cancelled tick), the connection is
 /// closed instead of going back to the pool, and the server releases the lock with the
 /// session.
-struct ChargeLocks {
+pub(super) struct ChargeLocks {
     conn: PoolConnection<Postgres>,
     may_hold: bool,
 }
 
 impl ChargeLocks {
+    pub(super) fn new(conn: PoolConnection<Postgres>) -> Self {
+        Self {
+            conn,
+            may_hold: false,
+        }
+    }
+
     fn key(payment_id: Uuid) -> String {
         format!("chronicle.charge/{payment_id}")
     }
 
-    /// Takes the payment's lock if no other instance holds it.
-    async fn try_lock(&mut self, payment_id: Uuid) -> Result<bool, sqlx::Error> {
+    /// Takes the payment's (or subscription's) lock if no other instance holds it.
+    pub(super) async fn try_lock(&mut self, payment_id: Uuid) -> Result<bool, sqlx::Error> {
         self.may_hold = true;
         let acquired: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
@@ -232,7 +239,7 @@ impl ChargeLocks {
         Ok(acquired)
     }
 
-    async fn unlock(&mut self, payment_id: Uuid) -> Result<(), sqlx::Error> {
+    pub(super) async fn unlock(&mut self, payment_id: Uuid) -> Result<(), sqlx::Error> {
         let released: bool =
             sqlx::query_scalar("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
                 .bind(Self::key(payment_id))

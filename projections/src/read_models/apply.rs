@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use chronicle_domain::subscription::SubscriptionEvent;
 use chronicle_domain::{AccountEvent, BookingEvent, PaymentEvent};
 use chronicle_eventstore::envelope::Envelope;
 use uuid::Uuid;
@@ -17,6 +18,7 @@ use super::account::Accounts;
 use super::booking::Bookings;
 use super::fold::{self, At};
 use super::payment::Payments;
+use super::subscription::Subscriptions;
 use super::unnest::Unnest;
 
 /// An event the read models can read, with its envelope and aggregate id.
@@ -135,6 +137,7 @@ pub async fn apply_envelopes(
         fold::apply::<Accounts>(tx, &fresh.accounts).await?,
         fold::apply::<Bookings>(tx, &fresh.bookings).await?,
         fold::apply::<Payments>(tx, &fresh.payments).await?,
+        fold::apply::<Subscriptions>(tx, &fresh.subscriptions).await?,
     ] {
         outcome.applied += tally.applied;
         outcome.duplicates += tally.stale;
@@ -186,6 +189,7 @@ struct ByAggregate<'a> {
     accounts: Vec<Fresh<'a, AccountEvent>>,
     bookings: Vec<Fresh<'a, BookingEvent>>,
     payments: Vec<Fresh<'a, PaymentEvent>>,
+    subscriptions: Vec<Fresh<'a, SubscriptionEvent>>,
 }
 
 impl<'a> ByAggregate<'a> {
@@ -206,6 +210,11 @@ impl<'a> ByAggregate<'a> {
                 id,
                 event,
             }),
+            Readable::Subscription(id, event) => self.subscriptions.push(Fresh {
+                envelope,
+                id,
+                event,
+            }),
         }
     }
 }
@@ -214,12 +223,16 @@ enum Readable {
     Account(Uuid, AccountEvent),
     Booking(Uuid, BookingEvent),
     Payment(Uuid, PaymentEvent),
+    Subscription(Uuid, SubscriptionEvent),
 }
 
 impl Readable {
     fn id(&self) -> Uuid {
         match self {
-            Self::Account(id, _) | Self::Booking(id, _) | Self::Payment(id, _) => *id,
+            Self::Account(id, _)
+            | Self::Booking(id, _)
+            | Self::Payment(id, _)
+            | Self::Subscription(id, _) => *id,
         }
     }
 }
@@ -235,6 +248,7 @@ fn read(envelope: &Envelope) -> Result<Readable, String> {
         "Account" => serde_json::from_value(payload()).map(|e| Readable::Account(id, e)),
         "Booking" => serde_json::from_value(payload()).map(|e| Readable::Booking(id, e)),
         "Payment" => serde_json::from_value(payload()).map(|e| Readable::Payment(id, e)),
+        "Subscription" => serde_json::from_value(payload()).map(|e| Readable::Subscription(id, e)),
         other => return Err(format!("unknown aggregate type {other:?}")),
     }
     .map_err(unreadable)

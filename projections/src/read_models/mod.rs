@@ -1,7 +1,8 @@
-//! The PostgreSQL read models, nine tables: `accounts`, `account_ledger` and
+//! The PostgreSQL read models, twelve tables: `accounts`, `account_ledger` and
 //! `account_balance_history` (account.rs); `bookings` and `booking_status_history`
-//! (booking.rs); `payments`, `payment_ledger` and `payment_schedules` (payment.rs); and
-//! `rm_applied_events`, the journal of applied events (apply.rs). The projector also
+//! (booking.rs); `payments`, `payment_ledger` and `payment_schedules` (payment.rs);
+//! `subscriptions`, `subscription_invoices` and `subscription_history`
+//! (subscription.rs); and `rm_applied_events`, the journal of applied events (apply.rs). The projector also
 //! writes its offsets (`projector_offsets`) and what it cannot read
 //! (`projector_dead_letters`).
 //!
@@ -17,10 +18,12 @@ mod booking;
 mod fold;
 mod history;
 mod payment;
+mod subscription;
 mod unnest;
 
 pub use apply::{BatchOutcome, apply_envelopes};
 pub use payment::ScheduleStatus;
+pub use subscription::mrr;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +45,7 @@ pub struct ReadTable {
 
 /// Every table the read-model projector writes: the one list that rebuilds, tests and
 /// benchmarks use.
-pub const TABLES: [ReadTable; 9] = [
+pub const TABLES: [ReadTable; 12] = [
     ReadTable {
         name: "accounts",
         key: "account_id",
@@ -74,6 +77,18 @@ pub const TABLES: [ReadTable; 9] = [
     ReadTable {
         name: "payment_ledger",
         key: "payment_id, sequence",
+    },
+    ReadTable {
+        name: "subscriptions",
+        key: "subscription_id",
+    },
+    ReadTable {
+        name: "subscription_invoices",
+        key: "subscription_id, sequence, line",
+    },
+    ReadTable {
+        name: "subscription_history",
+        key: "subscription_id, sequence",
     },
     ReadTable {
         name: "rm_applied_events",
