@@ -17,9 +17,9 @@ pub struct Counters {
     pub blocks_read: f64,
     /// Blocks of user tables and indexes found in shared buffers.
     pub blocks_hit: f64,
-    /// CPU seconds by process name (`chronicle`, `postgres`, `tansu`), of the processes
-    /// alive now.
-    pub cpu: BTreeMap<String, f64>,
+    /// CPU seconds by process (`chronicle`, `postgres`, `tansu`): pid to name and
+    /// seconds, of the processes alive now.
+    pub cpu: BTreeMap<u32, (&'static str, f64)>,
 }
 
 /// The process names whose CPU is counted.
@@ -59,11 +59,19 @@ impl Counters {
     /// `self - earlier`, per second of `seconds`.
     pub fn rates_since(&self, earlier: &Self, seconds: f64) -> Rates {
         let per = |now: f64, then: f64| (now - then).max(0.0) / seconds.max(1e-9);
+        // Per process: what it used since the earlier sample, or all it used when it
+        // started since (a backend that ended in between is lost, a small undercount).
         let cpu = |name: &str| {
-            let now = self.cpu.get(name).copied().unwrap_or(0.0);
-            let then = earlier.cpu.get(name).copied().unwrap_or(0.0);
-            // A process that ended takes its seconds with it: never report less than 0.
-            per(now, then) * 100.0
+            let used: f64 = self
+                .cpu
+                .iter()
+                .filter(|(_, (n, _))| *n == name)
+                .map(|(pid, (_, now))| match earlier.cpu.get(pid) {
+                    Some((_, then)) => (now - then).max(0.0),
+                    None => *now,
+                })
+                .sum();
+            used / seconds.max(1e-9) * 100.0
         };
         let read = self.blocks_read - earlier.blocks_read;
         let hit = self.blocks_hit - earlier.blocks_hit;
@@ -98,9 +106,9 @@ pub struct Rates {
     pub tansu_cpu: f64,
 }
 
-/// CPU seconds (user and system) of the live processes named in [`WATCHED`], summed by
-/// name, from `/proc` (Linux; empty elsewhere).
-fn cpu_seconds() -> BTreeMap<String, f64> {
+/// CPU seconds (user and system) of each live process named in [`WATCHED`], from
+/// `/proc` (Linux; empty elsewhere).
+fn cpu_seconds() -> BTreeMap<u32, (&'static str, f64)> {
     let mut seconds = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return seconds;
@@ -108,6 +116,13 @@ fn cpu_seconds() -> BTreeMap<String, f64> {
     // `/proc` counts in USER_HZ, 100 on every Linux this runs on.
     const TICKS_PER_SECOND: f64 = 100.0;
     for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
@@ -121,8 +136,7 @@ fn cpu_seconds() -> BTreeMap<String, f64> {
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
         if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
-            *seconds.entry((*watched).to_owned()).or_insert(0.0) +=
-                (user + system) / TICKS_PER_SECOND;
+            seconds.insert(pid, (*watched, (user + system) / TICKS_PER_SECOND));
         }
     }
     seconds

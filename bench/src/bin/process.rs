@@ -3,7 +3,7 @@
 //! `CHRONICLE_PROCESS_CONCURRENCY`.
 //!
 //! `CHRONICLE_KAFKA_BROKERS=HOST:PORT cargo run --release -p chronicle-bench --bin process --
-//! [--bookings 2000] [--accounts 100] [--concurrency 1,4,16]` with PostgreSQL as the tests
+//! [--bookings 2000] [--accounts 100] [--concurrency 1,4,16] [--connections 8]` with PostgreSQL as the tests
 //! have it (`CHRONICLE_TEST_DATABASE_URL`, default the local server).
 //!
 //! A fresh database and fresh topics; the HTTP API, the relay and the projectors run
@@ -38,6 +38,9 @@ struct Options {
     bookings: usize,
     accounts: usize,
     concurrency: Vec<usize>,
+    /// The process manager's own pool (`CHRONICLE_PROCESS_DB_CONNECTIONS`); default: the
+    /// setting's default.
+    connections: Option<u32>,
 }
 
 impl Options {
@@ -46,6 +49,7 @@ impl Options {
             bookings: 2_000,
             accounts: 100,
             concurrency: vec![1, 4, 16],
+            connections: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -59,6 +63,7 @@ impl Options {
                         .map(str::parse)
                         .collect::<Result<_, _>>()?;
                 }
+                "--connections" => options.connections = Some(value()?.parse()?),
                 other => bail!("unknown option {other}"),
             }
         }
@@ -76,6 +81,12 @@ async fn main() -> anyhow::Result<()> {
         options.bookings, options.accounts
     );
     let app = spawn_app_with(AppOptions::with_read_side()).await;
+    println!(
+        "process manager pool: {} connections",
+        options
+            .connections
+            .unwrap_or(app.settings.process.connections)
+    );
     let token = app.client_token("bench");
     let mut accounts = Vec::with_capacity(options.accounts);
     for _ in 0..options.accounts {
@@ -93,6 +104,9 @@ async fn main() -> anyhow::Result<()> {
         let target = finished_before + options.bookings as i64;
         let mut settings = app.settings.clone();
         settings.process.concurrency = concurrency;
+        if let Some(connections) = options.connections {
+            settings.process.connections = connections;
+        }
         let process = chronicle_api::roles::process_manager(&settings, app.pool.clone());
         let stop = app.shutdown.child_token();
         let started = Instant::now();
