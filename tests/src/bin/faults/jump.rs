@@ -21,16 +21,30 @@ const EVERY_SECONDS: u32 = 600;
 const PAYMENTS: usize = 8;
 const BOOKINGS: usize = 30;
 
-struct Client {
+/// A client of the suite's own rows: its requests' answers and acknowledged positions
+/// join the load's report.
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
-    report: LoadReport,
+    pub(crate) report: LoadReport,
 }
 
 impl Client {
+    pub(crate) fn new(base: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(crate::load::CLIENT_TIMEOUT)
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            token: token.to_owned(),
+            report: LoadReport::default(),
+        }
+    }
+
     /// Sends a command; records its answer and, when acknowledged, its position.
-    async fn post(&mut self, path: &str, body: Value) -> Option<Value> {
+    pub(crate) async fn post(&mut self, path: &str, body: Value) -> Option<Value> {
         let reply = send(&self.http, &self.base, &self.token, path, body).await;
         self.record(reply)
     }
@@ -48,15 +62,7 @@ impl Client {
 /// Sets up the payments, sends the burst of bookings and jumps the clock while they are
 /// in flight. Returns what the clients did and a note.
 pub async fn jump(base: &str, token: &str, clock: &FakedClock) -> (LoadReport, String) {
-    let mut client = Client {
-        http: reqwest::Client::builder()
-            .timeout(crate::load::CLIENT_TIMEOUT)
-            .build()
-            .unwrap(),
-        base: base.to_owned(),
-        token: token.to_owned(),
-        report: LoadReport::default(),
-    };
+    let mut client = Client::new(base, token);
     let account = client
         .post("/v1/accounts", json!({ "currency": "EUR" }))
         .await

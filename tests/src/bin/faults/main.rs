@@ -18,6 +18,7 @@
     clippy::expect_used
 )]
 
+mod billing;
 mod broker;
 mod checks;
 mod clock;
@@ -51,10 +52,11 @@ pub enum Fault {
     BrokerDiskFull,
     SearchDiskFull,
     ClockJump,
+    KillBilling,
 }
 
 impl Fault {
-    const ALL: [Fault; 12] = [
+    const ALL: [Fault; 13] = [
         Fault::KillAll,
         Fault::StopBroker,
         Fault::RestartPostgres,
@@ -67,6 +69,7 @@ impl Fault {
         Fault::BrokerDiskFull,
         Fault::SearchDiskFull,
         Fault::ClockJump,
+        Fault::KillBilling,
     ];
 
     fn describe(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Fault {
             Self::BrokerDiskFull => "the broker's disk full for 20 s",
             Self::SearchDiskFull => "the search index's disk full for 20 s",
             Self::ClockJump => "the clock jumps forward an hour",
+            Self::KillBilling => "kill -9 of chronicle all during a subscription billing run",
         }
     }
 
@@ -219,7 +223,7 @@ async fn main() {
              Chronicle (`CHRONICLE_CLOCK=offset-file:…`) jump an hour forward together while \
              8 recurring payments (every 10 min) run and a burst of 30 bookings is in flight. \
              Every payment must then have exactly the charges due by the moved clock (none twice, \
-             none skipped, none failed) and every booking's money must match its fate.\n\n{report}",
+             none skipped, none failed) and every booking's money must match its fate.\n             - **Kill during billing**: on the same faked clock, 20 weekly subscriptions are              charged their first period, the clock jumps five weeks, and `chronicle all` is              killed with -9 while the five periods each falls due are being charged, then              started again. Every subscription must then have exactly the periods due by the              moved clock charged, each once and in order, and its account debited once per              charge.\n\n{report}",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             machine()
         );

@@ -9,7 +9,7 @@ use chronicle_tests::TestDb;
 use crate::checks::{self, Target};
 use crate::load::{self, LoadReport};
 use crate::stage::Stage;
-use crate::{Fault, Row, held_lock, jump, redeliver};
+use crate::{Fault, Row, billing, held_lock, jump, redeliver};
 
 /// How long a partition or a full disk lasts.
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -114,6 +114,16 @@ async fn inject(fault: Fault, stage: &mut Stage) -> Injected {
             };
         }
         Fault::BrokerDiskFull | Fault::SearchDiskFull => return fill_disk(fault, stage).await,
+        Fault::KillBilling => {
+            let clock = stage.rig.clock.take().expect("a faked clock");
+            let (extra, note) = billing::kill_during_billing(stage, &clock).await;
+            stage.rig.clock = Some(clock);
+            return Injected {
+                note,
+                extra,
+                ..Injected::default()
+            };
+        }
         Fault::ClockJump => {
             let clock = stage.rig.clock.as_ref().expect("a faked clock");
             let (extra, note) =
@@ -307,11 +317,15 @@ pub async fn scenario(fault: Fault) -> Row {
         search: stage.search.clone(),
     };
     let checked = checks::check(&target, &report.acknowledged, healed).await;
-    if fault == Fault::ClockJump {
-        match jump::check(&stage.pool).await {
-            Ok(note) => notes.push(note),
-            Err(note) => own_failure = Some(note),
-        }
+    let own_check = match fault {
+        Fault::ClockJump => Some(jump::check(&stage.pool).await),
+        Fault::KillBilling => Some(billing::check(&stage.pool).await),
+        _ => None,
+    };
+    match own_check {
+        Some(Ok(note)) => notes.push(note),
+        Some(Err(note)) => own_failure = Some(note),
+        None => {}
     }
     stage.stop().await;
     let row = Row {

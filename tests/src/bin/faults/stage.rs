@@ -65,7 +65,7 @@ impl Stage {
         let data = scratch.join("data");
         let search = data.join("search");
         let mut rig = Rig::default();
-        if fault == Fault::ClockJump {
+        if matches!(fault, Fault::ClockJump | Fault::KillBilling) {
             let clock = FakedClock::new(&scratch);
             rig.postgres = Some(OwnPostgres::start(&scratch.join("postgres"), &clock).await);
             rig.clock = Some(clock);
