@@ -539,6 +539,44 @@ async fn mrr_as_of_a_past_instant_equals_the_figure_from_the_events_up_to_it() {
         assert_eq!(reply.body["counts"], counts, "as of {t}");
         assert_eq!(reply.body["mrr"], mrr, "as of {t}");
     }
+    // Per hour bucket around the changes: MRR at the bucket's end equals the figure from
+    // the events up to then, and it moved from the start by new + expansion - contraction
+    // - churned.
+    let hour = Duration::hours(1);
+    let reply = app
+        .get_query(
+            "/v1/analytics/mrr",
+            &analyst,
+            &[
+                ("from", (before - hour).to_rfc3339()),
+                ("to", (after + hour).to_rfc3339()),
+                ("bucket", "hour".to_owned()),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let buckets = reply.body["buckets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!buckets.is_empty(), "{reply:?}");
+    let eur = |mrr: &Value| {
+        mrr.as_array()
+            .and_then(|m| m.first())
+            .map_or(0, |m| m["mrr"].as_i64().unwrap())
+    };
+    for bucket in &buckets {
+        let starts = instant(&bucket["bucket"]);
+        let at_start = eur(&from_events(&app, starts).await.1);
+        let at_end = eur(&from_events(&app, starts + hour).await.1);
+        let n = |field: &str| bucket[field].as_i64().unwrap();
+        assert_eq!(n("mrr"), at_end, "{bucket}");
+        assert_eq!(
+            at_end - at_start,
+            n("new") + n("expansion") - n("contraction") - n("churned"),
+            "{bucket}"
+        );
+    }
     // Before: 3,000 + 1,000 (a twelfth of 12,000) + 3,033 (700 × 52/12); the trial counts
     // nothing. After: only the upgraded monthly plan.
     let before_mrr = from_events(&app, before).await.1;
