@@ -47,10 +47,18 @@ impl Plan {
 #[derive(Clone, Debug)]
 pub enum SubscriptionCommand {
     Start(SubscriptionRequest),
-    /// The process manager captured period `period`'s charge of `amount`.
+    /// The process manager captured period `period`'s charge: `amount` for the period
+    /// and `carried` of the balance due.
     RecordCharge {
         period: u32,
         amount: i64,
+        carried: i64,
+    },
+    /// The account refused a plan change's net of `amount`: it is owed with the next
+    /// period's charge.
+    CarryBalance {
+        amount: i64,
+        reason: Note,
     },
     /// Attempt `attempt` of period `period`'s charge was refused; with `retry_at` it is
     /// tried again then, without it the subscription is cancelled as unpaid.
@@ -133,10 +141,19 @@ pub enum SubscriptionEvent {
         trial: bool,
         started_at: DateTime<Utc>,
     },
+    /// Period `period` was charged `amount`, and `carried` of the balance due with it.
     PeriodCharged {
         period: u32,
         amount: i64,
+        #[serde(default)]
+        carried: i64,
         charged_at: DateTime<Utc>,
+    },
+    /// A plan change's net the account refused, owed from now on with the next charge.
+    BalanceCarried {
+        amount: i64,
+        reason: String,
+        carried_at: DateTime<Utc>,
     },
     ChargeFailed {
         period: u32,
@@ -179,10 +196,12 @@ pub enum SubscriptionEvent {
         reason: Option<String>,
         scheduled_at: DateTime<Utc>,
     },
-    /// Stopped now; `refund` (the unused share of the last charged period) is to be
-    /// credited to the account by the process manager.
+    /// Stopped now; `refund` (the unused share of the last charged period, less the
+    /// balance due it `settled`) is to be credited to the account by the process manager.
     SubscriptionCancelled {
         refund: i64,
+        #[serde(default)]
+        settled: i64,
         unpaid: bool,
         reason: Option<String>,
         cancelled_at: DateTime<Utc>,
@@ -198,6 +217,7 @@ impl DomainEvent for SubscriptionEvent {
             Self::SubscriptionStarted { .. } => "SubscriptionStarted",
             Self::PeriodCharged { .. } => "PeriodCharged",
             Self::ChargeFailed { .. } => "ChargeFailed",
+            Self::BalanceCarried { .. } => "BalanceCarried",
             Self::PlanChanged { .. } => "PlanChanged",
             Self::PlanChangeScheduled { .. } => "PlanChangeScheduled",
             Self::SubscriptionPaused { .. } => "SubscriptionPaused",
@@ -221,6 +241,23 @@ pub struct Subscription {
     pub state: Option<SubscriptionState>,
 }
 
+/// A period's charge: what the process manager takes for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    pub period: u32,
+    /// The price of the plan the period is billed on.
+    pub amount: i64,
+    /// The balance due collected with it.
+    pub carried: i64,
+}
+
+impl Charge {
+    /// What the account is debited.
+    pub fn total(&self) -> Option<i64> {
+        self.amount.checked_add(self.carried)
+    }
+}
+
 /// A started subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionState {
@@ -235,6 +272,10 @@ pub struct SubscriptionState {
     pub periods_charged: u32,
     /// What the last charged period cost (its plan's price then).
     pub last_charge: i64,
+    /// Owed and not yet collected: plan changes' nets the account refused. The next
+    /// charge collects it; a cancellation's refund settles it first.
+    #[serde(default)]
+    pub balance_due: i64,
     /// Failed attempts of the period now due.
     pub failed_attempts: BTreeMap<u32, u32>,
     /// When the refused charge of the period now due is tried again.
@@ -271,6 +312,15 @@ impl SubscriptionState {
     /// The period due next: the first not charged.
     pub fn next_period(&self) -> u32 {
         self.periods_charged
+    }
+
+    /// What the next charge takes: the period's price and the balance due.
+    pub fn next_charge(&self) -> Charge {
+        Charge {
+            period: self.next_period(),
+            amount: self.plan_for(self.next_period()).price.amount,
+            carried: self.balance_due,
+        }
     }
 
     /// When the next charge falls due (its retry, if one was refused), or `None` when no
@@ -310,7 +360,11 @@ impl SubscriptionState {
         let text = |note: &Option<Note>| note.as_ref().map(|n| n.as_str().to_owned());
         match &issued.command {
             SubscriptionCommand::Start(_) => Err(DomainError::AlreadyExists),
-            SubscriptionCommand::RecordCharge { period, amount } => {
+            SubscriptionCommand::RecordCharge {
+                period,
+                amount,
+                carried,
+            } => {
                 if *period < self.periods_charged {
                     return Ok(vec![]);
                 }
@@ -325,10 +379,29 @@ impl SubscriptionState {
                         format!("the next period to charge is {}", self.periods_charged),
                     ));
                 }
+                if *carried < 0 || *carried > self.balance_due {
+                    return Err(DomainError::invalid(
+                        "carried",
+                        format!("the balance due is {}", self.balance_due),
+                    ));
+                }
                 Ok(vec![SubscriptionEvent::PeriodCharged {
                     period: *period,
                     amount: *amount,
+                    carried: *carried,
                     charged_at: at,
+                }])
+            }
+            // Recorded whatever the status: the amount is owed even by a subscription
+            // cancelled since the plan change (an operator collects it then).
+            SubscriptionCommand::CarryBalance { amount, reason } => {
+                if *amount <= 0 {
+                    return Err(DomainError::invalid("amount", "must be positive"));
+                }
+                Ok(vec![SubscriptionEvent::BalanceCarried {
+                    amount: *amount,
+                    reason: reason.as_str().to_owned(),
+                    carried_at: at,
                 }])
             }
             SubscriptionCommand::FailCharge {
@@ -354,6 +427,7 @@ impl SubscriptionState {
                 if retry_at.is_none() {
                     events.push(SubscriptionEvent::SubscriptionCancelled {
                         refund: 0,
+                        settled: 0,
                         unpaid: true,
                         reason: Some(format!(
                             "unpaid: period {period} refused {attempt} times ({})",
@@ -491,16 +565,19 @@ impl SubscriptionState {
             }]);
         }
         // Now: a trial or an unbilled period ends with nothing to give back; a charged
-        // one gives back its unused share (a paused one, what was left when paused).
-        let refund = if charged {
+        // one gives back its unused share (a paused one, what was left when paused), less
+        // the balance due, which it settles.
+        let unused_share = if charged {
             let (start, end) = self.period(current)?;
             let (remaining, length) = unused(start, end, effective);
             share(self.last_charge, remaining, length)
         } else {
             0
         };
+        let settled = unused_share.min(self.balance_due);
         Ok(vec![SubscriptionEvent::SubscriptionCancelled {
-            refund,
+            refund: unused_share - settled,
+            settled,
             unpaid: false,
             reason,
             cancelled_at: at,
@@ -510,9 +587,15 @@ impl SubscriptionState {
     fn apply(&mut self, event: SubscriptionEvent) {
         match event {
             SubscriptionEvent::SubscriptionStarted { .. } => {}
-            SubscriptionEvent::PeriodCharged { period, amount, .. } => {
+            SubscriptionEvent::PeriodCharged {
+                period,
+                amount,
+                carried,
+                ..
+            } => {
                 self.periods_charged = period + 1;
                 self.last_charge = amount;
+                self.balance_due -= carried;
                 self.failed_attempts.clear();
                 self.retry_at = None;
                 if let Some((from, plan)) = self.scheduled_plan.take() {
@@ -535,6 +618,9 @@ impl SubscriptionState {
                 self.failed_attempts.insert(period, attempt);
                 self.retry_at = retry_at;
                 self.status = SubscriptionStatus::PastDue;
+            }
+            SubscriptionEvent::BalanceCarried { amount, .. } => {
+                self.balance_due += amount;
             }
             SubscriptionEvent::PlanChanged { to, charge, .. } => {
                 self.plan = to;
@@ -564,7 +650,8 @@ impl SubscriptionState {
             SubscriptionEvent::CancellationScheduled { ends_at, .. } => {
                 self.ends_at = Some(ends_at);
             }
-            SubscriptionEvent::SubscriptionCancelled { .. } => {
+            SubscriptionEvent::SubscriptionCancelled { settled, .. } => {
+                self.balance_due -= settled;
                 self.status = SubscriptionStatus::Cancelled;
                 self.paused_at = None;
                 self.paused_from = None;
@@ -678,6 +765,7 @@ impl Aggregate for Subscription {
                 },
                 periods_charged: 0,
                 last_charge: 0,
+                balance_due: 0,
                 failed_attempts: BTreeMap::new(),
                 retry_at: None,
                 paused_at: None,

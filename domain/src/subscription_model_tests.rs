@@ -1,7 +1,8 @@
 //! The property test of issue 15: random sequences of plan changes, pauses, resumes,
 //! cancellations and refused charges, billed as the process manager bills (each charge
-//! at its due time, retries after 24 and 72 hours), against an independent model of what
-//! should be charged. The model keeps its own calendar (month lengths and leap years
+//! at its due time, retries after 24 and 72 hours; a plan change's net the empty account
+//! refuses carried to the next charge), against an independent model of what should be
+//! charged. The model keeps its own calendar (month lengths and leap years
 //! written out, periods found by walking from the anchor) and its own exact arithmetic;
 //! the ledger the events imply must agree with it to the minor unit, period by period.
 
@@ -92,6 +93,8 @@ struct Model {
     standing: Standing,
     /// Money the subscriber should have paid in all (refunds subtracted).
     ledger: i64,
+    /// Plan changes' nets the account refused, owed with the next charge.
+    balance: i64,
     /// The amount each period was charged.
     charges: Vec<i64>,
 }
@@ -137,7 +140,8 @@ impl Model {
             self.amount = new;
             self.scheduled = None;
         }
-        self.ledger += amount;
+        self.ledger += amount + self.balance;
+        self.balance = 0;
         self.charges.push(amount);
         self.rate = amount;
         self.paid += 1;
@@ -166,7 +170,8 @@ impl Model {
         Some(rounded_share(rate, remaining, length))
     }
 
-    fn change(&mut self, t: DateTime<Utc>, amount: i64, at_period_end: bool) {
+    /// A plan change; `broke`: the account refuses a net to pay, which is carried.
+    fn change(&mut self, t: DateTime<Utc>, amount: i64, at_period_end: bool, broke: bool) {
         let n = self.period_of(t);
         let paid_now = t >= self.anchor && n < self.paid;
         if at_period_end && paid_now {
@@ -177,7 +182,11 @@ impl Model {
             self.unused_share(t, self.rate),
             self.unused_share(t, amount),
         ) {
-            self.ledger += charge - credit;
+            if broke && charge > credit {
+                self.balance += charge - credit;
+            } else {
+                self.ledger += charge - credit;
+            }
             if charge > 0 {
                 self.rate = amount;
             }
@@ -198,7 +207,10 @@ impl Model {
             self.ends_at = Some(self.start(n + 1));
             return;
         }
-        self.ledger -= self.unused_share(effective, self.rate).unwrap_or(0);
+        let unused = self.unused_share(effective, self.rate).unwrap_or(0);
+        let settled = unused.min(self.balance);
+        self.balance -= settled;
+        self.ledger -= unused - settled;
         self.standing = Standing::Cancelled;
     }
 
@@ -222,6 +234,8 @@ enum Op {
     Change {
         amount: i64,
         at_period_end: bool,
+        /// The account cannot pay the net just then (it can pay charges later).
+        short: bool,
     },
     Pause,
     Resume,
@@ -234,8 +248,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => ((1..20i64).prop_map(|n| n * 500), any::<bool>())
-            .prop_map(|(amount, at_period_end)| Op::Change { amount, at_period_end }),
+        3 => ((1..20i64).prop_map(|n| n * 500), any::<bool>(), any::<bool>())
+            .prop_map(|(amount, at_period_end, short)| Op::Change { amount, at_period_end, short }),
         2 => Just(Op::Pause),
         2 => Just(Op::Resume),
         1 => any::<bool>().prop_map(|at_period_end| Op::Cancel { at_period_end }),
@@ -315,8 +329,17 @@ impl Run {
                 prop_assert!(self.issue(due, fail));
                 self.model.refused_at(due);
             } else {
-                let amount = state.plan_for(period).price.amount;
-                let record = SubscriptionCommand::RecordCharge { period, amount };
+                let Charge {
+                    period,
+                    amount,
+                    carried,
+                } = state.next_charge();
+                prop_assert_eq!(carried, self.model.balance, "the balance due");
+                let record = SubscriptionCommand::RecordCharge {
+                    period,
+                    amount,
+                    carried,
+                };
                 prop_assert!(self.issue(due, record));
                 self.model.charged();
             }
@@ -329,7 +352,9 @@ impl Run {
             Op::Change {
                 amount,
                 at_period_end,
+                short,
             } => {
+                let broke = self.broke || *short;
                 let plan = plan(*amount, self.model.interval);
                 let command = SubscriptionCommand::ChangePlan {
                     plan,
@@ -337,7 +362,19 @@ impl Run {
                     reason: None,
                 };
                 if self.issue(t, command) {
-                    self.model.change(t, *amount, *at_period_end);
+                    self.model.change(t, *amount, *at_period_end, broke);
+                    // The process manager moves the net; a refused one is carried.
+                    if let Some(SubscriptionEvent::PlanChanged { credit, charge, .. }) =
+                        self.events.last().cloned()
+                        && broke
+                        && charge > credit
+                    {
+                        let carry = SubscriptionCommand::CarryBalance {
+                            amount: charge - credit,
+                            reason: Note::reason("insufficient_funds"),
+                        };
+                        assert!(self.issue(t, carry));
+                    }
                 }
             }
             Op::Pause => {
@@ -363,26 +400,40 @@ impl Run {
     }
 }
 
-/// The money the subscription's events move: charges, prorations' nets, refunds.
-fn ledger_of(events: &[SubscriptionEvent]) -> (i64, Vec<i64>) {
-    let mut total = 0;
+/// What the subscription's events say: the money moved (charges with the balance they
+/// collected, prorations' nets not carried, refunds), what was owed (charges, nets,
+/// unused shares given back or settled), and each period's charge.
+fn ledger_of(events: &[SubscriptionEvent]) -> (i64, i64, Vec<i64>) {
+    let (mut moved, mut owed) = (0, 0);
     let mut charges = Vec::new();
     for event in events {
         match event {
-            SubscriptionEvent::PeriodCharged { amount, .. } => {
-                total += amount;
+            SubscriptionEvent::PeriodCharged {
+                amount, carried, ..
+            } => {
+                moved += amount + carried;
+                owed += amount;
                 charges.push(*amount);
             }
-            SubscriptionEvent::PlanChanged { credit, charge, .. } => total += charge - credit,
-            SubscriptionEvent::SubscriptionCancelled { refund, .. } => total -= refund,
+            SubscriptionEvent::PlanChanged { credit, charge, .. } => {
+                moved += charge - credit;
+                owed += charge - credit;
+            }
+            SubscriptionEvent::BalanceCarried { amount, .. } => moved -= amount,
+            SubscriptionEvent::SubscriptionCancelled {
+                refund, settled, ..
+            } => {
+                moved -= refund;
+                owed -= refund + settled;
+            }
             _ => {}
         }
     }
-    (total, charges)
+    (moved, owed, charges)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(2048))]
 
     #[test]
     fn the_ledger_agrees_with_an_independent_model(
@@ -426,6 +477,7 @@ proptest! {
             ends_at: None,
             standing: Standing::Billing,
             ledger: 0,
+            balance: 0,
             charges: Vec::new(),
         };
         let mut run = Run { subscription, events, model, broke: false };
@@ -443,9 +495,12 @@ proptest! {
         for event in run.events.iter().cloned() {
             replayed.apply(event);
         }
-        let (total, charges) = ledger_of(&run.events);
+        let (moved, owed, charges) = ledger_of(&run.events);
         prop_assert_eq!(&charges, &run.model.charges, "charges per period");
-        prop_assert_eq!(total, run.model.ledger, "the ledger");
+        prop_assert_eq!(moved, run.model.ledger, "the ledger");
+        let balance = run.state().balance_due;
+        prop_assert_eq!(balance, run.model.balance, "the balance due");
+        prop_assert_eq!(owed, moved + balance, "what was owed is paid or still due");
         prop_assert_eq!(replayed, run.subscription);
     }
 }

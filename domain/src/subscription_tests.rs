@@ -62,11 +62,19 @@ fn state(subscription: &Subscription) -> &SubscriptionState {
 fn charge_due(subscription: &mut Subscription) -> DateTime<Utc> {
     let s = state(subscription);
     let due = s.next_charge_at().unwrap();
-    let (period, amount) = (s.next_period(), s.plan_for(s.next_period()).price.amount);
+    let Charge {
+        period,
+        amount,
+        carried,
+    } = s.next_charge();
     run(
         subscription,
         due,
-        SubscriptionCommand::RecordCharge { period, amount },
+        SubscriptionCommand::RecordCharge {
+            period,
+            amount,
+            carried,
+        },
     )
     .unwrap();
     due
@@ -303,6 +311,7 @@ fn three_refused_charges_cancel_it_unpaid_and_a_charge_before_the_last_rescues_i
         SubscriptionCommand::RecordCharge {
             period: 1,
             amount: 1_000,
+            carried: 0,
         },
     )
     .unwrap();
@@ -320,7 +329,8 @@ fn a_charge_recorded_twice_is_recorded_once() {
             day(2028, 4, 1),
             SubscriptionCommand::RecordCharge {
                 period: 0,
-                amount: 1_000
+                amount: 1_000,
+                carried: 0,
             }
         )
         .unwrap(),
@@ -333,7 +343,8 @@ fn a_charge_recorded_twice_is_recorded_once() {
             day(2028, 4, 1),
             SubscriptionCommand::RecordCharge {
                 period: 3,
-                amount: 1_000
+                amount: 1_000,
+                carried: 0,
             }
         ),
         Err(DomainError::Validation {
@@ -365,5 +376,118 @@ fn a_plan_change_keeps_the_currency_and_the_interval() {
     assert!(matches!(
         run(&mut subscription, day(2028, 4, 2), change(dollars)),
         Err(DomainError::CurrencyMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_refused_proration_is_carried_to_the_next_charge_and_settled_by_a_refund() {
+    let mut subscription = started(day(2028, 4, 1), 0, 1_000);
+    charge_due(&mut subscription);
+    let change = SubscriptionCommand::ChangePlan {
+        plan: plan("plus", 3_000),
+        at_period_end: false,
+        reason: None,
+    };
+    let events = run(&mut subscription, day(2028, 4, 16), change).unwrap();
+    let [SubscriptionEvent::PlanChanged { credit, charge, .. }] = events[..] else {
+        panic!("{events:?}");
+    };
+    // The account refuses the net of 1,000; it is owed with May's charge.
+    let carry = SubscriptionCommand::CarryBalance {
+        amount: charge - credit,
+        reason: Note::reason("insufficient_funds"),
+    };
+    run(&mut subscription, day(2028, 4, 16), carry).unwrap();
+    assert_eq!(state(&subscription).balance_due, 1_000);
+    assert_eq!(
+        state(&subscription).next_charge(),
+        Charge {
+            period: 1,
+            amount: 3_000,
+            carried: 1_000
+        }
+    );
+    // More than is due cannot be recorded as collected.
+    let too_much = SubscriptionCommand::RecordCharge {
+        period: 1,
+        amount: 3_000,
+        carried: 1_001,
+    };
+    assert!(matches!(
+        run(&mut subscription, day(2028, 5, 1), too_much),
+        Err(DomainError::Validation {
+            field: "carried",
+            ..
+        })
+    ));
+    charge_due(&mut subscription);
+    assert_eq!(state(&subscription).balance_due, 0);
+    assert_eq!(state(&subscription).last_charge, 3_000);
+
+    // Carried again in May, then cancelled at once with 15 of May's 31 days left: the
+    // unused 2,419 of the new plan settles the 967 due, and 1,452 is refunded.
+    let change = SubscriptionCommand::ChangePlan {
+        plan: plan("max", 5_000),
+        at_period_end: false,
+        reason: None,
+    };
+    let events = run(&mut subscription, day(2028, 5, 17), change).unwrap();
+    let [SubscriptionEvent::PlanChanged { credit, charge, .. }] = events[..] else {
+        panic!("{events:?}");
+    };
+    assert_eq!((credit, charge), (1_452, 2_419));
+    let carry = SubscriptionCommand::CarryBalance {
+        amount: 967,
+        reason: Note::reason("insufficient_funds"),
+    };
+    run(&mut subscription, day(2028, 5, 17), carry).unwrap();
+    let cancel = SubscriptionCommand::Cancel {
+        at_period_end: false,
+        reason: None,
+    };
+    let events = run(&mut subscription, day(2028, 5, 17), cancel).unwrap();
+    assert!(matches!(
+        events[..],
+        [SubscriptionEvent::SubscriptionCancelled {
+            refund: 1_452,
+            settled: 967,
+            ..
+        }]
+    ));
+    assert_eq!(state(&subscription).balance_due, 0);
+}
+
+#[test]
+fn a_balance_larger_than_the_refund_stays_owed_after_a_cancellation() {
+    let mut subscription = started(day(2028, 4, 1), 0, 1_000);
+    charge_due(&mut subscription);
+    let carry = |amount| SubscriptionCommand::CarryBalance {
+        amount,
+        reason: Note::reason("insufficient_funds"),
+    };
+    run(&mut subscription, day(2028, 4, 2), carry(5_000)).unwrap();
+    let cancel = SubscriptionCommand::Cancel {
+        at_period_end: false,
+        reason: None,
+    };
+    let events = run(&mut subscription, day(2028, 4, 16), cancel).unwrap();
+    assert!(matches!(
+        events[..],
+        [SubscriptionEvent::SubscriptionCancelled {
+            refund: 0,
+            settled: 500,
+            ..
+        }]
+    ));
+    assert_eq!(state(&subscription).balance_due, 4_500);
+    // A carry that arrives after the cancellation is still recorded.
+    run(&mut subscription, day(2028, 4, 17), carry(100)).unwrap();
+    assert_eq!(state(&subscription).balance_due, 4_600);
+    assert!(matches!(
+        run(&mut subscription, day(2028, 4, 17), carry(0)),
+        Err(DomainError::Validation {
+            field: "amount",
+            ..
+        })
     ));
 }

@@ -84,6 +84,11 @@ pub struct SubscriptionView {
     pub periods_charged: u32,
     /// When the next charge (or the retry of a refused one) falls due.
     pub next_charge_at: Option<DateTime<Utc>>,
+    /// What it will take: the period's price and the balance due.
+    pub next_charge_amount: Option<i64>,
+    /// Owed and not yet collected: plan changes' nets the account refused, collected
+    /// with the next charge (or settled by a cancellation's refund).
+    pub balance_due: i64,
     /// Refused attempts of the charge now due.
     pub failed_attempts: u32,
     /// When a cancellation at period end takes effect.
@@ -149,6 +154,10 @@ pub async fn subscription(
         current_period,
         periods_charged: state.periods_charged,
         next_charge_at: state.next_charge_at(),
+        next_charge_amount: state
+            .next_charge_at()
+            .and_then(|_| state.next_charge().total()),
+        balance_due: state.balance_due,
         failed_attempts: state
             .failed_attempts
             .get(&state.next_period())

@@ -92,12 +92,14 @@ pub async fn replay_store(
 
 /// The ledger or invoice lines `event` makes in its aggregate's read model.
 fn lines_made(event: &StoredEvent) -> i64 {
-    let positive = |field: &str| i64::from(event.payload[field].as_i64().unwrap_or(0) != 0);
+    let amount = |field: &str| event.payload[field].as_i64().unwrap_or(0);
+    let positive = |field: &str| i64::from(amount(field) != 0);
     match event.event_type.as_str() {
         "FundsDeposited" | "FundsWithdrawn" | "PaymentCaptured" | "PaymentRefunded" => 1,
         "PeriodCharged" => positive("amount"),
         "PlanChanged" => positive("credit") + positive("charge"),
-        "SubscriptionCancelled" => positive("refund"),
+        // One line for the unused share, refunded or settling the balance due.
+        "SubscriptionCancelled" => i64::from(amount("refund") + amount("settled") != 0),
         _ => 0,
     }
 }

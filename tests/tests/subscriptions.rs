@@ -5,11 +5,16 @@
 
 #![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
 
+use std::sync::Arc;
+
+use chronicle_commands::process::{ProcessManager, StepObserver};
 use chronicle_eventstore::clock;
 use chronicle_tests::{AppOptions, Reply, TestApp, eventually, spawn_app_with};
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 const PRICE: i64 = 3_000;
@@ -248,6 +253,155 @@ async fn an_upgrade_in_mid_period_charges_exactly_the_prorated_difference() {
         ledger(&app, account).await,
         vec![100_000, -PRICE, -1_500, -6_000]
     );
+}
+
+/// Waits until the account's ledger holds `n` movements, and returns them.
+async fn until_moved(app: &TestApp, account: Uuid, n: usize) -> Vec<i64> {
+    eventually(&format!("{n} movements on the account"), || async {
+        let moved = ledger(app, account).await;
+        if moved.len() == n {
+            Ok(moved)
+        } else {
+            Err(format!("{moved:?}"))
+        }
+    })
+    .await
+}
+
+async fn flow_statuses(app: &TestApp, id: Uuid, kind: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT status FROM pm_flows WHERE subject_id = $1 AND kind = $2")
+        .bind(id)
+        .bind(kind)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_account_cannot_pay_is_carried_to_the_next_charge() {
+    // Exactly April's price on the account: the upgrade's net of 1,500 is refused.
+    let (app, token, account) = app_at(at(2027, 4, 1, 0), PRICE).await;
+    let id = subscribe(&app, &token, account, json!({})).await;
+    until_charged(&app, &token, id, 1).await;
+
+    clock::travel_to(at(2027, 4, 16, 0));
+    post(
+        &app,
+        &token,
+        &format!("/v1/payments/{id}/change-plan"),
+        json!({ "plan": plan(6_000) }),
+    )
+    .await;
+    let owing = until(&app, &token, id, "the net carried", |s| {
+        s["balance_due"] == 1_500
+    })
+    .await;
+    assert_eq!(owing["status"], "active");
+    assert_eq!(owing["next_charge_amount"], 6_000 + 1_500);
+    assert_eq!(
+        flow_statuses(&app, id, "subscription-proration").await,
+        vec!["carried"]
+    );
+    assert_eq!(ledger(&app, account).await, vec![PRICE, -PRICE]);
+
+    // May's charge takes the new plan's price and the balance, in one withdrawal.
+    app.deposit(&token, account, 7_500).await;
+    clock::travel_to(at(2027, 5, 1, 0) + Duration::seconds(1));
+    let charged = until_charged(&app, &token, id, 2).await;
+    assert_eq!(charged["balance_due"], 0);
+    assert_eq!(
+        until_moved(&app, account, 4).await,
+        vec![PRICE, -PRICE, 7_500, -7_500]
+    );
+    // The invoice says what was owed: the carry changed when it was paid, not what.
+    let lines: Vec<(String, i64)> = invoice_lines(&app, &token, id)
+        .await
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_owned(),
+                l["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let owed: i64 = lines.iter().map(|(_, amount)| amount).sum();
+    assert_eq!(owed, PRICE + 7_500, "{lines:?}");
+}
+
+/// Holds the process manager after `step` until released.
+struct PauseAfter {
+    step: &'static str,
+    reached: Notify,
+    release: Notify,
+}
+
+impl StepObserver for PauseAfter {
+    fn after_step(&self, step: &str) -> BoxFuture<'_, ()> {
+        let pause = step == self.step;
+        Box::pin(async move {
+            if pause {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_taken_as_the_subscription_is_cancelled_is_given_back() {
+    let app = spawn_app_with(AppOptions::with_read_side()).await;
+    let pause = Arc::new(PauseAfter {
+        step: "withdraw",
+        reached: Notify::new(),
+        release: Notify::new(),
+    });
+    let process = Arc::new(
+        ProcessManager::new(app.commands.clone(), app.settings.process).observed_by(pause.clone()),
+    );
+    let (kafka, projector, shutdown) = (
+        app.settings.kafka.clone(),
+        app.settings.projector.clone(),
+        app.shutdown.clone(),
+    );
+    tokio::spawn(async move { process.run(kafka, projector, shutdown).await });
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 100_000).await;
+    clock::travel_to(at(2027, 4, 1, 0));
+    let id = subscribe(&app, &token, account, json!({})).await;
+
+    // April's charge is withdrawn; the subscription is cancelled before it is recorded.
+    tokio::time::timeout(std::time::Duration::from_secs(60), pause.reached.notified())
+        .await
+        .expect("the charge withdrawn");
+    post(
+        &app,
+        &token,
+        &format!("/v1/payments/{id}/cancel"),
+        json!({ "at_period_end": false }),
+    )
+    .await;
+    pause.release.notify_one();
+
+    // What was taken for a period that will not be recorded goes back.
+    assert_eq!(
+        until_moved(&app, account, 3).await,
+        vec![100_000, -PRICE, PRICE]
+    );
+    eventually("the charge flow refunded", || async {
+        let statuses = flow_statuses(&app, id, "subscription-charge").await;
+        if statuses == ["refunded"] {
+            Ok(())
+        } else {
+            Err(format!("{statuses:?}"))
+        }
+    })
+    .await;
+    let cancelled = until(&app, &token, id, "cancelled", |s| {
+        s["status"] == "cancelled"
+    })
+    .await;
+    assert_eq!(cancelled["periods_charged"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,5 +738,129 @@ async fn mrr_as_of_a_past_instant_equals_the_figure_from_the_events_up_to_it() {
     assert_eq!(
         from_events(&app, after).await.1,
         json!([{ "currency": "EUR", "mrr": 6_000 }])
+    );
+}
+
+/// One version of a subscription in the MRR history, as the projector writes it.
+async fn history(
+    app: &TestApp,
+    id: u128,
+    sequence: i64,
+    (status, currency, mrr): (&str, &str, i64),
+    from: DateTime<Utc>,
+    to: Option<DateTime<Utc>>,
+) {
+    sqlx::query(
+        "INSERT INTO subscription_history \
+             (subscription_id, sequence, status, currency, mrr, valid_from, valid_to) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(Uuid::from_u128(id))
+    .bind(sequence)
+    .bind(status)
+    .bind(currency)
+    .bind(mrr)
+    .bind(from)
+    .bind(to)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mrr_buckets_tell_new_expansion_contraction_and_churn_apart() {
+    // No read side: the history is written here, months apart, as it would have been.
+    let app = spawn_app_with(AppOptions::default()).await;
+    let analyst = app.token("ann", &[chronicle_domain::Role::Analyst]);
+    let day = |m, d| at(2027, m, d, 12);
+    // One subscription through every movement: new in January, up in February, down in
+    // March, cancelled in April.
+    let one = [
+        (("active", "EUR", 3_000), day(1, 10), Some(day(2, 10))),
+        (("active", "EUR", 6_000), day(2, 10), Some(day(3, 10))),
+        (("active", "EUR", 4_000), day(3, 10), Some(day(4, 10))),
+        (("cancelled", "EUR", 0), day(4, 10), None),
+    ];
+    for (n, (row, from, to)) in one.into_iter().enumerate() {
+        history(&app, 1, n as i64 + 1, row, from, to).await;
+    }
+    // A trial that converts in February: new then, not in January.
+    history(
+        &app,
+        2,
+        1,
+        ("trialing", "EUR", 0),
+        day(1, 5),
+        Some(day(2, 5)),
+    )
+    .await;
+    history(&app, 2, 2, ("active", "EUR", 2_000), day(2, 5), None).await;
+    // Paused and resumed within April: no movement at the month's ends.
+    history(
+        &app,
+        3,
+        1,
+        ("active", "EUR", 1_000),
+        day(2, 20),
+        Some(day(4, 12)),
+    )
+    .await;
+    history(
+        &app,
+        3,
+        2,
+        ("paused", "EUR", 0),
+        day(4, 12),
+        Some(day(4, 20)),
+    )
+    .await;
+    history(&app, 3, 3, ("active", "EUR", 1_000), day(4, 20), None).await;
+    // Another currency keeps its own figures.
+    history(&app, 4, 1, ("active", "USD", 500), day(3, 1), None).await;
+
+    let reply = app
+        .get_query(
+            "/v1/analytics/mrr",
+            &analyst,
+            &[
+                ("from", at(2027, 1, 1, 0).to_rfc3339()),
+                ("to", at(2027, 5, 1, 0).to_rfc3339()),
+                ("bucket", "month".to_owned()),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let rows: Vec<(u32, String, [i64; 5])> = reply.body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let n = |field: &str| b[field].as_i64().unwrap();
+            (
+                chrono::Datelike::month(&instant(&b["bucket"])),
+                b["currency"].as_str().unwrap().to_owned(),
+                [
+                    n("mrr"),
+                    n("new"),
+                    n("expansion"),
+                    n("contraction"),
+                    n("churned"),
+                ],
+            )
+        })
+        .collect();
+    let eur = |month, figures| (month, "EUR".to_owned(), figures);
+    let usd = |month, figures| (month, "USD".to_owned(), figures);
+    //               mrr    new    expansion  contraction  churned
+    assert_eq!(
+        rows,
+        vec![
+            eur(1, [3_000, 3_000, 0, 0, 0]),
+            eur(2, [9_000, 3_000, 3_000, 0, 0]),
+            eur(3, [7_000, 0, 0, 2_000, 0]),
+            usd(3, [500, 500, 0, 0, 0]),
+            eur(4, [3_000, 0, 0, 0, 4_000]),
+            usd(4, [500, 0, 0, 0, 0]),
+        ]
     );
 }

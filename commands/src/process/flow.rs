@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chronicle_domain::{Actor, DomainError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -76,6 +78,9 @@ chronicle_domain::worded! {
         Skipped = "skipped",
         /// A step was refused in a way the flow cannot handle: an operator must look.
         Stuck = "stuck",
+        /// A subscription's plan-change net the account refused was carried to its next
+        /// charge.
+        Carried = "carried",
     }
 }
 
@@ -244,6 +249,34 @@ impl Flow<'_> {
         Uuid::new_v5(&self.id, purpose.as_bytes())
     }
 
+    /// What this flow pinned before, or `value`, pinned now: a decision taken before
+    /// money moves (what a charge takes) stays taken when the flow runs again after a
+    /// crash, whatever changed meanwhile.
+    pub async fn pin<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<T, ProcessError> {
+        let pinned: serde_json::Value = sqlx::query_scalar(
+            "UPDATE pm_flows SET pinned = COALESCE(pinned, $2) WHERE flow_id = $1 RETURNING pinned",
+        )
+        .bind(self.id)
+        .bind(sqlx::types::Json(value))
+        .fetch_one(&self.pm.pool)
+        .await?;
+        serde_json::from_value(pinned).map_err(|e| {
+            ProcessError::Database(sqlx::Error::Decode(
+                format!("flow {} pinned: {e}", self.id).into(),
+            ))
+        })
+    }
+
+    /// Forgets what was pinned: the next run decides afresh (a refused charge is tried
+    /// again on what is due then).
+    pub async fn unpin(&self) -> Result<(), ProcessError> {
+        sqlx::query("UPDATE pm_flows SET pinned = NULL WHERE flow_id = $1")
+            .bind(self.id)
+            .execute(&self.pm.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Runs step `name` unless it already completed: `run` gets the command's metadata
     /// (request id and idempotency key derived from the flow and the step, causation the
     /// triggering event, correlation the subject).
@@ -320,15 +353,16 @@ mod tests {
 
     use super::*;
 
-    const WORDS: &str = include_str!("../../migrations/20261206000002_flow_words.sql");
     /// The kinds as the subscription flows widened them.
     const KINDS: &str = include_str!("../../migrations/20261207000002_subscription_flows.sql");
+    /// The statuses as carried prorations widened them.
+    const STATUSES: &str = include_str!("../../migrations/20261207000004_carried_charges.sql");
 
     #[test]
     fn pm_flows_allows_exactly_the_kinds_and_statuses_flows_write() {
         let kinds: Vec<&str> = FlowKind::ALL.iter().map(|k| k.as_str()).collect();
         let statuses: Vec<&str> = FlowStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(checked_words(KINDS, "pm_flows_kind_words"), kinds);
-        assert_eq!(checked_words(WORDS, "pm_flows_status_words"), statuses);
+        assert_eq!(checked_words(STATUSES, "pm_flows_status_words"), statuses);
     }
 }

@@ -6,7 +6,7 @@
 
 use chronicle_domain::subscription::{SubscriptionCommand, SubscriptionEvent, SubscriptionState};
 use chronicle_domain::values::Note;
-use chronicle_domain::{Issued, Money};
+use chronicle_domain::{DomainError, Issued, Money};
 use chronicle_eventstore::clock;
 use chronicle_eventstore::envelope::Envelope;
 use chronicle_projections::subscriptions as reads;
@@ -17,6 +17,7 @@ use super::ProcessManager;
 use super::booking::Start;
 use super::flow::{FlowKind, FlowStatus, ProcessError, Step};
 use super::schedule::ChargeLocks;
+use crate::CommandError;
 
 fn issued<C>(command: C) -> Issued<C> {
     Issued::new(ProcessManager::actor(), clock::now(), command)
@@ -92,7 +93,38 @@ impl ProcessManager {
         };
         match moved {
             Step::Done => flow.finish(done, None).await,
-            // The account refused (not enough money, closed): an operator settles it.
+            // The account refused to pay (not enough money): the net is owed with the next
+            // charge.
+            Step::Refused(refusal) if net > 0 => {
+                let carry = SubscriptionCommand::CarryBalance {
+                    amount: net,
+                    reason: Note::reason(refusal.code()),
+                };
+                let carried = flow
+                    .step("carry", |m| async move {
+                        self.commands
+                            .subscription(subscription_id, issued(carry), &m)
+                            .await
+                    })
+                    .await?;
+                match carried {
+                    Step::Done => {
+                        flow.finish(
+                            FlowStatus::Carried,
+                            Some(format!("proration of {net}: {}", refusal.code())),
+                        )
+                        .await
+                    }
+                    Step::Refused(carry_refusal) => {
+                        flow.finish(
+                            FlowStatus::Stuck,
+                            Some(format!("proration of {net} not carried: {carry_refusal}")),
+                        )
+                        .await
+                    }
+                }
+            }
+            // A credit refused (the account closed): an operator settles it.
             Step::Refused(refusal) => {
                 flow.finish(
                     FlowStatus::Stuck,
@@ -200,24 +232,35 @@ impl ProcessManager {
         }
     }
 
-    /// Charges the period due next, on the plan it is billed on. The flow is named after
-    /// the period, and so is the withdrawal's reference: a period is charged once, however
-    /// often this runs. A refusal is recorded with when to try again; after the last
-    /// retry the subscription is cancelled as unpaid.
+    /// Charges the period due next, on the plan it is billed on, with the balance due.
+    /// The flow is named after the period, and so is the withdrawal's reference: a period
+    /// is charged once, however often this runs; what it takes is pinned on the flow
+    /// before the withdrawal, so a run after a crash records what was withdrawn. A refusal
+    /// is recorded with when to try again; after the last retry the subscription is
+    /// cancelled as unpaid.
     async fn charge_period(&self, id: Uuid, state: &SubscriptionState) -> Result<(), ProcessError> {
-        let period = state.next_period();
-        let attempt = state.failed_attempts.get(&period).copied().unwrap_or(0) + 1;
-        let flow_id = Uuid::new_v5(&id, format!("charge/{period}").as_bytes());
+        let due = state.next_charge();
+        let flow_id = Uuid::new_v5(&id, format!("charge/{}", due.period).as_bytes());
         let flow = self.flow(flow_id, FlowKind::SubscriptionCharge, id).await?;
-        let price = state.plan_for(period).price;
+        let charge = flow.pin(&due).await?;
+        let period = charge.period;
+        let attempt = state.failed_attempts.get(&period).copied().unwrap_or(0) + 1;
+        let money = |amount| Money {
+            amount,
+            currency: state.plan.price.currency,
+        };
+        let total = charge.total().ok_or_else(|| {
+            ProcessError::Command(CommandError::Rejected(DomainError::AmountOutOfRange))
+        })?;
         match self
-            .debit(&flow, state.account_id, price, flow_id, "withdraw")
+            .debit(&flow, state.account_id, money(total), flow_id, "withdraw")
             .await?
         {
             Step::Done => {
                 let record = SubscriptionCommand::RecordCharge {
                     period,
-                    amount: price.amount,
+                    amount: charge.amount,
+                    carried: charge.carried,
                 };
                 let recorded = flow
                     .step("record", |m| async move {
@@ -226,13 +269,27 @@ impl ProcessManager {
                     .await?;
                 match recorded {
                     Step::Done => flow.finish(FlowStatus::Captured, None).await,
-                    // Paused or cancelled between the look and the charge: the money was
-                    // taken for a period that will not be recorded; an operator settles.
+                    // Cancelled between the look and the charge: the period will not be
+                    // recorded, so what was taken for it goes back.
                     Step::Refused(refusal) => {
+                        let reference = flow.derive("give-back");
+                        let given_back = self
+                            .credit(
+                                &flow,
+                                state.account_id,
+                                money(total),
+                                reference,
+                                "give-back",
+                            )
+                            .await?;
+                        let (status, note) = match given_back {
+                            Step::Done => (FlowStatus::Refunded, "given back"),
+                            Step::Refused(_) => (FlowStatus::Stuck, "not given back"),
+                        };
                         flow.finish(
-                            FlowStatus::Stuck,
+                            status,
                             Some(format!(
-                                "period {period} charged but not recorded: {refusal}"
+                                "period {period} charged but not recorded ({refusal}): {note}"
                             )),
                         )
                         .await
@@ -240,6 +297,8 @@ impl ProcessManager {
                 }
             }
             Step::Refused(refusal) => {
+                // The next attempt takes what is due then.
+                flow.unpin().await?;
                 let retry_at = self
                     .settings
                     .subscription_retries

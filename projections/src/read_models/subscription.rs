@@ -133,9 +133,12 @@ impl Subscriptions {
                 line(0, "proration_credit", *period, -*credit);
                 line(1, "proration_charge", *period, *charge);
             }
-            SubscriptionEvent::SubscriptionCancelled { refund, .. } => {
+            // The unused share given back: refunded, or settling the balance due.
+            SubscriptionEvent::SubscriptionCancelled {
+                refund, settled, ..
+            } => {
                 let period = state.periods_charged.saturating_sub(1);
-                line(0, "refund", period, -*refund);
+                line(0, "refund", period, -(*refund + *settled));
             }
             _ => {}
         }
@@ -335,10 +338,12 @@ mod tests {
             SubscriptionEvent::PeriodCharged {
                 period: 0,
                 amount: 3_000,
+                carried: 0,
                 charged_at: t,
             },
             SubscriptionEvent::SubscriptionCancelled {
-                refund: 1_000,
+                refund: 600,
+                settled: 400,
                 unpaid: false,
                 reason: None,
                 cancelled_at: t,
