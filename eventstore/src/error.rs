@@ -12,6 +12,10 @@ pub enum StoreError {
     /// The schema could not be migrated.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A key in the store does not open with the configured master keys (the key
+    /// material is wrong or incomplete, or the row was altered).
+    #[error("key store: {0}")]
+    Keys(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
+pub mod personal;
 pub mod relay;
 pub mod repository;
 pub mod wake;

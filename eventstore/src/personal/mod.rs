@@ -1,0 +1,11 @@
+//! Personal data sealed per data subject, erasable by destroying the subject's key
+//! (issue 16, ADR 0035): the key material and the sealing of payload fields. The key
+//! store, the repository's sealing on append and opening on load, and erasure build on
+//! these.
+
+pub mod keys;
+pub mod seal;
+pub mod store;
+
+pub use keys::{DataKey, KeyError, MasterKeys, SubjectId, Wrapped};
+pub use store::KeyStore;

@@ -1,0 +1,113 @@
+//! Personal data sealed per subject (issue 16, ADR 0035): the key store on the real
+//! database.
+
+#![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
+
+use std::sync::Arc;
+
+use chronicle_eventstore::personal::seal::{self, place};
+use chronicle_eventstore::personal::{DataKey, KeyStore, MasterKeys};
+use chronicle_tests::TestDb;
+use serde_json::json;
+
+fn material(ids: &[&str]) -> Arc<MasterKeys> {
+    use base64::Engine as _;
+    let encode = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    let mut entries = vec![format!("pepper:{}", encode(0))];
+    entries.extend(
+        ids.iter()
+            .map(|id| format!("{id}:{}", encode(id.as_bytes()[1]))),
+    );
+    Arc::new(MasterKeys::parse(&entries.join("\n")).unwrap())
+}
+
+/// Whether `a` opens what `b` sealed: the same key.
+fn same(a: &DataKey, b: &DataKey) -> bool {
+    let keys = MasterKeys::development();
+    let here = place("Booking", "b", 1, "BookingRequested");
+    let mut payload = json!({ "guest": { "name": "Ada", "email": "ada@example.org" } });
+    seal::seal(
+        &mut payload,
+        &keys.subject_id("ada@example.org"),
+        1,
+        b,
+        &here,
+    );
+    seal::open(&mut payload, Some(a), &here).is_ok()
+}
+
+#[tokio::test]
+async fn a_subjects_key_is_made_once_read_back_by_another_process_and_gone_once_erased() {
+    let db = TestDb::create().await;
+    let pool = db.pool(4).await;
+    let keys = material(&["k1"]);
+    let ada = keys.subject_id("ada@example.org");
+    let writer = KeyStore::new(pool.clone(), keys.clone());
+    let (version, key) = writer.for_writing(&ada).await.unwrap();
+    assert_eq!(version, 1);
+    let (again, cached) = writer.for_writing(&ada).await.unwrap();
+    assert_eq!(again, 1);
+    assert!(same(&cached, &key));
+    // Another process (no cache) unwraps the same key; the row holds it wrapped only.
+    let reader = KeyStore::new(pool.clone(), keys.clone());
+    assert!(same(
+        &reader.for_reading(&ada, 1).await.unwrap().unwrap(),
+        &key
+    ));
+    let (master, wrapped): (String, Vec<u8>) =
+        sqlx::query_as("SELECT master_key_id, wrapped FROM subject_keys WHERE subject_id = $1")
+            .bind(ada.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((master.as_str(), wrapped.len()), ("k1", 12 + 32 + 16));
+
+    // Erased: nothing opens version 1 again; new data gets version 2.
+    sqlx::query(
+        "UPDATE subject_keys SET wrapped = NULL, master_key_id = NULL, erased_at = now() \
+          WHERE subject_id = $1",
+    )
+    .bind(ada.as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let fresh = KeyStore::new(pool.clone(), keys.clone());
+    assert!(fresh.for_reading(&ada, 1).await.unwrap().is_none());
+    let (next, new_key) = fresh.for_writing(&ada).await.unwrap();
+    assert_eq!(next, 2);
+    assert!(!same(&new_key, &key));
+    // A row that cannot be half erased.
+    let half = sqlx::query("UPDATE subject_keys SET wrapped = NULL WHERE key_version = 2")
+        .execute(&pool)
+        .await;
+    assert!(half.is_err());
+}
+
+#[tokio::test]
+async fn rotation_rewraps_every_key_under_the_new_master_key_and_the_old_one_can_go() {
+    let db = TestDb::create().await;
+    let pool = db.pool(4).await;
+    let old = material(&["k1"]);
+    let store = KeyStore::new(pool.clone(), old.clone());
+    let mut made = Vec::new();
+    for n in 0..25 {
+        let subject = old.subject_id(&format!("guest{n}@example.org"));
+        let (_, key) = store.for_writing(&subject).await.unwrap();
+        made.push((subject, key));
+    }
+    let rotated = KeyStore::new(pool.clone(), material(&["k2", "k1"]));
+    let mut rewrapped = 0;
+    loop {
+        let done = rotated.rewrap(10).await.unwrap();
+        if done == 0 {
+            break;
+        }
+        rewrapped += done;
+    }
+    assert_eq!(rewrapped, 25);
+    let k2_only = KeyStore::new(pool.clone(), material(&["k2"]));
+    for (subject, key) in &made {
+        let opened = k2_only.for_reading(subject, 1).await.unwrap().unwrap();
+        assert!(same(&opened, key));
+    }
+}
