@@ -111,3 +111,110 @@ async fn rotation_rewraps_every_key_under_the_new_master_key_and_the_old_one_can
         assert!(same(&opened, key));
     }
 }
+
+/// A booking's stream appended through a repository that seals: what the database holds
+/// has no personal field in plain text, a load sees the plain values, and once the key is
+/// erased a load sees them erased, snapshot or not.
+#[tokio::test]
+async fn the_repository_seals_on_append_and_opens_on_load_until_the_key_is_erased() {
+    use chronicle_domain::booking::{Booking, BookingEvent};
+    use chronicle_domain::values::Guest;
+    use chronicle_domain::{Amount, Currency, Money};
+    use chronicle_eventstore::repository::EventRepository;
+    use cqrs_es::EventEnvelope;
+
+    let db = TestDb::create().await;
+    let pool = db.pool(4).await;
+    let keys = material(&["k1"]);
+    // A snapshot after every event, so that loads start from a sealed snapshot.
+    let repository = EventRepository::new(pool.clone(), 1, Vec::new())
+        .with_sealing(KeyStore::new(pool.clone(), keys.clone()));
+    let id = uuid::Uuid::new_v4();
+    let at = chrono::Utc::now();
+    let requested = BookingEvent::BookingRequested {
+        booking_id: id,
+        account_id: uuid::Uuid::new_v4(),
+        owner: "alice".into(),
+        resource_id: "room-1".into(),
+        seats: vec!["A1".into()],
+        starts_at: at,
+        ends_at: at + chrono::Duration::hours(1),
+        price: Money::new(
+            Amount::new("price", 100).unwrap(),
+            Currency::parse("EUR").unwrap(),
+        ),
+        guest: Guest::parse("Ada Lovelace", "Ada@Example.org").unwrap(),
+        notes: Some("vegetarian".into()),
+        requested_at: at,
+    };
+    let mut connection = pool.acquire().await.unwrap();
+    let loaded = repository
+        .load::<Booking>(&mut connection, &id.to_string(), None)
+        .await
+        .unwrap();
+    let mut aggregate = Booking::default();
+    cqrs_es::Aggregate::apply(&mut aggregate, requested.clone());
+    let envelope = EventEnvelope {
+        aggregate_id: id.to_string(),
+        sequence: 1,
+        payload: requested,
+        metadata: Default::default(),
+    };
+    repository
+        .append(
+            Some(&mut connection),
+            &loaded.stream,
+            &[envelope],
+            Some(&aggregate),
+        )
+        .await
+        .unwrap();
+
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT payload::text FROM events UNION ALL SELECT payload::text FROM snapshots",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 2);
+    for text in &stored {
+        for secret in ["Ada", "Lovelace", "example.org", "vegetarian"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("room-1"), "the rest is as it was: {text}");
+    }
+
+    let guest = |booking: &Booking| booking.state.as_ref().unwrap().guest.clone();
+    let reload = |repository: EventRepository| {
+        let pool = pool.clone();
+        async move {
+            let mut connection = pool.acquire().await.unwrap();
+            repository
+                .load::<Booking>(&mut connection, &id.to_string(), None)
+                .await
+                .unwrap()
+                .stream
+                .aggregate
+        }
+    };
+    let fresh = || {
+        EventRepository::new(pool.clone(), 1, Vec::new())
+            .with_sealing(KeyStore::new(pool.clone(), keys.clone()))
+    };
+    let plain = reload(fresh()).await;
+    assert_eq!(guest(&plain).name, "Ada Lovelace");
+    assert_eq!(
+        plain.state.as_ref().unwrap().notes.as_deref(),
+        Some("vegetarian")
+    );
+
+    sqlx::query("UPDATE subject_keys SET wrapped = NULL, master_key_id = NULL, erased_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let erased = reload(fresh()).await;
+    assert_eq!(guest(&erased).name, "[erased]");
+    assert_eq!(guest(&erased).email, "[erased]");
+    assert_eq!(erased.state.as_ref().unwrap().notes, None);
+    assert_eq!(erased.state.as_ref().unwrap().resource_id, "room-1");
+}

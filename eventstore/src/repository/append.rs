@@ -4,7 +4,24 @@ use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use super::{Position, RepositoryError, Stream, database_error, sql};
+use super::{Position, RepositoryError, SNAPSHOT_PLACE, Stream, database_error, sql};
+use crate::personal::KeyStore;
+use crate::personal::seal::{place, seal, subject_email};
+
+/// Seals `payload`'s personal fields, if it holds any, under its subject's key.
+async fn seal_with(
+    keys: &KeyStore,
+    payload: &mut Value,
+    here: &[u8],
+) -> Result<(), RepositoryError> {
+    let Some(email) = subject_email(payload) else {
+        return Ok(());
+    };
+    let subject = keys.master_keys().subject_id(email);
+    let (version, key) = keys.for_writing(&subject).await?;
+    seal(payload, &subject, version, &key, here);
+    Ok(())
+}
 
 /// The snapshot an append stores with its events.
 #[derive(Debug)]
@@ -66,6 +83,30 @@ impl Append {
             });
         }
         Ok(Some(append))
+    }
+
+    /// Seals the personal fields of its events and snapshot under each data subject's
+    /// key (ADR 0035), in place.
+    pub async fn seal(&mut self, keys: &KeyStore) -> Result<(), RepositoryError> {
+        for (n, payload) in self.payloads.iter_mut().enumerate() {
+            let here = place(
+                self.aggregate_type,
+                &self.aggregate_id,
+                self.sequences[n],
+                &self.types[n],
+            );
+            seal_with(keys, payload, &here).await?;
+        }
+        if let Some(snapshot) = &mut self.snapshot {
+            let here = place(
+                self.aggregate_type,
+                &self.aggregate_id,
+                snapshot.number,
+                SNAPSHOT_PLACE,
+            );
+            seal_with(keys, &mut snapshot.payload, &here).await?;
+        }
+        Ok(())
     }
 
     /// Appends alone, in one statement (its own transaction).

@@ -28,8 +28,11 @@ use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::error::{Refusal, is_unavailable};
+use crate::error::{Refusal, StoreError, is_unavailable};
 use crate::idempotency::IdempotencyRecord;
+use crate::personal::KeyStore;
+use crate::personal::SubjectId;
+use crate::personal::seal::{open, place, sealed_part};
 use crate::wake::RelayWake;
 
 use append::Append;
@@ -38,6 +41,9 @@ pub use store::{CommandStore, Committed};
 
 /// The metadata key carrying the id of the request that caused an event.
 pub const REQUEST_ID_METADATA: &str = "request_id";
+
+/// What a snapshot's sealed fields are bound to, in place of an event type.
+pub const SNAPSHOT_PLACE: &str = "snapshot";
 
 /// A stream as loaded: the aggregate and where its stream stands. This is the
 /// `AggregateContext` cqrs-es hands from `load_aggregate` to `commit`.
@@ -91,6 +97,9 @@ pub enum RepositoryError {
     /// An event or aggregate does not encode as JSON.
     #[error("cannot encode for storage: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A data subject's key could not be had (ADR 0035).
+    #[error(transparent)]
+    Keys(#[from] StoreError),
     /// The database refused this command's append inside a group commit; the others in
     /// the group were not affected.
     #[error(transparent)]
@@ -113,6 +122,10 @@ impl<E: std::error::Error> From<RepositoryError> for AggregateError<E> {
             RepositoryError::Database(e) => Self::UnexpectedError(Box::new(e)),
             e @ RepositoryError::Decode { .. } => Self::DeserializationError(Box::new(e)),
             RepositoryError::Encode(e) => Self::UnexpectedError(Box::new(e)),
+            RepositoryError::Keys(StoreError::Unavailable(e)) => {
+                Self::DatabaseConnectionError(Box::new(e))
+            }
+            RepositoryError::Keys(e) => Self::UnexpectedError(Box::new(e)),
             RepositoryError::Refused(e) => Self::UnexpectedError(Box::new(e)),
             e @ RepositoryError::Group {
                 unavailable: true, ..
@@ -140,6 +153,8 @@ pub struct EventRepository {
     upcasters: Vec<Box<dyn EventUpcaster>>,
     wake: Option<RelayWake>,
     group: Option<GroupCommit>,
+    /// Seals personal fields on append and opens them on load (ADR 0035).
+    sealing: Option<KeyStore>,
 }
 
 impl fmt::Debug for EventRepository {
@@ -204,7 +219,28 @@ impl EventRepository {
             upcasters,
             wake: None,
             group: None,
+            sealing: None,
         }
+    }
+
+    /// Seals personal fields under each data subject's key from `keys` on append, and
+    /// opens them on load (ADR 0035).
+    #[must_use]
+    pub fn with_sealing(mut self, keys: KeyStore) -> Self {
+        self.sealing = Some(keys);
+        self
+    }
+
+    /// Puts `payload`'s sealed fields back in plain text, or as erased when the subject's
+    /// key is gone; `what` names the event or snapshot's place.
+    async fn open_sealed(&self, payload: &mut Value, here: &[u8]) -> Result<(), RepositoryError> {
+        let (Some(keys), Some(sealed)) = (&self.sealing, sealed_part(payload)) else {
+            return Ok(());
+        };
+        let subject = SubjectId(sealed.subject);
+        let key = keys.for_reading(&subject, sealed.key_version).await?;
+        open(payload, key.as_ref(), here)
+            .map_err(|e| RepositoryError::Keys(StoreError::Keys(e.to_string())))
     }
 
     /// Appends through `group`, sharing transactions with other commands' appends.
@@ -270,16 +306,32 @@ impl EventRepository {
             snapshot_sequence: 0,
             head_position,
         };
-        if let Some(row) = snapshot
-            && self
+        if let Some(mut row) = snapshot {
+            if let Some(payload) = row.payload.as_mut() {
+                let number = row.position.unwrap_or(0);
+                let here = place(A::TYPE, aggregate_id, number, SNAPSHOT_PLACE);
+                if let Err(error) = self.open_sealed(payload, &here).await {
+                    // Replayed from the events instead, as a snapshot that no longer
+                    // decodes is.
+                    tracing::warn!(aggregate = A::TYPE, %aggregate_id, %error, "snapshot does not open");
+                    row.payload = None;
+                }
+            }
+            if self
                 .restore_snapshot(connection, &mut stream, row)
                 .await?
                 .is_replayed()
-        {
-            events.clear();
+            {
+                events.clear();
+            }
         }
-        for row in events {
+        for mut row in events {
             let sequence = to_usize(row.sequence.unwrap_or(0));
+            if let Some(payload) = row.payload.as_mut() {
+                let event_type = row.event_type.as_deref().unwrap_or_default();
+                let here = place(A::TYPE, aggregate_id, sequence as i64, event_type);
+                self.open_sealed(payload, &here).await?;
+            }
             let event = self.decode::<A>(serialized(aggregate_id, A::TYPE, row))?;
             stream.aggregate.apply(event);
             stream.version = sequence;
@@ -325,12 +377,16 @@ impl EventRepository {
         connection: &mut PgConnection,
         aggregate_id: &str,
     ) -> Result<Vec<EventEnvelope<A>>, RepositoryError> {
-        let rows: Vec<EventRow> = sqlx::query_as(sql::ALL_EVENTS)
+        let mut rows: Vec<EventRow> = sqlx::query_as(sql::ALL_EVENTS)
             .bind(A::TYPE)
             .bind(aggregate_id)
             .fetch_all(connection)
             .await
             .map_err(database_error)?;
+        for row in &mut rows {
+            let here = place(A::TYPE, aggregate_id, row.sequence, &row.event_type);
+            self.open_sealed(&mut row.payload, &here).await?;
+        }
         rows.into_iter()
             .map(|row| {
                 let sequence = to_usize(row.sequence);
@@ -370,9 +426,12 @@ impl EventRepository {
         events: &[EventEnvelope<A>],
         snapshot: Option<&A>,
     ) -> Result<Vec<Position>, RepositoryError> {
-        let Some(append) = Append::encode(stream, events, snapshot)? else {
+        let Some(mut append) = Append::encode(stream, events, snapshot)? else {
             return Ok(Vec::new());
         };
+        if let Some(keys) = &self.sealing {
+            append.seal(keys).await?;
+        }
         let positions = match (&self.group, connection) {
             (Some(group), _) => group.append(append).await?,
             (None, Some(connection)) => append.execute(connection).await?,
