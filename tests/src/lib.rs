@@ -6,6 +6,7 @@
 //! only to create and drop `chronicle_test_*` databases).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pause;
 pub mod seed;
 
 use std::net::SocketAddr;

@@ -8,52 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chronicle_commands::process::{ProcessManager, StepObserver};
+use chronicle_commands::process::ProcessManager;
 use chronicle_eventstore::kafka::ensure_topics;
 use chronicle_eventstore::relay::{Relay, RelaySettings};
+use chronicle_tests::pause::PauseAfter;
 use chronicle_tests::{TestApp, eventually, kafka_brokers, spawn_app};
-use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 const AMOUNT: i64 = 150;
-
-/// Holds the process manager after `step` until released.
-struct PauseAfter {
-    step: &'static str,
-    reached: Notify,
-    release: Notify,
-}
-
-impl PauseAfter {
-    fn new(step: &'static str) -> Arc<Self> {
-        Arc::new(Self {
-            step,
-            reached: Notify::new(),
-            release: Notify::new(),
-        })
-    }
-
-    async fn reached(&self) {
-        tokio::time::timeout(Duration::from_secs(30), self.reached.notified())
-            .await
-            .expect("the scheduler reached the step");
-    }
-}
-
-impl StepObserver for PauseAfter {
-    fn after_step(&self, step: &str) -> BoxFuture<'_, ()> {
-        let pause = step == self.step;
-        Box::pin(async move {
-            if pause {
-                self.reached.notify_one();
-                self.release.notified().await;
-            }
-        })
-    }
-}
 
 /// An app without relay or projectors (nothing else writes to its database), a funded
 /// account, and a recurring payment whose first charge is due in the schedule read model
@@ -179,7 +143,7 @@ async fn a_charge_in_progress_holds_back_neither_the_relay_nor_a_second_schedule
     let second = scheduler(&app);
     assert_eq!(second.charge_due().await.unwrap(), 0);
 
-    pause.release.notify_one();
+    pause.release();
     assert_eq!(charging.await.unwrap().unwrap(), 1);
     assert_eq!(
         charge_locks(&app, payment).await,

@@ -7,14 +7,13 @@
 
 use std::sync::Arc;
 
-use chronicle_commands::process::{ProcessManager, StepObserver};
+use chronicle_commands::process::ProcessManager;
 use chronicle_eventstore::clock;
+use chronicle_tests::pause::PauseAfter;
 use chronicle_tests::{AppOptions, Reply, TestApp, eventually, spawn_app_with};
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 const PRICE: i64 = 3_000;
@@ -328,33 +327,10 @@ async fn an_upgrade_the_account_cannot_pay_is_carried_to_the_next_charge() {
     assert_eq!(owed, PRICE + 7_500, "{lines:?}");
 }
 
-/// Holds the process manager after `step` until released.
-struct PauseAfter {
-    step: &'static str,
-    reached: Notify,
-    release: Notify,
-}
-
-impl StepObserver for PauseAfter {
-    fn after_step(&self, step: &str) -> BoxFuture<'_, ()> {
-        let pause = step == self.step;
-        Box::pin(async move {
-            if pause {
-                self.reached.notify_one();
-                self.release.notified().await;
-            }
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_taken_as_the_subscription_is_cancelled_is_given_back() {
     let app = spawn_app_with(AppOptions::with_read_side()).await;
-    let pause = Arc::new(PauseAfter {
-        step: "withdraw",
-        reached: Notify::new(),
-        release: Notify::new(),
-    });
+    let pause = PauseAfter::new("withdraw");
     let process = Arc::new(
         ProcessManager::new(app.commands.clone(), app.settings.process).observed_by(pause.clone()),
     );
@@ -371,9 +347,7 @@ async fn a_charge_taken_as_the_subscription_is_cancelled_is_given_back() {
     let id = subscribe(&app, &token, account, json!({})).await;
 
     // April's charge is withdrawn; the subscription is cancelled before it is recorded.
-    tokio::time::timeout(std::time::Duration::from_secs(60), pause.reached.notified())
-        .await
-        .expect("the charge withdrawn");
+    pause.reached().await;
     post(
         &app,
         &token,
@@ -381,7 +355,7 @@ async fn a_charge_taken_as_the_subscription_is_cancelled_is_given_back() {
         json!({ "at_period_end": false }),
     )
     .await;
-    pause.release.notify_one();
+    pause.release();
 
     // What was taken for a period that will not be recorded goes back.
     assert_eq!(
@@ -773,50 +747,29 @@ async fn mrr_buckets_tell_new_expansion_contraction_and_churn_apart() {
     let app = spawn_app_with(AppOptions::default()).await;
     let analyst = app.token("ann", &[chronicle_domain::Role::Analyst]);
     let day = |m, d| at(2027, m, d, 12);
-    // One subscription through every movement: new in January, up in February, down in
-    // March, cancelled in April.
-    let one = [
-        (("active", "EUR", 3_000), day(1, 10), Some(day(2, 10))),
-        (("active", "EUR", 6_000), day(2, 10), Some(day(3, 10))),
-        (("active", "EUR", 4_000), day(3, 10), Some(day(4, 10))),
-        (("cancelled", "EUR", 0), day(4, 10), None),
+    let rows = [
+        // One subscription through every movement: new in January, up in February,
+        // down in March, cancelled in April.
+        (1, ("active", "EUR", 3_000), day(1, 10), Some(day(2, 10))),
+        (1, ("active", "EUR", 6_000), day(2, 10), Some(day(3, 10))),
+        (1, ("active", "EUR", 4_000), day(3, 10), Some(day(4, 10))),
+        (1, ("cancelled", "EUR", 0), day(4, 10), None),
+        // A trial that converts in February: new then, not in January.
+        (2, ("trialing", "EUR", 0), day(1, 5), Some(day(2, 5))),
+        (2, ("active", "EUR", 2_000), day(2, 5), None),
+        // Paused and resumed within April: no movement at the month's ends.
+        (3, ("active", "EUR", 1_000), day(2, 20), Some(day(4, 12))),
+        (3, ("paused", "EUR", 0), day(4, 12), Some(day(4, 20))),
+        (3, ("active", "EUR", 1_000), day(4, 20), None),
+        // Another currency keeps its own figures.
+        (4, ("active", "USD", 500), day(3, 1), None),
     ];
-    for (n, (row, from, to)) in one.into_iter().enumerate() {
-        history(&app, 1, n as i64 + 1, row, from, to).await;
+    let mut sequences = std::collections::HashMap::new();
+    for (id, row, from, to) in rows {
+        let sequence = sequences.entry(id).or_insert(0);
+        *sequence += 1;
+        history(&app, id, *sequence, row, from, to).await;
     }
-    // A trial that converts in February: new then, not in January.
-    history(
-        &app,
-        2,
-        1,
-        ("trialing", "EUR", 0),
-        day(1, 5),
-        Some(day(2, 5)),
-    )
-    .await;
-    history(&app, 2, 2, ("active", "EUR", 2_000), day(2, 5), None).await;
-    // Paused and resumed within April: no movement at the month's ends.
-    history(
-        &app,
-        3,
-        1,
-        ("active", "EUR", 1_000),
-        day(2, 20),
-        Some(day(4, 12)),
-    )
-    .await;
-    history(
-        &app,
-        3,
-        2,
-        ("paused", "EUR", 0),
-        day(4, 12),
-        Some(day(4, 20)),
-    )
-    .await;
-    history(&app, 3, 3, ("active", "EUR", 1_000), day(4, 20), None).await;
-    // Another currency keeps its own figures.
-    history(&app, 4, 1, ("active", "USD", 500), day(3, 1), None).await;
 
     let reply = app
         .get_query(
