@@ -104,10 +104,12 @@ pub fn sample_heap() {
 }
 
 /// jemalloc's own account (`chronicle_allocator_bytes`): `allocated` is what the program
-/// holds, `resident` what jemalloc keeps in memory for it, `retained` address space it
-/// kept without memory behind it. Beside the process's resident memory it tells the
-/// program's heap from the allocator's overhead and from what C libraries (librdkafka)
-/// allocate through glibc.
+/// holds, `active` the pages those allocations occupy, `metadata` jemalloc's own
+/// bookkeeping, `resident` an upper bound of what it keeps in memory (freed pages not
+/// yet purged included), `mapped` its address space in use, `retained` address space it
+/// kept without memory behind it. jemalloc serves C libraries' `malloc` too (librdkafka's),
+/// so beside the process's resident memory this tells the program's heap from the
+/// allocator's overhead and from anonymous memory no allocator holds (thread stacks).
 #[cfg(not(feature = "heap-profile"))]
 pub fn sample_heap() {
     use tikv_jemalloc_ctl::{epoch, stats};
@@ -129,7 +131,10 @@ pub fn sample_heap() {
     }
     for (state, value) in [
         ("allocated", stats::allocated::read()),
+        ("active", stats::active::read()),
+        ("metadata", stats::metadata::read()),
         ("resident", stats::resident::read()),
+        ("mapped", stats::mapped::read()),
         ("retained", stats::retained::read()),
     ] {
         if let Ok(bytes) = value {

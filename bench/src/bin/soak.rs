@@ -79,8 +79,13 @@ struct Sample {
     rss_file_kib: u64,
     /// Live heap bytes: jemalloc's `allocated`, or dhat's count in a heap-profile build.
     heap_bytes: f64,
-    /// What jemalloc keeps resident (0 in a heap-profile build).
+    /// What jemalloc keeps resident, an upper bound (0 in a heap-profile build).
     allocator_resident: f64,
+    /// The pages jemalloc's allocations occupy, and its own metadata.
+    allocator_active: f64,
+    allocator_metadata: f64,
+    /// The process's threads.
+    threads: u64,
     descriptors: usize,
     connections: i64,
     tables: BTreeMap<String, i64>,
@@ -225,6 +230,15 @@ async fn take_sample(
             &metrics,
             "chronicle_allocator_bytes{state=\"resident\"}",
         ),
+        allocator_active: scrape::gauge_sum(
+            &metrics,
+            "chronicle_allocator_bytes{state=\"active\"}",
+        ),
+        allocator_metadata: scrape::gauge_sum(
+            &metrics,
+            "chronicle_allocator_bytes{state=\"metadata\"}",
+        ),
+        threads: kib("Threads:"),
         descriptors,
         connections,
         tables,
@@ -358,18 +372,35 @@ fn report(options: &Options, samples: &[Sample]) -> String {
         mib(first.rss_anon_kib * 1024),
         mib(last.rss_anon_kib * 1024),
     );
-    let (heap_from, heap_to) = fitted_ends(after, |s| s.heap_bytes / (1024.0 * 1024.0));
-    let _ = writeln!(
-        out,
-        "| live heap (MiB), fitted line | {heap_from:.1} | {heap_to:.1} | growth {:+.1}% |",
-        (heap_to / heap_from.max(1e-9) - 1.0) * 100.0
-    );
+    // Where anonymous memory goes: the heap, the pages jemalloc holds for it, and what
+    // is left (freed pages not yet purged, thread stacks, anything no allocator holds).
+    for (what, value) in [
+        (
+            "live heap (MiB), fitted line",
+            (|s: &Sample| s.heap_bytes / (1024.0 * 1024.0)) as fn(&Sample) -> f64,
+        ),
+        ("jemalloc active + metadata (MiB), fitted line", |s| {
+            (s.allocator_active + s.allocator_metadata) / (1024.0 * 1024.0)
+        }),
+        ("anonymous memory beyond that (MiB), fitted line", |s| {
+            mib(s.rss_anon_kib * 1024)
+                - (s.allocator_active + s.allocator_metadata) / (1024.0 * 1024.0)
+        }),
+    ] {
+        let (from, to) = fitted_ends(after, value);
+        let _ = writeln!(
+            out,
+            "| {what} | {from:.1} | {to:.1} | change {:+.1} MiB |",
+            to - from
+        );
+    }
     for (what, value) in [
         (
             "file-backed memory (MiB)",
             (|s: &Sample| mib(s.rss_file_kib * 1024)) as fn(&Sample) -> f64,
         ),
         ("open descriptors", |s| s.descriptors as f64),
+        ("threads", |s| s.threads as f64),
         ("database connections", |s| s.connections as f64),
         ("relay lag (events)", |s| s.relay_lag),
         ("projector lag (messages)", |s| s.projector_lag),
@@ -438,12 +469,13 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
     let mut csv = String::from(
         "seconds,rss_anon_kib,rss_file_kib,heap_bytes,allocator_resident,descriptors,connections,table_bytes,index_bytes,\
          relay_lag,projector_lag,process_lag,operations,p99_ms,errors,refused,dropped,\
-         chronicle_cpu,postgres_cpu,tansu_cpu,wal_mib_per_s,fpi_per_s,checkpoints,reads_per_s,hit_percent\n",
+         chronicle_cpu,postgres_cpu,tansu_cpu,wal_mib_per_s,fpi_per_s,checkpoints,reads_per_s,hit_percent,\
+         allocator_active,allocator_metadata,threads\n",
     );
     for s in samples {
         let _ = writeln!(
             csv,
-            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{:.2},{},{},{},{:.1},{:.1},{:.1},{:.3},{:.1},{},{:.1},{:.2}",
+            "{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{:.2},{},{},{},{:.1},{:.1},{:.1},{:.3},{:.1},{},{:.1},{:.2},{},{},{}",
             s.at,
             s.rss_anon_kib,
             s.rss_file_kib,
@@ -468,7 +500,10 @@ fn write_outputs(out: &Path, samples: &[Sample], report: &str) -> anyhow::Result
             s.rates.fpi_per_s,
             s.rates.checkpoints,
             s.rates.reads_per_s,
-            s.rates.hit_percent
+            s.rates.hit_percent,
+            s.allocator_active,
+            s.allocator_metadata,
+            s.threads
         );
     }
     std::fs::write(out.join("soak.csv"), csv)?;
@@ -516,7 +551,11 @@ fn plot_csv(out: &Path) -> anyhow::Result<()> {
             line("RssFile", "rss_file_kib", kib)?,
             line("live heap", "heap_bytes", bytes)?,
             line("jemalloc resident", "allocator_resident", bytes)?,
-        ],
+        ]
+        .into_iter()
+        // Runs before 2026-12-06 did not record it.
+        .chain(line("jemalloc active", "allocator_active", bytes).ok())
+        .collect::<Vec<_>>(),
     )?;
     plot::over_time(
         &out.join("soak-storage.png"),
