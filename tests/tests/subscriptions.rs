@@ -109,6 +109,24 @@ async fn ledger(app: &TestApp, account: Uuid) -> Vec<i64> {
         .collect()
 }
 
+/// A monthly subscription started on 1 April 2027 on an account holding `funds`, its
+/// first period charged, upgraded from 3,000 to 6,000 at midnight on 16 April (half the
+/// period left).
+async fn upgraded_mid_april(funds: i64) -> (TestApp, String, Uuid, Uuid) {
+    let (app, token, account) = app_at(at(2027, 4, 1, 0), funds).await;
+    let id = subscribe(&app, &token, account, json!({})).await;
+    until_charged(&app, &token, id, 1).await;
+    clock::travel_to(at(2027, 4, 16, 0));
+    post(
+        &app,
+        &token,
+        &format!("/v1/payments/{id}/change-plan"),
+        json!({ "plan": plan(6_000) }),
+    )
+    .await;
+    (app, token, account, id)
+}
+
 fn instant(value: &Value) -> DateTime<Utc> {
     value.as_str().unwrap().parse().unwrap()
 }
@@ -204,18 +222,7 @@ async fn a_trial_cancelled_before_its_end_is_never_charged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_in_mid_period_charges_exactly_the_prorated_difference() {
     // April has 30 days: on the 16th at midnight half of the period is left.
-    let (app, token, account) = app_at(at(2027, 4, 1, 0), 100_000).await;
-    let id = subscribe(&app, &token, account, json!({})).await;
-    until_charged(&app, &token, id, 1).await;
-
-    clock::travel_to(at(2027, 4, 16, 0));
-    post(
-        &app,
-        &token,
-        &format!("/v1/payments/{id}/change-plan"),
-        json!({ "plan": plan(6_000) }),
-    )
-    .await;
+    let (app, token, account, id) = upgraded_mid_april(100_000).await;
     eventually("the prorated difference charged", || async {
         let moved = ledger(&app, account).await;
         if moved.len() == 3 {
@@ -279,18 +286,7 @@ async fn flow_statuses(app: &TestApp, id: Uuid, kind: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_the_account_cannot_pay_is_carried_to_the_next_charge() {
     // Exactly April's price on the account: the upgrade's net of 1,500 is refused.
-    let (app, token, account) = app_at(at(2027, 4, 1, 0), PRICE).await;
-    let id = subscribe(&app, &token, account, json!({})).await;
-    until_charged(&app, &token, id, 1).await;
-
-    clock::travel_to(at(2027, 4, 16, 0));
-    post(
-        &app,
-        &token,
-        &format!("/v1/payments/{id}/change-plan"),
-        json!({ "plan": plan(6_000) }),
-    )
-    .await;
+    let (app, token, account, id) = upgraded_mid_april(PRICE).await;
     let owing = until(&app, &token, id, "the net carried", |s| {
         s["balance_due"] == 1_500
     })
