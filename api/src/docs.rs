@@ -6,7 +6,9 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use crate::routes::{accounts, bookings, ops, payments, reads, search, subscriptions, temporal};
+use crate::routes::{
+    accounts, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
+};
 
 /// The stable machine codes of errors.
 #[derive(Serialize, ToSchema)]
@@ -164,6 +166,7 @@ impl Modify for BearerAuth {
         search::bookings,
         temporal::balance, temporal::revenue, temporal::occupancy, temporal::audit,
         temporal::subscriptions, temporal::mrr,
+        subjects::erase, subjects::personal_data,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(Problem, ErrorCode)),
@@ -176,6 +179,7 @@ impl Modify for BearerAuth {
         (name = "search", description = "Full-text search over bookings"),
         (name = "analytics", description = "Temporal queries for analysts"),
         (name = "audit", description = "Event histories for auditors"),
+        (name = "privacy", description = "Data subjects' access and erasure requests (roles privacy, admin)"),
         (name = "operations", description = "Health, readiness, metrics"),
     ),
 )]

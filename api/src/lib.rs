@@ -144,7 +144,9 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// The whole HTTP API.
 pub fn router(state: AppState, http: HttpLimits) -> Router {
     let limits = http;
-    use routes::{accounts, bookings, ops, payments, reads, search, subscriptions, temporal};
+    use routes::{
+        accounts, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
+    };
     Router::new()
         .route("/v1/accounts", post(accounts::open))
         .route("/v1/accounts/{id}", get(reads::account))
@@ -176,6 +178,8 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
             "/v1/audit/{aggregate_type}/{id}/events",
             get(temporal::audit),
         )
+        .route("/v1/subjects/erasure", post(subjects::erase))
+        .route("/v1/subjects/personal-data", get(subjects::personal_data))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

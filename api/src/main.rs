@@ -105,6 +105,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if settings.jwt_secret_is_default && matches!(role, RoleCommand::Serve | RoleCommand::All) {
         tracing::warn!("CHRONICLE_JWT_SECRET is not set; using the fixed development key");
     }
+    if settings.master_keys.is_development() {
+        tracing::warn!(
+            "CHRONICLE_MASTER_KEY and CHRONICLE_MASTER_KEY_FILE are not set; personal data is sealed under the fixed development keys"
+        );
+    }
     let pool = roles::prepare_database(&settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn({

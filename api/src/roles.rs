@@ -180,7 +180,8 @@ pub fn search_projector(
                 settings.search_dir.display()
             )
         })?
-        .with_dead_letters(pool);
+        .with_dead_letters(pool)
+        .with_keys(settings.master_keys.clone());
     Ok(Projector::new(
         Arc::new(projection),
         settings.kafka.clone(),

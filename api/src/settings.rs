@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_commands::CommandSettings;
@@ -14,6 +15,7 @@ use chronicle_commands::process::{ProcessSettings, RetryDelays};
 use chronicle_eventstore::DatabaseSettings;
 use chronicle_eventstore::clock::ClockSource;
 use chronicle_eventstore::kafka::KafkaSettings;
+use chronicle_eventstore::personal::{MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeys};
 use chronicle_eventstore::relay::RelaySettings;
 use chronicle_eventstore::repository::GroupCommitSettings;
 use chronicle_projections::monitor::LagBounds;
@@ -110,6 +112,10 @@ pub struct Settings {
     pub jwt_secret: Secret,
     /// Whether the development key is in use (and a warning is due).
     pub jwt_secret_is_default: bool,
+    /// `CHRONICLE_MASTER_KEY` or `CHRONICLE_MASTER_KEY_FILE`: the master keys that wrap
+    /// each data subject's key, and the pepper that names subjects (ADR 0035). The
+    /// development keys when neither is set (a warning says so at start).
+    pub master_keys: Arc<MasterKeys>,
 }
 
 /// Where settings come from: the environment, then an optional file (`CHRONICLE_CONFIG`
@@ -163,6 +169,8 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_READY_MAX_HELD_BACK_SECONDS",
     "CHRONICLE_LAG_INTERVAL_MS",
     "CHRONICLE_JWT_SECRET",
+    "CHRONICLE_MASTER_KEY",
+    "CHRONICLE_MASTER_KEY_FILE",
     "CHRONICLE_RATE_LIMIT_PER_SECOND",
     "CHRONICLE_RATE_LIMIT_BURST",
     "CHRONICLE_REQUEST_TIMEOUT_MS",
@@ -265,6 +273,7 @@ impl Settings {
     /// Reads `src`.
     pub fn load(src: &Source) -> Result<Self, ConfigError> {
         let (jwt_secret, jwt_secret_is_default) = jwt_secret(src)?;
+        let master_keys = master_keys(src)?;
         let data_dir = PathBuf::from(
             src.var("CHRONICLE_DATA_DIR")
                 .unwrap_or_else(|| "./data".into()),
@@ -282,7 +291,7 @@ impl Settings {
             process: process(src)?,
             data_dir,
             database: database(src)?,
-            commands: commands(src)?,
+            commands: commands(src, &master_keys)?,
             limits: HttpLimits {
                 body_limit: positive(
                     "CHRONICLE_BODY_LIMIT_BYTES",
@@ -311,6 +320,7 @@ impl Settings {
             clock: src.parsed("CHRONICLE_CLOCK", ClockSource::System)?,
             jwt_secret: Secret(jwt_secret),
             jwt_secret_is_default,
+            master_keys,
         })
     }
 }
@@ -334,9 +344,10 @@ fn database(src: &Source) -> Result<DatabaseSettings, ConfigError> {
     Ok(database)
 }
 
-fn commands(src: &Source) -> Result<CommandSettings, ConfigError> {
+fn commands(src: &Source, keys: &Arc<MasterKeys>) -> Result<CommandSettings, ConfigError> {
     let defaults = CommandSettings::default();
     Ok(CommandSettings {
+        sealing: Some(keys.clone()),
         snapshot_every: positive(
             "CHRONICLE_SNAPSHOT_EVERY",
             src.parsed("CHRONICLE_SNAPSHOT_EVERY", defaults.snapshot_every)?,
@@ -590,6 +601,20 @@ fn protection(src: &Source) -> Result<LimitSettings, ConfigError> {
         return Err(invalid("CHRONICLE_RATE_LIMIT_BURST", "must be at least 1"));
     }
     Ok(settings)
+}
+
+fn master_keys(src: &Source) -> Result<Arc<MasterKeys>, ConfigError> {
+    let material = src.var(MASTER_KEY_ENV);
+    let file = src.var(MASTER_KEY_FILE_ENV);
+    let name = if file.is_some() && material.is_none() {
+        MASTER_KEY_FILE_ENV
+    } else {
+        MASTER_KEY_ENV
+    };
+    // The reason names entries and files, never key bytes.
+    MasterKeys::from_settings(material.as_deref(), file.as_deref())
+        .map(Arc::new)
+        .map_err(|e| invalid(name, &e.to_string()))
 }
 
 fn jwt_secret(src: &Source) -> Result<(String, bool), ConfigError> {

@@ -1,6 +1,7 @@
 //! The command service: cqrs-es's `CqrsFramework` over Chronicle's event repository,
 //! two statements a command (ADR 0011).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chronicle_domain::subscription::Subscription;
@@ -8,6 +9,7 @@ use chronicle_domain::{Account, Actor, Booking, Currency, DomainError, Issued, P
 use chronicle_eventstore::AppendRejection;
 use chronicle_eventstore::error::is_unavailable;
 use chronicle_eventstore::idempotency::IdempotencyRecord;
+use chronicle_eventstore::personal::{KeyStore, MasterKeys};
 use chronicle_eventstore::repository::{
     CommandStore, Committed, EventRepository, GroupCommit, GroupCommitSettings,
 };
@@ -38,6 +40,10 @@ pub struct CommandSettings {
     /// between a command and the record of its step, so keep this longer than any
     /// outage of the process manager.
     pub idempotency_retention: Duration,
+    /// The keys personal fields are sealed with on append and opened with on load
+    /// (ADR 0035). `None` stores them in plain text, as before sealing: only for the
+    /// command benchmark's comparison.
+    pub sealing: Option<Arc<MasterKeys>>,
 }
 
 impl Default for CommandSettings {
@@ -47,6 +53,7 @@ impl Default for CommandSettings {
             max_attempts: 20,
             group_commit: GroupCommitSettings::default(),
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
+            sealing: Some(Arc::new(MasterKeys::development())),
         }
     }
 }
@@ -76,11 +83,14 @@ impl CommandService {
     pub fn new(pool: PgPool, settings: CommandSettings) -> Self {
         let options = pool.connect_options().as_ref().clone();
         let mut repository = EventRepository::new(
-            pool,
+            pool.clone(),
             settings.snapshot_every,
             chronicle_domain::upcast::upcasters(),
         )
         .with_wake(RelayWake::start(options.clone()));
+        if let Some(keys) = &settings.sealing {
+            repository = repository.with_sealing(KeyStore::new(pool.clone(), keys.clone()));
+        }
         if let Some(group) = GroupCommit::start(options, settings.group_commit) {
             repository = repository.with_group_commit(group);
         }
@@ -89,6 +99,12 @@ impl CommandService {
             locks: StripedLocks::new(1024),
             settings,
         }
+    }
+
+    /// The data subjects' keys as this service seals with them (its cache is the one an
+    /// erasure here must empty).
+    pub fn key_store(&self) -> Option<&KeyStore> {
+        self.repository.key_store()
     }
 
     /// The pool commands append through.

@@ -16,6 +16,8 @@ pub enum Role {
     Analyst,
     /// Acts on anything.
     Admin,
+    /// Answers data subjects' requests: access to and erasure of their personal data.
+    Privacy,
     /// Chronicle's own background processes (the process manager, the scheduler).
     System,
 }
@@ -28,6 +30,7 @@ impl Role {
             "auditor" => Some(Self::Auditor),
             "analyst" => Some(Self::Analyst),
             "admin" => Some(Self::Admin),
+            "privacy" => Some(Self::Privacy),
             "system" => Some(Self::System),
             _ => None,
         }
@@ -40,6 +43,7 @@ impl Role {
             Self::Auditor => "auditor",
             Self::Analyst => "analyst",
             Self::Admin => "admin",
+            Self::Privacy => "privacy",
             Self::System => "system",
         }
     }

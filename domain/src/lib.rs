@@ -16,6 +16,7 @@ pub mod error;
 pub mod issued;
 pub mod money;
 pub mod payment;
+pub mod subject;
 pub mod subscription;
 pub mod upcast;
 pub mod values;

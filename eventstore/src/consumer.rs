@@ -64,6 +64,16 @@ pub enum ConsumerError {
     Other(String),
 }
 
+impl From<crate::error::StoreError> for ConsumerError {
+    fn from(error: crate::error::StoreError) -> Self {
+        use crate::error::StoreError;
+        match error {
+            StoreError::Unavailable(e) | StoreError::Database(e) => Self::Database(e),
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
 /// Sets aside a message `projector` cannot read, the one policy of every consumer: a row
 /// in `projector_dead_letters` with the reason and the message as received, a count in
 /// `chronicle_projector_dead_letters_total`, an error in the log; then the consumer goes

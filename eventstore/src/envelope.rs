@@ -27,7 +27,7 @@ pub fn topic_for(prefix: &str, aggregate_type: &str) -> String {
 }
 
 /// The aggregate types, in the order their topics are listed.
-pub const AGGREGATE_TYPES: [&str; 4] = ["Account", "Booking", "Payment", "Subscription"];
+pub const AGGREGATE_TYPES: [&str; 5] = ["Account", "Booking", "Payment", "Subscription", "Subject"];
 
 /// Every topic under `prefix`.
 pub fn all_topics(prefix: &str) -> Vec<String> {
@@ -264,7 +264,7 @@ mod tests {
             topic_for("staging.", "Account"),
             "staging.chronicle.account"
         );
-        assert_eq!(all_topics("").len(), 4);
+        assert_eq!(all_topics("").len(), 5);
     }
 
     fn stored(event_type: &str, version: &str, payload: Value) -> StoredEvent {

@@ -133,6 +133,7 @@ struct BookingRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     created_position: i64,
+    personal: Option<serde_json::Value>,
 }
 
 /// An amount in a currency.
@@ -171,6 +172,46 @@ pub struct BookingView {
     #[serde(skip)]
     #[schema(ignore)]
     created_position: i64,
+    /// The sealed personal fields kept beside the row (ADR 0035), until opened.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub sealed: Option<serde_json::Value>,
+}
+
+impl BookingView {
+    /// Opens the sealed guest and notes in place with `key` (`None`: the subject was
+    /// erased, and they read as erased).
+    pub fn open_with(
+        &mut self,
+        key: Option<&chronicle_eventstore::personal::DataKey>,
+    ) -> Result<(), chronicle_eventstore::personal::KeyError> {
+        use chronicle_eventstore::personal::seal::{SEALED_FIELD, open, place};
+        let Some(kept) = self.sealed.take() else {
+            return Ok(());
+        };
+        let here = place(
+            "Booking",
+            &self.booking_id.to_string(),
+            kept["sequence"].as_i64().unwrap_or(1),
+            kept["event_type"].as_str().unwrap_or("BookingRequested"),
+        );
+        let mut payload = serde_json::json!({ SEALED_FIELD: kept["sealed"] });
+        open(&mut payload, key, &here)?;
+        if let Ok(guest) = serde_json::from_value::<GuestView>(payload["guest"].clone()) {
+            self.guest = guest;
+        }
+        self.notes = payload["notes"].as_str().map(str::to_owned);
+        Ok(())
+    }
+
+    /// The subject and key version its sealed fields are under, if it has any.
+    pub fn sealed_under(&self) -> Option<(String, i32)> {
+        let sealed = self.sealed.as_ref()?.get("sealed")?;
+        Some((
+            sealed.get("subject")?.as_str()?.to_owned(),
+            i32::try_from(sealed.get("key_version")?.as_i64()?).ok()?,
+        ))
+    }
 }
 
 impl From<BookingRow> for BookingView {
@@ -199,13 +240,14 @@ impl From<BookingRow> for BookingView {
             created_at: r.created_at,
             updated_at: r.updated_at,
             created_position: r.created_position,
+            sealed: r.personal,
         }
     }
 }
 
 const BOOKING_COLUMNS: &str = "booking_id, account_id, owner, resource_id, seats, starts_at, \
      ends_at, price_amount, price_currency, guest_name, guest_email, notes, status, status_reason, \
-     payment_id, version, created_at, updated_at, created_position";
+     payment_id, version, created_at, updated_at, created_position, personal";
 
 pub async fn booking(pool: &PgPool, id: Uuid) -> Result<Option<BookingView>, sqlx::Error> {
     let row: Option<BookingRow> = sqlx::query_as(&format!(

@@ -14,7 +14,13 @@ use chronicle_projections::search::SearchIndex;
 use futures::TryStreamExt;
 use uuid::Uuid;
 
+use chronicle_domain::subject::SUBJECT;
+use chronicle_eventstore::personal::MasterKeys;
+use chronicle_eventstore::personal::open::KeyRing;
+use chronicle_eventstore::personal::seal::{SEALED_FIELD, place};
+
 use crate::fold::{Kind, Replayer, State};
+use crate::personal::place_of;
 use crate::progress::Progress;
 
 /// One difference between what the events say and what a read model holds.
@@ -40,13 +46,21 @@ pub struct Expected {
     pub payments: BTreeMap<Uuid, (PaymentState, u64, i64)>,
     /// Each subscription's state, version, and invoice lines its events make.
     pub subscriptions: BTreeMap<Uuid, (SubscriptionState, u64, i64)>,
+    /// The data subjects' keys the replay opened with, to open the read rows alike.
+    pub ring: KeyRing,
 }
 
 /// Replays every stream of the store.
 pub async fn replay_store(
     conn: &mut sqlx::PgConnection,
+    keys: &MasterKeys,
     show_progress: bool,
 ) -> anyhow::Result<Expected> {
+    // The keys as of the same snapshot as the events: what a projection would open.
+    let mut expected = Expected {
+        ring: KeyRing::load(&mut *conn, keys).await?,
+        ..Expected::default()
+    };
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&mut *conn)
         .await?;
@@ -56,11 +70,16 @@ pub async fn replay_store(
         "SELECT {STORED_COLUMNS} FROM events ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\", sequence"
     );
     let mut rows = sqlx::query_as::<_, StoredEvent>(&query).fetch(&mut *conn);
-    let mut expected = Expected::default();
     let mut current: Option<(String, String, State, i64)> = None;
-    while let Some(event) = rows.try_next().await? {
+    while let Some(mut event) = rows.try_next().await? {
         expected.events += 1;
         progress.advance(1);
+        // Subject streams hold erasures, which the bookings' opened fields reflect.
+        if event.aggregate_type == SUBJECT {
+            continue;
+        }
+        let here = place_of(&event);
+        expected.ring.open(&mut event.payload, &here)?;
         let same = current
             .as_ref()
             .is_some_and(|(t, i, _, _)| *t == event.aggregate_type && *i == event.aggregate_id);
@@ -188,7 +207,18 @@ impl Differ {
 /// A live `accounts` row with the counts of its ledger lines and balance versions.
 type AccountRow = (Uuid, String, String, i64, i64, String, i64, i64, i64);
 /// A live `bookings` row with the count of its status versions.
-type BookingRow = (Uuid, String, i64, Option<Uuid>, String, i64);
+type BookingRow = (
+    Uuid,
+    String,
+    i64,
+    Option<Uuid>,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<serde_json::Value>,
+);
 /// A live `payments` row with the count of its ledger lines.
 type PaymentRow = (Uuid, String, i64, i64, i32, i64, i64);
 
@@ -199,7 +229,8 @@ const ACCOUNT_ROWS: &str = "SELECT a.account_id, a.owner, a.currency, a.balance,
            FROM accounts a";
 /// Reads every [`BookingRow`].
 const BOOKING_ROWS: &str = "SELECT b.booking_id, b.status, b.version, b.payment_id, b.resource_id, \
-                (SELECT count(*) FROM booking_status_history h WHERE h.booking_id = b.booking_id) \
+                (SELECT count(*) FROM booking_status_history h WHERE h.booking_id = b.booking_id), \
+                b.guest_name, b.guest_email, b.notes, b.personal \
            FROM bookings b";
 /// Reads every [`PaymentRow`].
 const PAYMENT_ROWS: &str = "SELECT p.payment_id, p.status, p.captured_total, p.refunded_total, p.charges_captured, p.version, \
@@ -214,6 +245,32 @@ const SUBSCRIPTION_ROWS: &str = "SELECT s.subscription_id, s.status, s.periods_c
                 (SELECT count(*) FROM subscription_invoices i WHERE i.subscription_id = s.subscription_id), \
                 (SELECT count(*) FROM subscription_history h WHERE h.subscription_id = s.subscription_id) \
            FROM subscriptions s";
+
+/// Opens the sealed guest and notes kept beside a booking row, as the query that shows
+/// the booking does.
+fn open_row(ring: &KeyRing, row: &mut BookingRow) -> anyhow::Result<()> {
+    let Some(kept) = row.9.take() else {
+        return Ok(());
+    };
+    let here = place(
+        "Booking",
+        &row.0.to_string(),
+        kept["sequence"].as_i64().unwrap_or(1),
+        kept["event_type"].as_str().unwrap_or_default(),
+    );
+    let mut payload = serde_json::json!({ SEALED_FIELD: kept["sealed"] });
+    ring.open(&mut payload, &here)?;
+    row.6 = payload["guest"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    row.7 = payload["guest"]["email"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    row.8 = payload["notes"].as_str().map(str::to_owned);
+    Ok(())
+}
 
 /// Reads all rows of one read-model query, keyed by the aggregate id `key` picks out.
 async fn load_rows<R>(
@@ -317,6 +374,28 @@ impl Differ {
             row.5,
             *version as i64,
         );
+        // The personal fields as the keys open them now: erased ones erased.
+        self.check(
+            "bookings",
+            id,
+            "guest_name",
+            row.6.as_str(),
+            state.guest.name.as_str(),
+        );
+        self.check(
+            "bookings",
+            id,
+            "guest_email",
+            row.7.as_str(),
+            state.guest.email.as_str(),
+        );
+        self.check(
+            "bookings",
+            id,
+            "notes",
+            row.8.as_deref(),
+            state.notes.as_deref(),
+        );
     }
 
     /// Compares one payment with its ledger.
@@ -404,7 +483,10 @@ pub async fn diff_read_models(
     );
     let accounts = load_rows(conn, ACCOUNT_ROWS, |row: &AccountRow| row.0).await?;
     differ.compare("accounts", &accounts, &expected.accounts, Differ::account);
-    let bookings = load_rows(conn, BOOKING_ROWS, |row: &BookingRow| row.0).await?;
+    let mut bookings = load_rows(conn, BOOKING_ROWS, |row: &BookingRow| row.0).await?;
+    for row in bookings.values_mut() {
+        open_row(&expected.ring, row)?;
+    }
     differ.compare("bookings", &bookings, &expected.bookings, Differ::booking);
     let payments = load_rows(conn, PAYMENT_ROWS, |row: &PaymentRow| row.0).await?;
     differ.compare("payments", &payments, &expected.payments, Differ::payment);
@@ -435,6 +517,27 @@ pub fn diff_search(index: &SearchIndex, expected: &Expected) -> anyhow::Result<V
                 state.status.as_str(),
             );
             differ.check("search", id, "version", doc.version, *version as i64);
+            differ.check(
+                "search",
+                id,
+                "guest_name",
+                doc.guest.name.as_str(),
+                state.guest.name.as_str(),
+            );
+            differ.check(
+                "search",
+                id,
+                "guest_email",
+                doc.guest.email.as_str(),
+                state.guest.email.as_str(),
+            );
+            differ.check(
+                "search",
+                id,
+                "notes",
+                doc.notes.as_deref(),
+                state.notes.as_deref(),
+            );
         }
     }
     differ.check(

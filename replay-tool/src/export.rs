@@ -9,7 +9,11 @@ use futures::TryStreamExt;
 use serde_json::json;
 use sqlx::PgPool;
 
+use chronicle_eventstore::personal::MasterKeys;
+use chronicle_eventstore::personal::open::KeyRing;
+
 use crate::fold::Kind;
+use crate::personal::place_of;
 
 /// The output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,13 +43,25 @@ fn csv_field(text: &str) -> String {
 /// The CSV header: the columns in the order [`write_csv_line`] writes them.
 const CSV_HEADER: &str = "global_position,aggregate_type,aggregate_id,sequence,event_type,event_version,recorded_at,payload,metadata";
 
-/// Writes the selected events in global-position order; returns how many.
+/// Writes the selected events in global-position order; returns how many. With
+/// `keys`, sealed personal fields are opened (plain text while the subject's key exists,
+/// erased after); without, events are written as stored. One snapshot of the store and
+/// of the keys.
 pub async fn export(
     pool: &PgPool,
     selection: &Selection,
     format: Format,
     out: &mut impl Write,
+    keys: Option<&MasterKeys>,
 ) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let ring = match keys {
+        Some(keys) => Some(KeyRing::load(&mut tx, keys).await?),
+        None => None,
+    };
     let query = format!(
         "SELECT {STORED_COLUMNS} FROM events \
           WHERE ($1::text IS NULL OR aggregate_type = $1) \
@@ -57,13 +73,17 @@ pub async fn export(
         .bind(selection.kind.map(Kind::name))
         .bind(selection.from)
         .bind(selection.to)
-        .fetch(pool);
+        .fetch(&mut *tx);
     if format == Format::Csv {
         writeln!(out, "{CSV_HEADER}")?;
     }
     let mut count = 0;
-    while let Some(event) = rows.try_next().await? {
+    while let Some(mut event) = rows.try_next().await? {
         count += 1;
+        if let Some(ring) = &ring {
+            let here = place_of(&event);
+            ring.open(&mut event.payload, &here)?;
+        }
         match format {
             Format::JsonLines => write_json_line(out, &event)?,
             Format::Csv => write_csv_line(out, &event)?,

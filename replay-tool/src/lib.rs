@@ -11,6 +11,7 @@ pub mod diff;
 pub mod export;
 pub mod fold;
 pub mod history;
+pub mod personal;
 pub mod progress;
 pub mod rebuild;
 pub mod verify;

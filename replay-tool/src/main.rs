@@ -10,7 +10,7 @@ use chronicle_eventstore::envelope::StoredEvent;
 use chronicle_replay::export::{Format, Selection};
 use chronicle_replay::fold::Kind;
 use chronicle_replay::history::Until;
-use chronicle_replay::{db, diff, export, history, rebuild, verify};
+use chronicle_replay::{db, diff, export, history, personal, rebuild, verify};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -90,6 +90,13 @@ enum Command {
         #[arg(long, env = "CHRONICLE_SEARCH_DIR")]
         search_dir: Option<PathBuf>,
     },
+    /// Re-wrap every data subject's key still under an older master key with the
+    /// current one (the first in CHRONICLE_MASTER_KEY(_FILE)); events are not touched.
+    RotateMasterKey {
+        /// Keys re-wrapped per round trip.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
     /// Stream events out as JSON lines or CSV.
     Export {
         #[arg(long = "type")]
@@ -105,6 +112,10 @@ enum Command {
         /// Print count, rate and peak memory to stderr at the end.
         #[arg(long)]
         stats: bool,
+        /// Open sealed personal fields (plain text while the data subject's key exists,
+        /// erased after). Without it events are written as stored: ciphertext.
+        #[arg(long)]
+        open: bool,
     },
 }
 
@@ -172,13 +183,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             projection,
             search_dir: dir,
         } => diff_projection(&url, projection, dir, interactive).await,
+        Command::RotateMasterKey { batch } => rotate_master_key(&url, batch).await,
         Command::Export {
             aggregate_type,
             from,
             to,
             format,
             stats,
-        } => export_events(&url, aggregate_type.as_deref(), from, to, format, stats).await,
+            open,
+        } => {
+            let selection = (aggregate_type.as_deref(), from, to);
+            export_events(&url, selection, format, stats, open).await
+        }
     }
 }
 
@@ -199,7 +215,8 @@ async fn load_stream(
 ) -> anyhow::Result<(Kind, Vec<StoredEvent>)> {
     let pool = db::read_only(url).await?;
     let kind = kind(aggregate_type)?;
-    let events = history::stream(&pool, kind, id).await?;
+    let mut events = history::stream(&pool, kind, id).await?;
+    personal::open_events(&pool, &personal::master_keys()?, &mut events).await?;
     Ok((kind, events))
 }
 
@@ -281,9 +298,12 @@ async fn rebuild_projection(
     interactive: bool,
 ) -> anyhow::Result<ExitCode> {
     let pool = db::writable(url).await?;
+    let keys = std::sync::Arc::new(personal::master_keys()?);
     let summary = match projection {
         Projection::ReadModels => rebuild::read_models(&pool, fresh, interactive).await?,
-        Projection::Search => rebuild::search(&pool, &search_dir(dir), fresh, interactive).await?,
+        Projection::Search => {
+            rebuild::search(&pool, keys, &search_dir(dir), fresh, interactive).await?
+        }
     };
     eprintln!(
         "rebuilt from {} events in {:.1} s: {:.0} events/s{}",
@@ -310,7 +330,8 @@ async fn diff_projection(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *snapshot)
         .await?;
-    let expected = diff::replay_store(&mut snapshot, interactive).await?;
+    let keys = personal::master_keys()?;
+    let expected = diff::replay_store(&mut snapshot, &keys, interactive).await?;
     let found = match projection {
         Projection::ReadModels => diff::diff_read_models(&mut snapshot, &expected).await?,
         Projection::Search => {
@@ -331,16 +352,35 @@ async fn diff_projection(
     Ok(exit_code(found.len()))
 }
 
+/// `rotate-master-key`: re-wraps the data keys under the current master key, in
+/// batches, each row once; prints how many.
+async fn rotate_master_key(url: &str, batch: i64) -> anyhow::Result<ExitCode> {
+    let keys = std::sync::Arc::new(personal::master_keys()?);
+    let current = keys.current_id().to_owned();
+    let pool = db::writable(url).await?;
+    let store = chronicle_eventstore::personal::KeyStore::new(pool, keys);
+    let mut total = 0;
+    loop {
+        let done = store.rewrap(batch.max(1)).await?;
+        total += done;
+        if done == 0 {
+            break;
+        }
+    }
+    eprintln!("re-wrapped {total} data keys under master key {current:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `export`: streams the selected events to stdout.
 async fn export_events(
     url: &str,
-    aggregate_type: Option<&str>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
+    (aggregate_type, from, to): (Option<&str>, Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     format: ExportFormat,
     stats: bool,
+    open: bool,
 ) -> anyhow::Result<ExitCode> {
     let pool = db::read_only(url).await?;
+    let keys = open.then(personal::master_keys).transpose()?;
     let selection = Selection {
         kind: aggregate_type.map(kind).transpose()?,
         from,
@@ -352,7 +392,7 @@ async fn export_events(
     };
     let started = std::time::Instant::now();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let count = export::export(&pool, &selection, format, &mut out).await?;
+    let count = export::export(&pool, &selection, format, &mut out, keys.as_ref()).await?;
     if stats {
         let seconds = started.elapsed().as_secs_f64();
         eprintln!(

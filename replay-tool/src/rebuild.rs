@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chronicle_eventstore::envelope::{SELECT_COMMIT_SAFE_AFTER, StoredEvent};
+use chronicle_eventstore::personal::MasterKeys;
 use chronicle_projections::consumer::PartitionKey;
 use chronicle_projections::read_models::apply_envelopes;
 use chronicle_projections::search::{SearchIndex, SearchProjection, SearchSettings};
@@ -326,6 +327,7 @@ fn consumer_error(error: ConsumerError) -> anyhow::Error {
 /// the topics, skipping what the new index has).
 pub async fn search(
     pool: &PgPool,
+    keys: Arc<MasterKeys>,
     dir: &Path,
     fresh: bool,
     show_progress: bool,
@@ -333,6 +335,8 @@ pub async fn search(
     let rebuild_dir = sibling(dir, ".rebuild");
     // The rebuild index stays open until the exchange is done.
     let (_index, projection) = open_rebuild_index(&rebuild_dir, fresh)?;
+    // The pool lets it read the data subjects' keys.
+    let projection = projection.with_dead_letters(pool.clone()).with_keys(keys);
     let stored = projection.stored_offsets().await.map_err(consumer_error)?;
     let marker = SearchMarker::read(&stored);
     let applied = marker.applied;

@@ -218,3 +218,163 @@ async fn the_repository_seals_on_append_and_opens_on_load_until_the_key_is_erase
     assert_eq!(erased.state.as_ref().unwrap().notes, None);
     assert_eq!(erased.state.as_ref().unwrap().resource_id, "room-1");
 }
+
+/// A writer whose cache still holds a key erased by another process: the append's
+/// guard refuses data sealed under it, and the writer seals again under a new key. The
+/// erased booking stays erased; the new one is readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_erased_by_another_process_is_never_sealed_under_again() {
+    use chronicle_domain::Role;
+    use chronicle_tests::{AppOptions, TestApp, spawn_with_settings, test_settings};
+    use reqwest::StatusCode;
+
+    let db = Arc::new(TestDb::create().await);
+    let mut settings = test_settings(&AppOptions::default());
+    settings.reads.min_position_timeout = std::time::Duration::from_millis(100);
+    let writer = spawn_with_settings(db.clone(), settings.clone(), false).await;
+    let eraser = spawn_with_settings(db, settings, false).await;
+    let token = writer.client_token("alice");
+    let account = writer.open_account(&token, "EUR", 0).await;
+    writer.deposit(&token, account, 10_000).await;
+    let book = |seat: &str| {
+        let mut body = TestApp::booking_body(account, "loft", &[seat], 3, 0);
+        body["guest"] = json!({ "name": "Ada Lovelace", "email": "ada@example.org" });
+        body
+    };
+    let first = writer
+        .post("/v1/bookings", Some(&token), &[], &book("1"))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+
+    let privacy = eraser.token("dpo", &[Role::Privacy]);
+    let erased = eraser
+        .post(
+            "/v1/subjects/erasure",
+            Some(&privacy),
+            &[],
+            &json!({ "email": "ada@example.org" }),
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::OK, "{erased:?}");
+    assert_eq!(erased.body["key_versions"], json!([1]));
+
+    // The writer's cache still holds version 1.
+    let second = writer
+        .post("/v1/bookings", Some(&token), &[], &book("2"))
+        .await;
+    assert_eq!(second.status, StatusCode::CREATED, "{second:?}");
+    let versions: Vec<(i32, bool)> = sqlx::query_as(
+        "SELECT key_version, wrapped IS NOT NULL FROM subject_keys ORDER BY key_version",
+    )
+    .fetch_all(&writer.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, [(1, false), (2, true)]);
+    let sealed_under: Vec<i64> = sqlx::query_scalar(
+        "SELECT (payload->'personal'->>'key_version')::bigint FROM events \
+          WHERE event_type = 'BookingRequested' ORDER BY global_position",
+    )
+    .fetch_all(&writer.pool)
+    .await
+    .unwrap();
+    assert_eq!(sealed_under, [1, 2]);
+
+    let access = eraser
+        .get_query(
+            "/v1/subjects/personal-data",
+            &privacy,
+            &[("email", "ada@example.org".to_owned())],
+        )
+        .await;
+    assert_eq!(access.status, StatusCode::OK, "{access:?}");
+    assert_eq!(access.body["status"], "held");
+    let holdings = access.body["holdings"].as_array().unwrap();
+    assert_eq!(holdings.len(), 2);
+    assert_eq!(holdings[0]["data"], serde_json::Value::Null);
+    assert_eq!(holdings[0]["erased_at"], erased.body["erased_at"]);
+    assert_eq!(holdings[1]["data"]["guest"]["name"], "Ada Lovelace");
+}
+
+/// Logs and traces never carry personal fields: everything Chronicle logs, at every
+/// level, while a guest books, is read, searched, looked up and erased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_at_every_level_never_carry_a_guests_fields() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use chronicle_domain::Role;
+    use chronicle_tests::{TestApp, eventually, spawn_full_app};
+    use reqwest::StatusCode;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .unwrap();
+
+    let app = spawn_full_app().await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    let mut body = TestApp::booking_body(account, "logs", &["1"], 3, 0);
+    body["guest"] = json!({ "name": "Hedwig Quarrington", "email": "hedwig.q@example.org" });
+    body["notes"] = json!("allergic to feathers");
+    let booked = app.post("/v1/bookings", Some(&token), &[], &body).await;
+    assert_eq!(booked.status, StatusCode::CREATED, "{booked:?}");
+    let id = booked.id("booking_id");
+    app.wait_until_projected().await;
+    let read = app.get(&format!("/v1/bookings/{id}"), &token).await;
+    assert_eq!(read.body["guest"]["name"], "Hedwig Quarrington");
+    eventually("search finding the guest", || async {
+        let hits = app
+            .get_query(
+                "/v1/search/bookings",
+                &token,
+                &[("q", "Quarrington".to_owned())],
+            )
+            .await;
+        if hits.body["items"].as_array().is_some_and(|i| i.len() == 1) {
+            Ok(())
+        } else {
+            Err(format!("{hits:?}"))
+        }
+    })
+    .await;
+    let privacy = app.token("dpo", &[Role::Privacy]);
+    let query = [("email", "hedwig.q@example.org".to_owned())];
+    let access = app
+        .get_query("/v1/subjects/personal-data", &privacy, &query)
+        .await;
+    assert_eq!(access.status, StatusCode::OK, "{access:?}");
+    let erased = app
+        .post(
+            "/v1/subjects/erasure",
+            Some(&privacy),
+            &[],
+            &json!({ "email": "hedwig.q@example.org" }),
+        )
+        .await;
+    assert_eq!(erased.status, StatusCode::OK, "{erased:?}");
+    app.wait_until_projected().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("personal data erased"),
+        "the logs were captured"
+    );
+    for secret in ["Hedwig", "Quarrington", "hedwig.q@example.org", "feathers"] {
+        assert!(!logs.contains(secret), "the logs hold {secret:?}");
+    }
+}

@@ -639,10 +639,13 @@ async fn differential_run(seed: u64) {
     let ours_db = TestDb::create().await;
     let ref_db = TestDb::create().await;
     let (ours_pool, ref_pool) = (ours_db.pool(4).await, ref_db.pool(4).await);
+    // Stored alike with postgres-es: personal fields in plain text, as postgres-es
+    // stores them. Sealing is a layer on top (tests/tests/personal.rs).
     let service = CommandService::new(
         ours_pool.clone(),
         CommandSettings {
             snapshot_every: SNAPSHOT_EVERY,
+            sealing: None,
             ..CommandSettings::default()
         },
     );

@@ -6,6 +6,7 @@ pub mod ops;
 pub mod payments;
 pub mod reads;
 pub mod search;
+pub mod subjects;
 pub mod subscriptions;
 pub mod temporal;
 

@@ -205,10 +205,42 @@ pub async fn booking(
         Some(at) => chronicle_projections::temporal::booking_as_of(&state.pool, id, at).await,
     }
     .map_err(database)?;
-    booking
+    let mut booking = booking
         .filter(|b| may_read(&principal.0, &b.owner))
-        .map(Json)
-        .ok_or_else(AppError::not_found)
+        .ok_or_else(AppError::not_found)?;
+    open_bookings(&state, std::slice::from_mut(&mut booking)).await?;
+    Ok(Json(booking))
+}
+
+/// Opens the sealed guests and notes of `bookings` with their subjects' keys: plain
+/// text while a key exists, erased after (ADR 0035).
+pub(crate) async fn open_bookings(
+    state: &AppState,
+    bookings: &mut [BookingView],
+) -> Result<(), AppError> {
+    let Some(keys) = state.commands.key_store() else {
+        return Ok(());
+    };
+    for booking in bookings {
+        let Some((subject, version)) = booking.sealed_under() else {
+            booking.sealed = None;
+            continue;
+        };
+        let subject = chronicle_eventstore::personal::SubjectId(subject);
+        let key = keys
+            .for_reading(&subject, version)
+            .await
+            .map_err(|e| match e {
+                chronicle_eventstore::error::StoreError::Unavailable(e) => {
+                    AppError::unavailable(&e)
+                }
+                other => AppError::internal(&other),
+            })?;
+        booking
+            .open_with(key.as_ref())
+            .map_err(|e| AppError::internal(&e))?;
+    }
+    Ok(())
 }
 
 /// Bookings, newest first, filtered; clients see their own.
@@ -235,11 +267,12 @@ pub async fn bookings(
         status: params.status,
         resource_id: params.resource_id,
     };
-    queries::bookings(&state.pool, &filter, params.cursor.as_deref(), limit)
+    let mut page = queries::bookings(&state.pool, &filter, params.cursor.as_deref(), limit)
         .await
         .map_err(database)?
-        .map(Json)
-        .map_err(|_| invalid_cursor())
+        .map_err(|_| invalid_cursor())?;
+    open_bookings(&state, &mut page.items).await?;
+    Ok(Json(page))
 }
 
 /// A payment or a subscription (the third kind of payment), as the API shows it.

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::reads::{database, invalid_cursor, limit, may_read, read_your_writes, validation};
+use chronicle_eventstore::personal::open::open_payloads;
+use chronicle_eventstore::personal::seal::{place, sealed_part};
+
 use crate::AppState;
 use crate::auth::Principal;
 use crate::extract::{ApiQuery, IdPath};
@@ -282,5 +285,43 @@ pub async fn audit(
     if page.items.is_empty() && params.cursor.is_none() {
         return Err(AppError::not_found());
     }
+    let mut page = page;
+    open_personal(&state, aggregate_type, id, &mut page.items).await?;
     Ok(Json(page))
+}
+
+/// Opens the sealed personal fields of `events` for the auditor: in plain text while
+/// the subject's key exists, as erased after (ADR 0035).
+async fn open_personal(
+    state: &AppState,
+    aggregate_type: &str,
+    id: Uuid,
+    events: &mut [temporal::AuditEvent],
+) -> Result<(), AppError> {
+    let Some(keys) = state.commands.key_store() else {
+        return Ok(());
+    };
+    let id = id.to_string();
+    let payloads: Vec<(Vec<u8>, &serde_json::Value)> = events
+        .iter()
+        .filter_map(|e| {
+            let payload = e.payload.as_ref()?;
+            let here = place(aggregate_type, &id, e.sequence, &e.event_type);
+            Some((here, payload))
+        })
+        .collect();
+    if payloads.iter().all(|(_, p)| sealed_part(p).is_none()) {
+        return Ok(());
+    }
+    let mut connection = state.pool.acquire().await.map_err(database)?;
+    let opened = open_payloads(&mut connection, keys.master_keys(), &payloads, false)
+        .await
+        .map_err(|e| AppError::internal(&e))?;
+    let mut opened = opened.into_iter();
+    for event in events.iter_mut().filter(|e| e.payload.is_some()) {
+        if let Some(Some(payload)) = opened.next() {
+            event.payload = Some(payload);
+        }
+    }
+    Ok(())
 }

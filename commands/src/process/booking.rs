@@ -10,6 +10,7 @@ use chronicle_domain::{
 };
 use chronicle_eventstore::clock;
 use chronicle_eventstore::envelope::Envelope;
+use chronicle_eventstore::personal::seal::mask;
 use cqrs_es::DomainEvent;
 use uuid::Uuid;
 
@@ -140,8 +141,11 @@ fn mismatch(envelope: &Envelope, payload_type: String) -> String {
     )
 }
 
+/// The envelope's payload as `E`; sealed personal fields (ADR 0035) read masked, since
+/// no process needs them.
 fn payload<E: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<E, String> {
-    serde_json::from_value(envelope.payload.clone())
+    let payload = mask(&envelope.payload).unwrap_or_else(|| envelope.payload.clone());
+    serde_json::from_value(payload)
         .map_err(|e| format!("{} {}: {e}", envelope.aggregate_type, envelope.event_type))
 }
 

@@ -33,7 +33,23 @@ impl SubjectId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id of the subject's stream (`Subject/<uuid>`, where its erasures are
+    /// appended): a name-based UUID of the subject id, since stream ids of the read
+    /// models' journal are UUIDs.
+    pub fn stream_id(&self) -> uuid::Uuid {
+        uuid::Uuid::new_v5(&SUBJECT_STREAMS, self.0.as_bytes())
+    }
 }
+
+/// The namespace of subject stream ids.
+const SUBJECT_STREAMS: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6368_726f_6e69_636c_652f_7375_626a_6563);
+
+/// Where key material comes from: `CHRONICLE_MASTER_KEY` (the entries themselves) or
+/// `CHRONICLE_MASTER_KEY_FILE` (a file of them); with neither, the development keys.
+pub const MASTER_KEY_ENV: &str = "CHRONICLE_MASTER_KEY";
+pub const MASTER_KEY_FILE_ENV: &str = "CHRONICLE_MASTER_KEY_FILE";
 
 /// A subject's data key.
 #[derive(Clone)]
@@ -196,6 +212,36 @@ impl MasterKeys {
         keys
     }
 
+    /// The key material the environment names (see [`MASTER_KEY_ENV`]); the development
+    /// keys when it names none. An unreadable file or malformed material is an error,
+    /// never a silent fallback.
+    pub fn from_env() -> Result<Self, KeyError> {
+        Self::from_settings(
+            std::env::var(MASTER_KEY_ENV).ok().as_deref(),
+            std::env::var(MASTER_KEY_FILE_ENV).ok().as_deref(),
+        )
+    }
+
+    /// As [`from_env`](Self::from_env), from the two settings' values.
+    pub fn from_settings(material: Option<&str>, file: Option<&str>) -> Result<Self, KeyError> {
+        match (
+            material.filter(|m| !m.trim().is_empty()),
+            file.filter(|f| !f.is_empty()),
+        ) {
+            (Some(_), Some(_)) => Err(KeyError::Material(format!(
+                "set {MASTER_KEY_ENV} or {MASTER_KEY_FILE_ENV}, not both"
+            ))),
+            (Some(material), None) => Self::parse(material),
+            (None, Some(path)) => {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    KeyError::Material(format!("{MASTER_KEY_FILE_ENV} {path:?}: {e}"))
+                })?);
+                Self::parse(&text)
+            }
+            (None, None) => Ok(Self::development()),
+        }
+    }
+
     /// Whether these are the development keys.
     pub fn is_development(&self) -> bool {
         self.development
@@ -344,6 +390,47 @@ mod tests {
         assert!(
             shown.contains("k1") && shown.contains("DataKey(..)"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn settings_choose_the_material_the_file_or_the_development_keys() {
+        let text = material(&["k1"]);
+        let direct = MasterKeys::from_settings(Some(&text), None).unwrap();
+        assert_eq!(direct.current_id(), "k1");
+        assert!(!direct.is_development());
+        let path = std::env::temp_dir().join(format!("chronicle-keys-{}", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let filed = MasterKeys::from_settings(None, path.to_str()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            filed.subject_id("ada@example.org"),
+            direct.subject_id("ada@example.org")
+        );
+        assert!(
+            MasterKeys::from_settings(None, None)
+                .unwrap()
+                .is_development()
+        );
+        assert!(MasterKeys::from_settings(Some(&text), path.to_str()).is_err());
+        let missing = MasterKeys::from_settings(None, Some("/nonexistent/keys")).unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/keys"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_subjects_stream_id_is_stable_and_its_own() {
+        let keys = MasterKeys::development();
+        let ada = keys.subject_id("ada@example.org");
+        assert_eq!(
+            ada.stream_id(),
+            keys.subject_id(" ADA@example.org").stream_id()
+        );
+        assert_ne!(
+            ada.stream_id(),
+            keys.subject_id("bob@example.org").stream_id()
         );
     }
 }

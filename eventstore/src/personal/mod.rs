@@ -3,9 +3,13 @@
 //! store, the repository's sealing on append and opening on load, and erasure build on
 //! these.
 
+pub mod erase;
 pub mod keys;
+pub mod open;
 pub mod seal;
 pub mod store;
 
-pub use keys::{DataKey, KeyError, MasterKeys, SubjectId, Wrapped};
+pub use keys::{
+    DataKey, KeyError, MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeys, SubjectId, Wrapped,
+};
 pub use store::KeyStore;

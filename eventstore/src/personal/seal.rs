@@ -17,8 +17,11 @@ pub const PERSONAL_FIELDS: [&str; 2] = ["guest", "notes"];
 /// The field that holds them sealed.
 pub const SEALED_FIELD: &str = "personal";
 
-/// What an erased field reads as.
-pub const ERASED: &str = "[erased]";
+pub use chronicle_domain::subject::ERASED;
+
+/// What a sealed field reads as where it is kept sealed (the read tables): the
+/// query that shows it opens the sealed value kept beside.
+pub const SEALED: &str = "[sealed]";
 
 /// The sealed personal fields of one payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +100,21 @@ pub fn seal(
         serde_json::to_value(sealed).unwrap_or(Value::Null),
     );
     true
+}
+
+/// `payload` with its sealed fields masked, for a reader that keeps them sealed: the
+/// guest reads `"[sealed]"`, no notes, and the `personal` object is gone. `None` when
+/// nothing in it is sealed.
+pub fn mask(payload: &Value) -> Option<Value> {
+    sealed_part(payload)?;
+    let mut masked = payload.clone();
+    let object = holder(&mut masked)?;
+    object.remove(SEALED_FIELD);
+    object.insert(
+        "guest".to_owned(),
+        serde_json::json!({ "name": SEALED, "email": SEALED }),
+    );
+    Some(masked)
 }
 
 /// The sealed fields of `payload` (or of its `state`), if it has them.

@@ -24,8 +24,13 @@ pub struct KeyStore {
     cache: Arc<Mutex<Cache>>,
 }
 
-/// Unwrapped keys by subject and version, with when they were unwrapped.
-type Cache = HashMap<(SubjectId, i32), (DataKey, Instant)>;
+/// Unwrapped keys by subject and version, with when they were unwrapped, and the
+/// version each subject's new data is sealed with, as last seen.
+#[derive(Debug, Default)]
+struct Cache {
+    keys: HashMap<(SubjectId, i32), (DataKey, Instant)>,
+    writing: HashMap<SubjectId, i32>,
+}
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -39,7 +44,7 @@ impl KeyStore {
         Self {
             pool,
             keys,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(Mutex::new(Cache::default())),
         }
     }
 
@@ -50,26 +55,48 @@ impl KeyStore {
 
     fn cached(&self, subject: &SubjectId, version: i32) -> Option<DataKey> {
         let cache = self.cache.lock().ok()?;
-        let (key, at) = cache.get(&(subject.clone(), version))?;
+        let (key, at) = cache.keys.get(&(subject.clone(), version))?;
         (at.elapsed() < CACHE_LIFETIME).then(|| key.clone())
     }
 
     fn remember(&self, subject: &SubjectId, version: i32, key: &DataKey) {
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_ENTRIES {
-                cache.retain(|_, (_, at)| at.elapsed() < CACHE_LIFETIME);
-                if cache.len() >= CACHE_ENTRIES {
-                    cache.clear();
+            if cache.keys.len() >= CACHE_ENTRIES {
+                cache
+                    .keys
+                    .retain(|_, (_, at)| at.elapsed() < CACHE_LIFETIME);
+                if cache.keys.len() >= CACHE_ENTRIES {
+                    cache.keys.clear();
                 }
             }
-            cache.insert((subject.clone(), version), (key.clone(), Instant::now()));
+            cache
+                .keys
+                .insert((subject.clone(), version), (key.clone(), Instant::now()));
+        }
+    }
+
+    /// The version `subject`'s new data was last sealed with here, and its key, while
+    /// the key is cached.
+    fn cached_for_writing(&self, subject: &SubjectId) -> Option<(i32, DataKey)> {
+        let version = *self.cache.lock().ok()?.writing.get(subject)?;
+        Some((version, self.cached(subject, version)?))
+    }
+
+    fn remember_for_writing(&self, subject: &SubjectId, version: i32, key: &DataKey) {
+        self.remember(subject, version, key);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.writing.len() >= CACHE_ENTRIES {
+                cache.writing.clear();
+            }
+            cache.writing.insert(subject.clone(), version);
         }
     }
 
     /// Forgets `subject`'s cached keys (it was erased).
     pub fn forget(&self, subject: &SubjectId) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|(s, _), _| s != subject);
+            cache.keys.retain(|(s, _), _| s != subject);
+            cache.writing.remove(subject);
         }
     }
 
@@ -91,7 +118,15 @@ impl KeyStore {
 
     /// The key to seal `subject`'s new data with: its newest version not erased, or a
     /// new version made now (the first, or the next after an erasure).
+    ///
+    /// From the cache while it holds the version last used here: the write path then
+    /// costs no query. The version may have been erased meanwhile by another process;
+    /// the append's guard (`events_seal_guard`) refuses data sealed under an erased key,
+    /// and the repository then forgets the subject here and tries again.
     pub async fn for_writing(&self, subject: &SubjectId) -> Result<(i32, DataKey), StoreError> {
+        if let Some(cached) = self.cached_for_writing(subject) {
+            return Ok(cached);
+        }
         loop {
             let newest: Option<Row> = sqlx::query_as(
                 "SELECT key_version, master_key_id, wrapped FROM subject_keys \
@@ -100,13 +135,11 @@ impl KeyStore {
             .bind(subject.as_str())
             .fetch_optional(&self.pool)
             .await?;
-            if let Some(row) = &newest {
-                if let Some(key) = self.cached(subject, row.key_version) {
-                    return Ok((row.key_version, key));
-                }
-                if let Some(key) = self.open(subject, row)? {
-                    return Ok((row.key_version, key));
-                }
+            if let Some(row) = &newest
+                && let Some(key) = self.open(subject, row)?
+            {
+                self.remember_for_writing(subject, row.key_version, &key);
+                return Ok((row.key_version, key));
             }
             let version = newest.map_or(1, |row| row.key_version + 1);
             let key = DataKey::generate();
@@ -122,7 +155,7 @@ impl KeyStore {
             .execute(&self.pool)
             .await?;
             if made.rows_affected() == 1 {
-                self.remember(subject, version, &key);
+                self.remember_for_writing(subject, version, &key);
                 return Ok((version, key));
             }
             // Another writer made this version first: use theirs.
@@ -191,6 +224,65 @@ impl KeyStore {
         }
         Ok(done)
     }
+}
+
+/// The statement of [`current_keys`]: the key rows of the wanted (subject, version)
+/// pairs that are not erased.
+const CURRENT_KEYS: &str = "\
+SELECT k.subject_id, k.key_version, k.master_key_id, k.wrapped
+  FROM subject_keys k
+  JOIN unnest($1::text[], $2::int[]) AS w(subject_id, key_version)
+    ON (k.subject_id, k.key_version) = (w.subject_id, w.key_version)
+ WHERE k.wrapped IS NOT NULL";
+
+/// The same, each row held `FOR SHARE` (in a fixed order) until the transaction ends.
+const CURRENT_KEYS_LOCKED: &str = "\
+SELECT k.subject_id, k.key_version, k.master_key_id, k.wrapped
+  FROM subject_keys k
+  JOIN unnest($1::text[], $2::int[]) AS w(subject_id, key_version)
+    ON (k.subject_id, k.key_version) = (w.subject_id, w.key_version)
+ WHERE k.wrapped IS NOT NULL
+ ORDER BY k.subject_id, k.key_version
+   FOR SHARE OF k";
+
+/// The keys of `wanted` (subject, version) as they are now, read on `connection`
+/// without the cache; with `lock`, each key row is held `FOR SHARE` until the
+/// transaction ends, so an erasure (which updates the row) waits for it and what the
+/// transaction writes from the opened data is committed before the erasure is. A
+/// version missing from the answer was erased (or never made).
+pub async fn current_keys(
+    connection: &mut sqlx::PgConnection,
+    keys: &MasterKeys,
+    wanted: &[(SubjectId, i32)],
+    lock: bool,
+) -> Result<HashMap<(SubjectId, i32), DataKey>, StoreError> {
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let subjects: Vec<&str> = wanted.iter().map(|(s, _)| s.as_str()).collect();
+    let versions: Vec<i32> = wanted.iter().map(|(_, v)| *v).collect();
+    let rows: Vec<(String, i32, String, Vec<u8>)> = sqlx::query_as(if lock {
+        CURRENT_KEYS_LOCKED
+    } else {
+        CURRENT_KEYS
+    })
+    .bind(&subjects)
+    .bind(&versions)
+    .fetch_all(connection)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for (subject, version, master_key_id, bytes) in rows {
+        let subject = SubjectId(subject);
+        let wrapped = Wrapped {
+            master_key_id,
+            bytes,
+        };
+        let key = keys
+            .unwrap(&subject, version, &wrapped)
+            .map_err(key_error)?;
+        found.insert((subject, version), key);
+    }
+    Ok(found)
 }
 
 fn key_error(error: KeyError) -> StoreError {

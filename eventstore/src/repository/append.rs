@@ -5,22 +5,28 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::{Position, RepositoryError, SNAPSHOT_PLACE, Stream, database_error, sql};
-use crate::personal::KeyStore;
-use crate::personal::seal::{place, seal, subject_email};
+use crate::personal::seal::{ERASED, place, seal, subject_email};
+use crate::personal::{KeyStore, SubjectId};
 
-/// Seals `payload`'s personal fields, if it holds any, under its subject's key.
+/// Seals `payload`'s personal fields, if it holds any, under its subject's key; returns
+/// the subject.
 async fn seal_with(
     keys: &KeyStore,
     payload: &mut Value,
     here: &[u8],
-) -> Result<(), RepositoryError> {
+) -> Result<Option<SubjectId>, RepositoryError> {
     let Some(email) = subject_email(payload) else {
-        return Ok(());
+        return Ok(None);
     };
+    // A stream whose subject was erased carries the erased marks on (in the state a
+    // snapshot keeps): nothing personal is left to seal.
+    if email == ERASED {
+        return Ok(None);
+    }
     let subject = keys.master_keys().subject_id(email);
     let (version, key) = keys.for_writing(&subject).await?;
     seal(payload, &subject, version, &key, here);
-    Ok(())
+    Ok(Some(subject))
 }
 
 /// The snapshot an append stores with its events.
@@ -45,6 +51,8 @@ pub(super) struct Append {
     /// The command's metadata, the same for each of its events.
     pub metadata: Value,
     pub snapshot: Option<SnapshotWrite>,
+    /// The data subjects whose fields it sealed.
+    pub subjects: Vec<SubjectId>,
 }
 
 impl Append {
@@ -67,6 +75,7 @@ impl Append {
             payloads: Vec::with_capacity(events.len()),
             metadata: serde_json::to_value(&first.metadata)?,
             snapshot: None,
+            subjects: Vec::new(),
         };
         for event in events {
             append.sequences.push(event.sequence as i64);
@@ -95,7 +104,9 @@ impl Append {
                 self.sequences[n],
                 &self.types[n],
             );
-            seal_with(keys, payload, &here).await?;
+            if let Some(subject) = seal_with(keys, payload, &here).await? {
+                self.subjects.push(subject);
+            }
         }
         if let Some(snapshot) = &mut self.snapshot {
             let here = place(
@@ -104,7 +115,9 @@ impl Append {
                 snapshot.number,
                 SNAPSHOT_PLACE,
             );
-            seal_with(keys, &mut snapshot.payload, &here).await?;
+            if let Some(subject) = seal_with(keys, &mut snapshot.payload, &here).await? {
+                self.subjects.push(subject);
+            }
         }
         Ok(())
     }

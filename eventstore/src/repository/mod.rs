@@ -137,6 +137,15 @@ impl<E: std::error::Error> From<RepositoryError> for AggregateError<E> {
 
 /// Maps the driver's error, recognising an optimistic-lock conflict (a duplicate
 /// `(aggregate_type, aggregate_id, sequence)`, or a replaced snapshot) by SQLSTATE 23505.
+/// Whether the append guard refused `error`'s append for a key erased (CH003).
+fn sealed_under_erased_key(error: &RepositoryError) -> bool {
+    match error {
+        RepositoryError::Database(sqlx::Error::Database(e)) => e.code().as_deref() == Some("CH003"),
+        RepositoryError::Refused(refusal) => refusal.sqlstate == "CH003",
+        _ => false,
+    }
+}
+
 fn database_error(error: sqlx::Error) -> RepositoryError {
     match &error {
         sqlx::Error::Database(e) if e.code().as_deref() == Some("23505") => {
@@ -229,6 +238,11 @@ impl EventRepository {
     pub fn with_sealing(mut self, keys: KeyStore) -> Self {
         self.sealing = Some(keys);
         self
+    }
+
+    /// The key store it seals with, if it seals.
+    pub fn key_store(&self) -> Option<&KeyStore> {
+        self.sealing.as_ref()
     }
 
     /// Puts `payload`'s sealed fields back in plain text, or as erased when the subject's
@@ -432,10 +446,27 @@ impl EventRepository {
         if let Some(keys) = &self.sealing {
             append.seal(keys).await?;
         }
-        let positions = match (&self.group, connection) {
-            (Some(group), _) => group.append(append).await?,
-            (None, Some(connection)) => append.execute(connection).await?,
-            (None, None) => append.execute(&mut *self.connection().await?).await?,
+        let subjects = std::mem::take(&mut append.subjects);
+        let appended = match (&self.group, connection) {
+            (Some(group), _) => group.append(append).await,
+            (None, Some(connection)) => append.execute(connection).await,
+            (None, None) => append.execute(&mut *self.connection().await?).await,
+        };
+        let positions = match (appended, &self.sealing) {
+            (Ok(positions), _) => positions,
+            // Sealed under a key erased meanwhile (elsewhere: the cache here still had
+            // it). Forget it and let the command run again, as after a lost race; the
+            // next seal makes a new key.
+            (Err(error), Some(keys)) if sealed_under_erased_key(&error) => {
+                tracing::info!(
+                    "an append sealed under an erased key was refused; retrying with a new key"
+                );
+                for subject in &subjects {
+                    keys.forget(subject);
+                }
+                return Err(RepositoryError::Conflict);
+            }
+            (Err(error), _) => return Err(error),
         };
         if let Some(wake) = &self.wake {
             wake.committed();

@@ -8,9 +8,12 @@
 
 use std::collections::HashSet;
 
+use chronicle_domain::subject::{ERASED, SubjectEvent};
 use chronicle_domain::subscription::SubscriptionEvent;
 use chronicle_domain::{AccountEvent, BookingEvent, PaymentEvent};
 use chronicle_eventstore::envelope::Envelope;
+use chronicle_eventstore::personal::seal::{SEALED_FIELD, mask};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Tx;
@@ -109,6 +112,11 @@ impl Order {
 /// Applies `envelopes` (each aggregate's events in sequence order) to the read models
 /// inside `tx`: the journal, the tables and the temporal history. Shared by the
 /// projector and by `chronicle-replay rebuild`, which runs it against fresh tables.
+///
+/// Sealed personal fields stay sealed (ADR 0035): the tables read `"[sealed]"` and
+/// keep the sealed value beside (`bookings.personal`), which the query that shows a
+/// booking opens with the subject's key. No key is needed here, and an erasure takes
+/// effect on the read side the moment the key is gone.
 pub async fn apply_envelopes(
     tx: &mut Tx<'_>,
     envelopes: &[Envelope],
@@ -143,6 +151,8 @@ pub async fn apply_envelopes(
         outcome.duplicates += tally.stale;
         early.extend(tally.early);
     }
+    keep_sealed(tx, &fresh.bookings).await?;
+    outcome.applied += erase(tx, &fresh.subjects).await?;
     if !early.is_empty() {
         outcome.early = early.len();
         sqlx::query("DELETE FROM rm_applied_events WHERE global_position = ANY($1)")
@@ -190,6 +200,7 @@ struct ByAggregate<'a> {
     bookings: Vec<Fresh<'a, BookingEvent>>,
     payments: Vec<Fresh<'a, PaymentEvent>>,
     subscriptions: Vec<Fresh<'a, SubscriptionEvent>>,
+    subjects: Vec<SubjectEvent>,
 }
 
 impl<'a> ByAggregate<'a> {
@@ -215,6 +226,7 @@ impl<'a> ByAggregate<'a> {
                 id,
                 event,
             }),
+            Readable::Subject(_, event) => self.subjects.push(event),
         }
     }
 }
@@ -224,6 +236,7 @@ enum Readable {
     Booking(Uuid, BookingEvent),
     Payment(Uuid, PaymentEvent),
     Subscription(Uuid, SubscriptionEvent),
+    Subject(Uuid, SubjectEvent),
 }
 
 impl Readable {
@@ -232,16 +245,18 @@ impl Readable {
             Self::Account(id, _)
             | Self::Booking(id, _)
             | Self::Payment(id, _)
-            | Self::Subscription(id, _) => *id,
+            | Self::Subscription(id, _)
+            | Self::Subject(id, _) => *id,
         }
     }
 }
 
-/// Reads the envelope's aggregate id and payload as its aggregate's event type.
+/// Reads the envelope's aggregate id and payload (its sealed fields masked) as its
+/// aggregate's event type.
 fn read(envelope: &Envelope) -> Result<Readable, String> {
     let id = Uuid::parse_str(&envelope.aggregate_id)
         .map_err(|e| format!("aggregate id {:?}: {e}", envelope.aggregate_id))?;
-    let payload = || envelope.payload.clone();
+    let payload = || mask(&envelope.payload).unwrap_or_else(|| envelope.payload.clone());
     let unreadable =
         |e: serde_json::Error| format!("{} {}: {e}", envelope.aggregate_type, envelope.event_type);
     match envelope.aggregate_type.as_str() {
@@ -249,9 +264,67 @@ fn read(envelope: &Envelope) -> Result<Readable, String> {
         "Booking" => serde_json::from_value(payload()).map(|e| Readable::Booking(id, e)),
         "Payment" => serde_json::from_value(payload()).map(|e| Readable::Payment(id, e)),
         "Subscription" => serde_json::from_value(payload()).map(|e| Readable::Subscription(id, e)),
+        "Subject" => serde_json::from_value(payload()).map(|e| Readable::Subject(id, e)),
         other => return Err(format!("unknown aggregate type {other:?}")),
     }
     .map_err(unreadable)
+}
+
+/// Keeps the sealed personal fields of the applied booking events beside their rows
+/// (`bookings.personal`), with where they were sealed (what opens them).
+async fn keep_sealed(
+    tx: &mut Tx<'_>,
+    bookings: &[Fresh<'_, BookingEvent>],
+) -> Result<(), sqlx::Error> {
+    let sealed: Vec<(Uuid, Value)> = bookings
+        .iter()
+        .filter_map(|fresh| {
+            let envelope = fresh.envelope;
+            let sealed = envelope.payload.get(SEALED_FIELD)?.clone();
+            let kept = json!({
+                "sealed": sealed,
+                "sequence": envelope.sequence,
+                "event_type": envelope.event_type,
+            });
+            Some((fresh.id, kept))
+        })
+        .collect();
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    let (ids, values): (Vec<Uuid>, Vec<Value>) = sealed.into_iter().unzip();
+    sqlx::query(
+        "UPDATE bookings b SET personal = s.personal \
+           FROM unnest($1::uuid[], $2::jsonb[]) AS s(booking_id, personal) \
+          WHERE b.booking_id = s.booking_id",
+    )
+    .bind(&ids)
+    .bind(&values)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies erasures: the bookings of each erased subject show their guest as erased,
+/// lose their notes and the sealed value kept beside. Idempotent, so a redelivery or a
+/// replay changes nothing more. Returns how many erasures it applied.
+async fn erase(tx: &mut Tx<'_>, erasures: &[SubjectEvent]) -> Result<usize, sqlx::Error> {
+    let bookings: Vec<Uuid> = erasures
+        .iter()
+        .flat_map(|e| e.streams_of("Booking"))
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
+    if !bookings.is_empty() {
+        sqlx::query(
+            "UPDATE bookings SET guest_name = $2, guest_email = $2, notes = NULL, personal = NULL \
+              WHERE booking_id = ANY($1)",
+        )
+        .bind(&bookings)
+        .bind(ERASED)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(erasures.len())
 }
 
 /// Records the events in the journal; returns the positions that were not there yet.

@@ -12,9 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chronicle_domain::booking::BookingState;
+use chronicle_domain::subject::{ERASED, SUBJECT, SubjectEvent};
 use chronicle_domain::{BookingChange, BookingEvent};
 use chronicle_eventstore::envelope::{Envelope, topic_for};
 use chronicle_eventstore::kafka::KafkaSettings;
+use chronicle_eventstore::personal::MasterKeys;
+use chronicle_eventstore::personal::open::open_envelopes;
+use serde_json::Value;
 use sqlx::PgPool;
 use tantivy::indexer::LogMergePolicy;
 use tantivy::{IndexWriter, Term};
@@ -64,8 +68,11 @@ pub struct SearchProjection {
     index: Arc<SearchIndex>,
     settings: SearchSettings,
     pending: Arc<Mutex<Pending>>,
-    /// Where unreadable messages are set aside (`projector_dead_letters`).
+    /// Where unreadable messages are set aside (`projector_dead_letters`) and the keys
+    /// of sealed personal fields are read (`subject_keys`).
     dead_letters: Option<PgPool>,
+    /// Opens sealed personal fields (ADR 0035).
+    keys: Arc<MasterKeys>,
 }
 
 impl SearchProjection {
@@ -90,6 +97,7 @@ impl SearchProjection {
             index,
             settings,
             dead_letters: None,
+            keys: Arc::new(MasterKeys::development()),
         })
     }
 
@@ -99,6 +107,41 @@ impl SearchProjection {
     pub fn with_dead_letters(mut self, pool: PgPool) -> Self {
         self.dead_letters = Some(pool);
         self
+    }
+
+    /// Opens sealed personal fields with `keys` (the development keys otherwise).
+    #[must_use]
+    pub fn with_keys(mut self, keys: Arc<MasterKeys>) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// The opened payloads of the sealed ones among `envelopes`, by global position.
+    /// Keys are read as they are now: an erasure committed before this read shows here
+    /// as erased fields; one committed after it is delivered after these events and
+    /// erases what they indexed. Without a database (benchmarks) sealed fields read as
+    /// erased.
+    async fn open(&self, envelopes: &[Envelope]) -> Result<HashMap<i64, Value>, ConsumerError> {
+        let sealed = envelopes
+            .iter()
+            .any(|e| chronicle_eventstore::personal::seal::sealed_part(&e.payload).is_some());
+        if !sealed {
+            return Ok(HashMap::new());
+        }
+        match &self.dead_letters {
+            Some(pool) => {
+                let mut connection = pool.acquire().await?;
+                Ok(open_envelopes(&mut connection, &self.keys, envelopes, false).await?)
+            }
+            None => Ok(envelopes
+                .iter()
+                .filter_map(|e| {
+                    let mut payload = e.payload.clone();
+                    chronicle_eventstore::personal::seal::open(&mut payload, None, &[]).ok()?;
+                    Some((e.global_position, payload))
+                })
+                .collect()),
+        }
     }
 
     async fn dead_letter(&self, delivered: &Delivered, reason: &str) -> Result<(), ConsumerError> {
@@ -144,10 +187,12 @@ impl SearchProjection {
         progress: HashMap<PartitionKey, i64>,
         commit_now: bool,
     ) -> Result<(), ConsumerError> {
+        let mut opened = self.open(&envelopes).await?;
         self.blocking(move |index, _, pending| {
             for envelope in envelopes {
                 let position = envelope.global_position;
-                match read_envelope(envelope) {
+                let payload = opened.remove(&position);
+                match read_envelope(envelope, payload) {
                     Ok(Some(event)) => apply_event(index, pending, event)?,
                     Ok(None) => {}
                     // Read straight from the store, where `chronicle-replay verify` and
@@ -176,7 +221,10 @@ impl OffsetStoringConsumer for SearchProjection {
     }
 
     fn topics(&self, kafka: &KafkaSettings) -> Vec<String> {
-        vec![topic_for(&kafka.topic_prefix, "Booking")]
+        vec![
+            topic_for(&kafka.topic_prefix, "Booking"),
+            topic_for(&kafka.topic_prefix, SUBJECT),
+        ]
     }
 
     /// Searches see changes only at the next commit (every `commit_interval` at most),
@@ -194,9 +242,19 @@ impl OffsetStoringConsumer for SearchProjection {
     /// commit never moves the offsets past a message that was neither applied nor
     /// recorded.
     async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ConsumerError> {
-        let mut events = Vec::with_capacity(batch.len());
+        let mut envelopes = Vec::with_capacity(batch.len());
         for delivered in batch {
-            match read_message(delivered) {
+            match delivered.envelope() {
+                Ok(envelope) => envelopes.push((delivered, envelope)),
+                Err(reason) => self.dead_letter(delivered, &reason).await?,
+            }
+        }
+        let all: Vec<Envelope> = envelopes.iter().map(|(_, e)| e.clone()).collect();
+        let mut opened = self.open(&all).await?;
+        let mut events = Vec::with_capacity(envelopes.len());
+        for (delivered, envelope) in envelopes {
+            let payload = opened.remove(&envelope.global_position);
+            match read_envelope(envelope, payload) {
                 Ok(Some(event)) => events.push(event),
                 Ok(None) => {}
                 Err(reason) => self.dead_letter(delivered, &reason).await?,
@@ -281,43 +339,55 @@ fn commit(index: &SearchIndex, pending: &mut Pending) -> Result<(), ConsumerErro
     }
 }
 
-/// A booking event, read.
-struct Readable {
-    envelope: Envelope,
-    id: Uuid,
-    event: BookingEvent,
+/// An event the index reads. Erasures are rare and short-lived in a batch's list; the
+/// booking variant is the one that matters, so neither is boxed.
+#[allow(clippy::large_enum_variant)]
+enum Readable {
+    Booking {
+        envelope: Envelope,
+        id: Uuid,
+        event: BookingEvent,
+    },
+    Erased(SubjectEvent),
 }
 
-/// Reads a message of the booking topic: `None` for another aggregate's event, an error
-/// (the reason) for what cannot be read.
-fn read_message(delivered: &Delivered) -> Result<Option<Readable>, String> {
-    read_envelope(delivered.envelope()?)
-}
-
-fn read_envelope(envelope: Envelope) -> Result<Option<Readable>, String> {
-    if envelope.aggregate_type != "Booking" {
-        return Ok(None);
+/// Reads an event of the booking or subject topic (`opened`: its payload opened, when it
+/// was sealed): `None` for another aggregate's event, an error (the reason) for what
+/// cannot be read.
+fn read_envelope(envelope: Envelope, opened: Option<Value>) -> Result<Option<Readable>, String> {
+    let payload = opened.unwrap_or_else(|| envelope.payload.clone());
+    match envelope.aggregate_type.as_str() {
+        "Booking" => {
+            let id = Uuid::parse_str(&envelope.aggregate_id)
+                .map_err(|e| format!("aggregate id {:?}: {e}", envelope.aggregate_id))?;
+            let event = serde_json::from_value::<BookingEvent>(payload)
+                .map_err(|e| format!("Booking {}: {e}", envelope.event_type))?;
+            Ok(Some(Readable::Booking {
+                envelope,
+                id,
+                event,
+            }))
+        }
+        SUBJECT => serde_json::from_value::<SubjectEvent>(payload)
+            .map(|event| Some(Readable::Erased(event)))
+            .map_err(|e| format!("Subject {}: {e}", envelope.event_type)),
+        _ => Ok(None),
     }
-    let id = Uuid::parse_str(&envelope.aggregate_id)
-        .map_err(|e| format!("aggregate id {:?}: {e}", envelope.aggregate_id))?;
-    let event = serde_json::from_value::<BookingEvent>(envelope.payload.clone())
-        .map_err(|e| format!("Booking {}: {e}", envelope.event_type))?;
-    Ok(Some(Readable {
-        envelope,
-        id,
-        event,
-    }))
 }
 
 fn apply_event(
     index: &SearchIndex,
     pending: &mut Pending,
-    Readable {
-        envelope,
-        id,
-        event,
-    }: Readable,
+    readable: Readable,
 ) -> Result<(), ConsumerError> {
+    let (envelope, id, event) = match readable {
+        Readable::Booking {
+            envelope,
+            id,
+            event,
+        } => (envelope, id, event),
+        Readable::Erased(erasure) => return erase(index, pending, &erasure),
+    };
     let current = match pending.changed.get(&id) {
         Some(booking) => Some(booking.clone()),
         None => index.get(id).map_err(search_error)?,
@@ -333,6 +403,35 @@ fn apply_event(
     }
     if let Some(next) = evolve(current, &envelope, &event) {
         pending.changed.insert(id, next);
+    }
+    Ok(())
+}
+
+/// Applies an erasure: the subject's bookings, pending or committed, are written again
+/// with the guest erased and without notes, so neither name, e-mail nor notes find
+/// them. Their versions stay: later events still apply.
+fn erase(
+    index: &SearchIndex,
+    pending: &mut Pending,
+    erasure: &SubjectEvent,
+) -> Result<(), ConsumerError> {
+    for id in erasure.streams_of("Booking") {
+        let Ok(id) = Uuid::parse_str(id) else {
+            continue;
+        };
+        let current = match pending.changed.get(&id) {
+            Some(booking) => Some(booking.clone()),
+            None => index.get(id).map_err(search_error)?,
+        };
+        let Some(mut booking) = current else {
+            continue;
+        };
+        booking.guest = GuestView {
+            name: ERASED.to_owned(),
+            email: ERASED.to_owned(),
+        };
+        booking.notes = None;
+        pending.changed.insert(id, booking);
     }
     Ok(())
 }
