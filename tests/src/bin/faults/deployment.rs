@@ -135,12 +135,13 @@ impl Deployment {
 
     /// A client's token, valid for a day.
     pub fn token(&self) -> String {
+        self.token_of("loader", &[chronicle_domain::Role::Client])
+    }
+
+    /// A token for `subject` with `roles`.
+    pub fn token_of(&self, subject: &str, roles: &[chronicle_domain::Role]) -> String {
         chronicle_api::auth::JwtKeys::hs256(TEST_JWT_SECRET)
-            .issue(
-                "loader",
-                &[chronicle_domain::Role::Client],
-                chrono::Duration::hours(24),
-            )
+            .issue(subject, roles, chrono::Duration::hours(24))
             .unwrap()
     }
 }

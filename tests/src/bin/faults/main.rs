@@ -24,6 +24,7 @@ mod checks;
 mod clock;
 mod deployment;
 mod disk;
+mod erasure;
 mod forward;
 mod held_lock;
 mod jump;
@@ -53,10 +54,11 @@ pub enum Fault {
     SearchDiskFull,
     ClockJump,
     KillBilling,
+    KillErasure,
 }
 
 impl Fault {
-    const ALL: [Fault; 13] = [
+    const ALL: [Fault; 14] = [
         Fault::KillAll,
         Fault::StopBroker,
         Fault::RestartPostgres,
@@ -70,6 +72,7 @@ impl Fault {
         Fault::SearchDiskFull,
         Fault::ClockJump,
         Fault::KillBilling,
+        Fault::KillErasure,
     ];
 
     fn describe(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Fault {
             Self::SearchDiskFull => "the search index's disk full for 20 s",
             Self::ClockJump => "the clock jumps forward an hour",
             Self::KillBilling => "kill -9 of chronicle all during a subscription billing run",
+            Self::KillErasure => "kill -9 of chronicle all during personal-data erasures",
         }
     }
 

@@ -9,7 +9,7 @@ use chronicle_tests::TestDb;
 use crate::checks::{self, Target};
 use crate::load::{self, LoadReport};
 use crate::stage::Stage;
-use crate::{Fault, Row, billing, held_lock, jump, redeliver};
+use crate::{Fault, Row, billing, erasure, held_lock, jump, redeliver};
 
 /// How long a partition or a full disk lasts.
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -118,6 +118,14 @@ async fn inject(fault: Fault, stage: &mut Stage) -> Injected {
             let clock = stage.rig.clock.take().expect("a faked clock");
             let (extra, note) = billing::kill_during_billing(stage, &clock).await;
             stage.rig.clock = Some(clock);
+            return Injected {
+                note,
+                extra,
+                ..Injected::default()
+            };
+        }
+        Fault::KillErasure => {
+            let (extra, note) = erasure::kill_during_erasures(stage).await;
             return Injected {
                 note,
                 extra,
@@ -320,6 +328,7 @@ pub async fn scenario(fault: Fault) -> Row {
     let own_check = match fault {
         Fault::ClockJump => Some(jump::check(&stage.pool).await),
         Fault::KillBilling => Some(billing::check(&stage.pool).await),
+        Fault::KillErasure => Some(erasure::check(&stage.pool).await),
         _ => None,
     };
     match own_check {
