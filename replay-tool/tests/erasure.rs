@@ -158,6 +158,10 @@ async fn an_erased_guest_is_gone_from_every_view_while_the_trail_verifies() {
         }
     })
     .await;
+    let index = chronicle_projections::search::SearchIndex::open(&app.settings.search_dir).unwrap();
+    for word in ["Vasquez", "ingrid.vl", "quiet"] {
+        assert!(index.stored_postings(word).unwrap() > 0, "{word} indexed");
+    }
     let access = app
         .get_query(
             "/v1/subjects/personal-data",
@@ -256,6 +260,21 @@ async fn an_erased_guest_is_gone_from_every_view_while_the_trail_verifies() {
     })
     .await;
     assert_eq!(found(&app, &alice, "Adams").await, [other_id]);
+    // Not even the deleted copies are left in the index's files: the erasure's commit
+    // merged them away.
+    eventually("the index's files forgetting the guest", || async {
+        index.refresh().unwrap();
+        let left: Vec<u64> = ["Vasquez", "Larsen", "ingrid.vl", "quiet"]
+            .iter()
+            .map(|w| index.stored_postings(w).unwrap())
+            .collect();
+        if left.iter().all(|n| *n == 0) {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
     // Access says what was erased and when; the audit trail shows the fields erased.
     let access = app
         .get_query(

@@ -270,6 +270,22 @@ impl SearchIndex {
             .search(&query, &tantivy::collector::Count)
     }
 
+    /// How many documents the index's postings hold with `word` (analyzed as the text
+    /// fields are) in a guest's name, e-mail or notes, deleted documents included: what
+    /// its files still hold, not what searches find.
+    pub fn stored_postings(&self, word: &str) -> tantivy::Result<u64> {
+        let searcher = self.reader.searcher();
+        let mut analyzer = analyzer();
+        let mut stream = analyzer.token_stream(word);
+        let mut total = 0;
+        while let Some(token) = stream.next() {
+            for field in [self.fields.name, self.fields.email, self.fields.notes] {
+                total += searcher.doc_freq(&Term::from_field_text(field, &token.text))?;
+            }
+        }
+        Ok(total)
+    }
+
     /// How many bookings the index holds.
     pub fn len(&self) -> u64 {
         self.reader.searcher().num_docs()

@@ -61,6 +61,9 @@ struct Pending {
     /// Next offset per partition, including what is pending.
     offsets: HashMap<PartitionKey, i64>,
     since: Instant,
+    /// Whether a pending change erased a guest: the commit then merges away the
+    /// deleted documents that still hold their fields.
+    erased: bool,
 }
 
 /// The search projection.
@@ -93,6 +96,7 @@ impl SearchProjection {
                 changed: HashMap::new(),
                 offsets,
                 since: Instant::now(),
+                erased: false,
             })),
             index,
             settings,
@@ -316,7 +320,11 @@ fn commit(index: &SearchIndex, pending: &mut Pending) -> Result<(), ConsumerErro
         let mut prepared = pending.writer.prepare_commit()?;
         prepared.set_payload(&payload);
         prepared.commit()?;
-        index.refresh()
+        index.refresh()?;
+        if std::mem::take(&mut pending.erased) {
+            purge_deleted(index, &mut pending.writer)?;
+        }
+        Ok(())
     })();
     pending.since = Instant::now();
     match result {
@@ -432,8 +440,32 @@ fn erase(
         };
         booking.notes = None;
         pending.changed.insert(id, booking);
+        pending.erased = true;
     }
     Ok(())
+}
+
+/// Merges the segments holding deleted documents, so that an erased guest's fields,
+/// deleted with their old documents, leave the index's files (tantivy keeps a deleted
+/// document until its segment merges). Erasures are rare; a merge costs what the
+/// segments weigh. A segment already merging in the background is left to that merge.
+fn purge_deleted(index: &SearchIndex, writer: &mut IndexWriter) -> tantivy::Result<()> {
+    let segments: Vec<_> = index
+        .index
+        .searchable_segment_metas()?
+        .into_iter()
+        .filter(|meta| meta.has_deletes())
+        .map(|meta| meta.id())
+        .collect();
+    if segments.is_empty() {
+        return Ok(());
+    }
+    let merged = writer.merge(&segments).wait();
+    if let Err(error) = merged {
+        tracing::warn!(%error, "merging away erased documents failed; the merge policy will");
+    }
+    let _ = writer.garbage_collect_files().wait();
+    index.refresh()
 }
 
 /// The booking after `event`, as the domain reads it ([`BookingEvent::change`]).
@@ -492,4 +524,111 @@ fn evolve(
     booking.updated_at = envelope.recorded_at;
     booking.last_position = envelope.global_position;
     Some(booking)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use chronicle_eventstore::envelope::EnvelopeMetadata;
+    use serde_json::json;
+
+    use super::*;
+
+    fn envelope(
+        position: i64,
+        aggregate_type: &str,
+        id: &str,
+        event_type: &str,
+        payload: Value,
+    ) -> Envelope {
+        Envelope {
+            event_id: Uuid::new_v4(),
+            global_position: position,
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: id.into(),
+            sequence: 1,
+            event_type: event_type.into(),
+            event_version: "1".into(),
+            recorded_at: chrono::Utc::now(),
+            payload,
+            metadata: EnvelopeMetadata::default(),
+        }
+    }
+
+    fn requested(position: i64, id: Uuid, name: &str, email: &str) -> Envelope {
+        let at = chrono::Utc::now();
+        let payload = json!({
+            "type": "BookingRequested", "booking_id": id, "account_id": Uuid::new_v4(),
+            "owner": "alice", "resource_id": "r", "seats": ["1"], "starts_at": at,
+            "ends_at": at + chrono::Duration::hours(1),
+            "price": { "amount": 100, "currency": "EUR" },
+            "guest": { "name": name, "email": email }, "notes": "by the window",
+            "requested_at": at
+        });
+        envelope(
+            position,
+            "Booking",
+            &id.to_string(),
+            "BookingRequested",
+            payload,
+        )
+    }
+
+    /// An erased guest's booking shares its segment with bookings that stay, too many for
+    /// the merge policy's ratio of deleted documents: without the erasure's own merge,
+    /// the deleted copy would keep the guest's words in the index's files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erasure_merges_the_erased_guests_words_out_of_the_index_files() {
+        let dir = std::env::temp_dir().join(format!("chronicle-erase-{}", Uuid::new_v4()));
+        let index = Arc::new(SearchIndex::open(&dir).unwrap());
+        let projection = SearchProjection::new(index.clone(), SearchSettings::default()).unwrap();
+        let (erased, kept) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut first = vec![requested(
+            1,
+            erased,
+            "Ottoline Brackenbury",
+            "otto@example.org",
+        )];
+        first.push(requested(2, kept, "Zoë Adams", "zoe@example.org"));
+        for n in 3..6 {
+            first.push(requested(n, Uuid::new_v4(), "Ada Byron", "ada@example.org"));
+        }
+        projection
+            .apply_envelopes(first, HashMap::new(), true)
+            .await
+            .unwrap();
+        assert_eq!(index.stored_postings("Brackenbury").unwrap(), 1);
+
+        let erasure = SubjectEvent::PersonalDataErased {
+            subject_id: "s".into(),
+            erased_at: chrono::Utc::now(),
+            key_versions: vec![1],
+            streams: vec![chronicle_domain::subject::StreamRef {
+                aggregate_type: "Booking".into(),
+                aggregate_id: erased.to_string(),
+            }],
+        };
+        let erasure = envelope(
+            3,
+            SUBJECT,
+            "s",
+            "PersonalDataErased",
+            serde_json::to_value(erasure).unwrap(),
+        );
+        projection
+            .apply_envelopes(vec![erasure], HashMap::new(), true)
+            .await
+            .unwrap();
+        // At once, before the merge policy's background merges could have done it.
+        for word in ["Brackenbury", "Ottoline", "otto", "window"] {
+            let left = index.stored_postings(word).unwrap();
+            // The kept bookings' notes say "by the window" too.
+            let expected = if word == "window" { 4 } else { 0 };
+            assert_eq!(left, expected, "{word}");
+        }
+        assert_eq!(index.get(erased).unwrap().unwrap().guest.name, ERASED);
+        assert_eq!(index.get(kept).unwrap().unwrap().guest.name, "Zoë Adams");
+        drop(projection);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
