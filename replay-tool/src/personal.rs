@@ -44,7 +44,7 @@ pub async fn open_events(
         .map(|(here, e)| (here, &e.payload))
         .collect();
     let mut connection = pool.acquire().await?;
-    let opened = open_payloads(&mut connection, keys, &payloads, false).await?;
+    let opened = open_payloads(&mut connection, keys, &payloads).await?;
     for (event, opened) in events.iter_mut().zip(opened) {
         if let Some(payload) = opened {
             event.payload = payload;

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
 
-use std::process::Output;
+mod common;
 
 use chronicle_tests::{
     AppOptions, TestApp, TestDb, eventually, spawn_app, spawn_app_with, spawn_on,
@@ -11,22 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-async fn replay(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle-replay"))
-        .env("CHRONICLE_DATABASE_URL", url)
-        .args(args)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use common::{replay, stderr, stdout};
 
 async fn tamper(app: &TestApp, statement: &str, id: &str) {
     let mut conn = sqlx::PgConnection::connect_with(&app.db.options)

@@ -5,10 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // helpers of a test may unwrap like the test itself
 
-use std::process::Output;
+mod common;
 
 use chronicle_domain::Role;
 use chronicle_tests::{AppOptions, TestApp, eventually, spawn_app_with};
+use common::{replay, replay_with, text};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -17,23 +18,6 @@ const EMAIL: &str = "ingrid.vl@example.org";
 const NOTES: &str = "needs a quiet room near the lift";
 /// What must never be found in plain text once sealed.
 const SECRETS: [&str; 4] = ["Vasquez", "Ingrid", "ingrid.vl@example.org", "quiet room"];
-
-async fn replay(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle-replay"))
-        .env("CHRONICLE_DATABASE_URL", url)
-        .args(args)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn assert_no_secrets(what: &str, text: &str) {
     for secret in SECRETS {
@@ -355,6 +339,32 @@ async fn an_erased_guest_is_gone_from_every_view_while_the_trail_verifies() {
         .await;
     assert_eq!(access.body["status"], "held", "{access:?}");
     assert_eq!(access.body["holdings"][1]["data"]["guest"]["name"], NAME);
+
+    // The search index rebuilt from the store (its projector stopped first, as the swap
+    // requires): the erased booking erased, the new one findable.
+    app.wait_until_projected().await;
+    app.shutdown.cancel();
+    drop(index);
+    let rebuild = eventually("the search index rebuilt", || async {
+        let output = replay(&url, &["rebuild", "search", "--search-dir", &search_dir]).await;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(text(&output))
+        }
+    });
+    rebuild.await;
+    replay_ok(&url, &["diff", "search", "--search-dir", &search_dir]).await;
+    let index = chronicle_projections::search::SearchIndex::open(&app.settings.search_dir).unwrap();
+    let erased_doc = index.get(id.parse().unwrap()).unwrap().unwrap();
+    assert_eq!(erased_doc.guest.name, "[erased]");
+    assert_eq!(erased_doc.notes, None);
+    assert_eq!(
+        index.stored_postings("Vasquez").unwrap(),
+        1,
+        "the new booking only"
+    );
+    assert_eq!(index.stored_postings("quiet").unwrap(), 0);
 }
 
 /// Key material of master keys `ids` (each key's bytes follow from its id) and a pepper.
@@ -381,16 +391,16 @@ async fn rotate_master_key_rewraps_every_key_and_the_old_master_key_can_go() {
     let mut subjects = Vec::new();
     for n in 0..12 {
         let subject = old.subject_id(&format!("guest{n}@example.org"));
-        store.for_writing(&subject).await.unwrap();
+        store.ensure(&subject).await.unwrap();
         subjects.push(subject);
     }
-    let rotated = tokio::process::Command::new(env!("CARGO_BIN_EXE_chronicle-replay"))
-        .env("CHRONICLE_DATABASE_URL", db.url())
-        .env("CHRONICLE_MASTER_KEY", material(&["k2", "k1"]))
-        .args(["rotate-master-key", "--batch", "5"])
-        .output()
-        .await
-        .unwrap();
+    let material_k2_k1 = material(&["k2", "k1"]);
+    let rotated = replay_with(
+        &db.url(),
+        &["rotate-master-key", "--batch", "5"],
+        &[("CHRONICLE_MASTER_KEY", &material_k2_k1)],
+    )
+    .await;
     assert!(rotated.status.success(), "{}", text(&rotated));
     assert!(
         text(&rotated).contains("re-wrapped 12 data keys under master key \"k2\""),

@@ -43,9 +43,9 @@ async fn a_subjects_key_is_made_once_read_back_by_another_process_and_gone_once_
     let keys = material(&["k1"]);
     let ada = keys.subject_id("ada@example.org");
     let writer = KeyStore::new(pool.clone(), keys.clone());
-    let (version, key) = writer.for_writing(&ada).await.unwrap();
+    let (version, key) = writer.ensure(&ada).await.unwrap();
     assert_eq!(version, 1);
-    let (again, cached) = writer.for_writing(&ada).await.unwrap();
+    let (again, cached) = writer.ensure(&ada).await.unwrap();
     assert_eq!(again, 1);
     assert!(same(&cached, &key));
     // Another process (no cache) unwraps the same key; the row holds it wrapped only.
@@ -73,7 +73,7 @@ async fn a_subjects_key_is_made_once_read_back_by_another_process_and_gone_once_
     .unwrap();
     let fresh = KeyStore::new(pool.clone(), keys.clone());
     assert!(fresh.for_reading(&ada, 1).await.unwrap().is_none());
-    let (next, new_key) = fresh.for_writing(&ada).await.unwrap();
+    let (next, new_key) = fresh.ensure(&ada).await.unwrap();
     assert_eq!(next, 2);
     assert!(!same(&new_key, &key));
     // A row that cannot be half erased.
@@ -92,7 +92,7 @@ async fn rotation_rewraps_every_key_under_the_new_master_key_and_the_old_one_can
     let mut made = Vec::new();
     for n in 0..25 {
         let subject = old.subject_id(&format!("guest{n}@example.org"));
-        let (_, key) = store.for_writing(&subject).await.unwrap();
+        let (_, key) = store.ensure(&subject).await.unwrap();
         made.push((subject, key));
     }
     let rotated = KeyStore::new(pool.clone(), material(&["k2", "k1"]));
@@ -377,4 +377,44 @@ async fn logs_at_every_level_never_carry_a_guests_fields() {
     for secret in ["Hedwig", "Quarrington", "hedwig.q@example.org", "feathers"] {
         assert!(!logs.contains(secret), "the logs hold {secret:?}");
     }
+}
+
+/// A new guest's first bookings arriving together: one key is made and stored with the
+/// first append; the others wait for it and seal under it. None fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_guests_bookings_arriving_together_share_one_new_key() {
+    use chronicle_tests::{TestApp, spawn_app};
+    use reqwest::StatusCode;
+
+    let app = spawn_app().await;
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    let bodies: Vec<_> = (0..8)
+        .map(|seat| {
+            let mut body = TestApp::booking_body(account, "atrium", &[&seat.to_string()], 3, 0);
+            body["guest"] = json!({ "name": "Grace Hopper", "email": "grace@example.org" });
+            body
+        })
+        .collect();
+    let replies = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|body| app.post("/v1/bookings", Some(&token), &[], body)),
+    )
+    .await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    }
+    let keys: Vec<i32> = sqlx::query_scalar("SELECT key_version FROM subject_keys")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, [1]);
+    let sealed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE (payload->'personal'->>'key_version')::int = 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(sealed, 8);
 }

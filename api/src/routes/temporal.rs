@@ -314,7 +314,7 @@ async fn open_personal(
         return Ok(());
     }
     let mut connection = state.pool.acquire().await.map_err(database)?;
-    let opened = open_payloads(&mut connection, keys.master_keys(), &payloads, false)
+    let opened = open_payloads(&mut connection, keys.master_keys(), &payloads)
         .await
         .map_err(|e| AppError::internal(&e))?;
     let mut opened = opened.into_iter();

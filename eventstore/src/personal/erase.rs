@@ -218,7 +218,7 @@ pub async fn personal_data(
             (here, &r.payload)
         })
         .collect();
-    let opened = open_payloads(&mut connection, keys.master_keys(), &payloads, false).await?;
+    let opened = open_payloads(&mut connection, keys.master_keys(), &payloads).await?;
     let erasures = erasures
         .into_iter()
         .map(|(position, payload)| Erasure::from_event(position, payload, false))

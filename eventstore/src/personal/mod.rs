@@ -12,4 +12,4 @@ pub mod store;
 pub use keys::{
     DataKey, KeyError, MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeys, SubjectId, Wrapped,
 };
-pub use store::KeyStore;
+pub use store::{ForWriting, KeyStore, NewKeyClaim};

@@ -9,19 +9,17 @@ use sqlx::PgConnection;
 
 use super::keys::{MasterKeys, SubjectId};
 use super::seal::{open, place, sealed_part};
-use super::store::current_keys;
+use super::store::{KeyRow, current_keys, unwrap_rows};
 use crate::envelope::Envelope;
 use crate::error::StoreError;
 
-/// Opens each `(place, payload)`: `Some(opened)` for a sealed payload (its fields in
-/// plain text, or as erased when the key is gone), `None` for one with nothing sealed.
-/// With `lock`, the keys are held `FOR SHARE` for the rest of the transaction (see
-/// [`current_keys`]).
+/// Opens each `(place, payload)` with the keys as they are now: `Some(opened)` for a
+/// sealed payload (its fields in plain text, or as erased when the key is gone), `None`
+/// for one with nothing sealed.
 pub async fn open_payloads(
     connection: &mut PgConnection,
     keys: &MasterKeys,
     payloads: &[(Vec<u8>, &Value)],
-    lock: bool,
 ) -> Result<Vec<Option<Value>>, StoreError> {
     let sealed: Vec<_> = payloads.iter().map(|(_, p)| sealed_part(p)).collect();
     let mut wanted: Vec<(SubjectId, i32)> = sealed
@@ -34,7 +32,7 @@ pub async fn open_payloads(
     }
     wanted.sort();
     wanted.dedup();
-    let found = current_keys(connection, keys, &wanted, lock).await?;
+    let found = current_keys(connection, keys, &wanted).await?;
     let mut opened = Vec::with_capacity(payloads.len());
     for ((here, payload), sealed) in payloads.iter().zip(sealed) {
         let Some(sealed) = sealed else {
@@ -54,7 +52,6 @@ pub async fn open_envelopes(
     connection: &mut PgConnection,
     keys: &MasterKeys,
     envelopes: &[Envelope],
-    lock: bool,
 ) -> Result<HashMap<i64, Value>, StoreError> {
     let sealed: Vec<&Envelope> = envelopes
         .iter()
@@ -75,7 +72,7 @@ pub async fn open_envelopes(
             (here, &e.payload)
         })
         .collect();
-    let opened = open_payloads(connection, keys, &payloads, lock).await?;
+    let opened = open_payloads(connection, keys, &payloads).await?;
     Ok(sealed
         .iter()
         .zip(opened)
@@ -97,24 +94,13 @@ impl KeyRing {
         connection: &mut PgConnection,
         keys: &MasterKeys,
     ) -> Result<Self, StoreError> {
-        let rows: Vec<(String, i32, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT subject_id, key_version, master_key_id, wrapped FROM subject_keys \
               WHERE wrapped IS NOT NULL",
         )
         .fetch_all(connection)
         .await?;
-        let mut ring = HashMap::with_capacity(rows.len());
-        for (subject, version, master_key_id, bytes) in rows {
-            let subject = SubjectId(subject);
-            let wrapped = super::keys::Wrapped {
-                master_key_id,
-                bytes,
-            };
-            let key = keys
-                .unwrap(&subject, version, &wrapped)
-                .map_err(|e| StoreError::Keys(e.to_string()))?;
-            ring.insert((subject, version), key);
-        }
+        let ring = unwrap_rows(keys, rows)?;
         Ok(Self { keys: ring })
     }
 

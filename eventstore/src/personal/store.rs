@@ -24,12 +24,33 @@ pub struct KeyStore {
     cache: Arc<Mutex<Cache>>,
 }
 
+/// The key to seal a subject's new data with.
+#[derive(Debug)]
+pub struct ForWriting {
+    pub version: i32,
+    pub key: DataKey,
+    /// A key made now, wrapped: the append stores it with the data it seals.
+    pub new: Option<NewKeyClaim>,
+}
+
+/// A key made by this process and not stored yet, with the claim that makes other
+/// writers of this process wait for it (instead of making keys of their own that
+/// would lose the race to store): dropped once the append that stores it is done,
+/// whatever its outcome.
+#[derive(Debug)]
+pub struct NewKeyClaim {
+    pub wrapped: Wrapped,
+    _claim: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// Unwrapped keys by subject and version, with when they were unwrapped, and the
 /// version each subject's new data is sealed with, as last seen.
 #[derive(Debug, Default)]
 struct Cache {
     keys: HashMap<(SubjectId, i32), (DataKey, Instant)>,
     writing: HashMap<SubjectId, i32>,
+    /// Subjects whose new key a writer of this process is storing.
+    making: HashMap<SubjectId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -117,33 +138,89 @@ impl KeyStore {
     }
 
     /// The key to seal `subject`'s new data with: its newest version not erased, or a
-    /// new version made now (the first, or the next after an erasure).
+    /// new version (the first, or the next after an erasure), generated here and
+    /// returned wrapped for the append to store in its own transaction (so a new guest
+    /// costs no commit of its own). A new key is remembered only once that append has
+    /// committed ([`KeyStore::adopt`]); if another writer stored the same version first,
+    /// the append fails as a lost race and the retry reads theirs.
     ///
     /// From the cache while it holds the version last used here: the write path then
     /// costs no query. The version may have been erased meanwhile by another process;
     /// the append's guard (`events_seal_guard`) refuses data sealed under an erased key,
     /// and the repository then forgets the subject here and tries again.
-    pub async fn for_writing(&self, subject: &SubjectId) -> Result<(i32, DataKey), StoreError> {
-        if let Some(cached) = self.cached_for_writing(subject) {
-            return Ok(cached);
+    ///
+    /// `connection`, when given, serves the query (a writer holds one already, and a
+    /// pool exhausted by writers waiting for this key would have none to give).
+    pub async fn for_writing(
+        &self,
+        subject: &SubjectId,
+        connection: Option<&mut sqlx::PgConnection>,
+    ) -> Result<ForWriting, StoreError> {
+        if let Some((version, key)) = self.cached_for_writing(subject) {
+            return Ok(ForWriting {
+                version,
+                key,
+                new: None,
+            });
         }
+        // One writer of this process at a time makes a subject's new key; the others
+        // queue behind it (fairly) and then find the key cached, or take their turn.
+        let making = {
+            let Ok(mut cache) = self.cache.lock() else {
+                return Err(StoreError::Keys("key cache poisoned".into()));
+            };
+            // Entries nobody holds or waits for.
+            cache.making.retain(|_, m| Arc::strong_count(m) > 1);
+            cache.making.entry(subject.clone()).or_default().clone()
+        };
+        let claim = making.lock_owned().await;
+        if let Some((version, key)) = self.cached_for_writing(subject) {
+            return Ok(ForWriting {
+                version,
+                key,
+                new: None,
+            });
+        }
+        let query = sqlx::query_as(
+            "SELECT key_version, master_key_id, wrapped FROM subject_keys \
+              WHERE subject_id = $1 ORDER BY key_version DESC LIMIT 1",
+        )
+        .bind(subject.as_str());
+        let newest: Option<Row> = match connection {
+            Some(connection) => query.fetch_optional(connection).await?,
+            None => query.fetch_optional(&self.pool).await?,
+        };
+        if let Some(row) = &newest
+            && let Some(key) = self.open(subject, row)?
+        {
+            self.remember_for_writing(subject, row.key_version, &key);
+            return Ok(ForWriting {
+                version: row.key_version,
+                key,
+                new: None,
+            });
+        }
+        let version = newest.map_or(1, |row| row.key_version + 1);
+        let key = DataKey::generate();
+        let wrapped = self.keys.wrap(subject, version, &key);
+        Ok(ForWriting {
+            version,
+            key,
+            new: Some(NewKeyClaim {
+                wrapped,
+                _claim: claim,
+            }),
+        })
+    }
+
+    /// The key to seal `subject`'s new data with, stored now if it is new (outside any
+    /// append: for tools and tests; the write path stores new keys with its append).
+    pub async fn ensure(&self, subject: &SubjectId) -> Result<(i32, DataKey), StoreError> {
         loop {
-            let newest: Option<Row> = sqlx::query_as(
-                "SELECT key_version, master_key_id, wrapped FROM subject_keys \
-                  WHERE subject_id = $1 ORDER BY key_version DESC LIMIT 1",
-            )
-            .bind(subject.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = &newest
-                && let Some(key) = self.open(subject, row)?
-            {
-                self.remember_for_writing(subject, row.key_version, &key);
-                return Ok((row.key_version, key));
-            }
-            let version = newest.map_or(1, |row| row.key_version + 1);
-            let key = DataKey::generate();
-            let wrapped = self.keys.wrap(subject, version, &key);
+            let ForWriting { version, key, new } = self.for_writing(subject, None).await?;
+            let Some(NewKeyClaim { wrapped, .. }) = new else {
+                return Ok((version, key));
+            };
             let made = sqlx::query(
                 "INSERT INTO subject_keys (subject_id, key_version, master_key_id, wrapped) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -155,11 +232,17 @@ impl KeyStore {
             .execute(&self.pool)
             .await?;
             if made.rows_affected() == 1 {
-                self.remember_for_writing(subject, version, &key);
+                self.adopt(subject, version, &key);
                 return Ok((version, key));
             }
             // Another writer made this version first: use theirs.
         }
+    }
+
+    /// Remembers a key made by [`for_writing`](Self::for_writing) once the append that
+    /// stored it has committed.
+    pub fn adopt(&self, subject: &SubjectId, version: i32, key: &DataKey) {
+        self.remember_for_writing(subject, version, key);
     }
 
     /// `subject`'s key `version`, or `None` when it was erased (or never made).
@@ -226,50 +309,14 @@ impl KeyStore {
     }
 }
 
-/// The statement of [`current_keys`]: the key rows of the wanted (subject, version)
-/// pairs that are not erased.
-const CURRENT_KEYS: &str = "\
-SELECT k.subject_id, k.key_version, k.master_key_id, k.wrapped
-  FROM subject_keys k
-  JOIN unnest($1::text[], $2::int[]) AS w(subject_id, key_version)
-    ON (k.subject_id, k.key_version) = (w.subject_id, w.key_version)
- WHERE k.wrapped IS NOT NULL";
+/// A key row as read: subject, version, master key id, wrapped key.
+pub(crate) type KeyRow = (String, i32, String, Vec<u8>);
 
-/// The same, each row held `FOR SHARE` (in a fixed order) until the transaction ends.
-const CURRENT_KEYS_LOCKED: &str = "\
-SELECT k.subject_id, k.key_version, k.master_key_id, k.wrapped
-  FROM subject_keys k
-  JOIN unnest($1::text[], $2::int[]) AS w(subject_id, key_version)
-    ON (k.subject_id, k.key_version) = (w.subject_id, w.key_version)
- WHERE k.wrapped IS NOT NULL
- ORDER BY k.subject_id, k.key_version
-   FOR SHARE OF k";
-
-/// The keys of `wanted` (subject, version) as they are now, read on `connection`
-/// without the cache; with `lock`, each key row is held `FOR SHARE` until the
-/// transaction ends, so an erasure (which updates the row) waits for it and what the
-/// transaction writes from the opened data is committed before the erasure is. A
-/// version missing from the answer was erased (or never made).
-pub async fn current_keys(
-    connection: &mut sqlx::PgConnection,
+/// Unwraps `rows` with `keys`, by subject and version.
+pub(crate) fn unwrap_rows(
     keys: &MasterKeys,
-    wanted: &[(SubjectId, i32)],
-    lock: bool,
+    rows: Vec<KeyRow>,
 ) -> Result<HashMap<(SubjectId, i32), DataKey>, StoreError> {
-    if wanted.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let subjects: Vec<&str> = wanted.iter().map(|(s, _)| s.as_str()).collect();
-    let versions: Vec<i32> = wanted.iter().map(|(_, v)| *v).collect();
-    let rows: Vec<(String, i32, String, Vec<u8>)> = sqlx::query_as(if lock {
-        CURRENT_KEYS_LOCKED
-    } else {
-        CURRENT_KEYS
-    })
-    .bind(&subjects)
-    .bind(&versions)
-    .fetch_all(connection)
-    .await?;
     let mut found = HashMap::with_capacity(rows.len());
     for (subject, version, master_key_id, bytes) in rows {
         let subject = SubjectId(subject);
@@ -283,6 +330,33 @@ pub async fn current_keys(
         found.insert((subject, version), key);
     }
     Ok(found)
+}
+
+/// The keys of `wanted` (subject, version) as they are now, read on `connection`
+/// without the cache: a reader must not show data erased a moment ago. A version
+/// missing from the answer was erased (or never made).
+pub async fn current_keys(
+    connection: &mut sqlx::PgConnection,
+    keys: &MasterKeys,
+    wanted: &[(SubjectId, i32)],
+) -> Result<HashMap<(SubjectId, i32), DataKey>, StoreError> {
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let subjects: Vec<&str> = wanted.iter().map(|(s, _)| s.as_str()).collect();
+    let versions: Vec<i32> = wanted.iter().map(|(_, v)| *v).collect();
+    let rows: Vec<KeyRow> = sqlx::query_as(
+        "SELECT k.subject_id, k.key_version, k.master_key_id, k.wrapped \
+           FROM subject_keys k \
+           JOIN unnest($1::text[], $2::int[]) AS w(subject_id, key_version) \
+             ON (k.subject_id, k.key_version) = (w.subject_id, w.key_version) \
+          WHERE k.wrapped IS NOT NULL",
+    )
+    .bind(&subjects)
+    .bind(&versions)
+    .fetch_all(connection)
+    .await?;
+    unwrap_rows(keys, rows)
 }
 
 fn key_error(error: KeyError) -> StoreError {

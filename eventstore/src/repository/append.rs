@@ -6,14 +6,27 @@ use sqlx::PgConnection;
 
 use super::{Position, RepositoryError, SNAPSHOT_PLACE, Stream, database_error, sql};
 use crate::personal::seal::{ERASED, place, seal, subject_email};
-use crate::personal::{KeyStore, SubjectId};
+use crate::personal::{DataKey, ForWriting, KeyStore, NewKeyClaim, SubjectId};
 
-/// Seals `payload`'s personal fields, if it holds any, under its subject's key; returns
-/// the subject.
+/// A data key made for this append, stored by it (see [`KeyStore::for_writing`]).
+#[derive(Debug)]
+pub(super) struct NewKey {
+    pub subject: SubjectId,
+    pub version: i32,
+    pub key: DataKey,
+    /// The wrapped key, and this process's claim on making it (released with the
+    /// append).
+    pub claim: NewKeyClaim,
+}
+
+/// Seals `payload`'s personal fields, if it holds any, under its subject's key (made
+/// now and pushed to `new_keys` when the subject has none); returns the subject.
 async fn seal_with(
     keys: &KeyStore,
+    connection: Option<&mut PgConnection>,
     payload: &mut Value,
     here: &[u8],
+    new_keys: &mut Vec<NewKey>,
 ) -> Result<Option<SubjectId>, RepositoryError> {
     let Some(email) = subject_email(payload) else {
         return Ok(None);
@@ -24,8 +37,21 @@ async fn seal_with(
         return Ok(None);
     }
     let subject = keys.master_keys().subject_id(email);
-    let (version, key) = keys.for_writing(&subject).await?;
+    // A key this append already made (an event and its snapshot share it).
+    if let Some(made) = new_keys.iter().find(|k| k.subject == subject) {
+        seal(payload, &subject, made.version, &made.key, here);
+        return Ok(Some(subject));
+    }
+    let ForWriting { version, key, new } = keys.for_writing(&subject, connection).await?;
     seal(payload, &subject, version, &key, here);
+    if let Some(claim) = new {
+        new_keys.push(NewKey {
+            subject: subject.clone(),
+            version,
+            key,
+            claim,
+        });
+    }
     Ok(Some(subject))
 }
 
@@ -53,6 +79,8 @@ pub(super) struct Append {
     pub snapshot: Option<SnapshotWrite>,
     /// The data subjects whose fields it sealed.
     pub subjects: Vec<SubjectId>,
+    /// The data keys it made, stored by the same statement as its events.
+    pub new_keys: Vec<NewKey>,
 }
 
 impl Append {
@@ -76,6 +104,7 @@ impl Append {
             metadata: serde_json::to_value(&first.metadata)?,
             snapshot: None,
             subjects: Vec::new(),
+            new_keys: Vec::new(),
         };
         for event in events {
             append.sequences.push(event.sequence as i64);
@@ -96,7 +125,11 @@ impl Append {
 
     /// Seals the personal fields of its events and snapshot under each data subject's
     /// key (ADR 0035), in place.
-    pub async fn seal(&mut self, keys: &KeyStore) -> Result<(), RepositoryError> {
+    pub async fn seal(
+        &mut self,
+        keys: &KeyStore,
+        mut connection: Option<&mut PgConnection>,
+    ) -> Result<(), RepositoryError> {
         for (n, payload) in self.payloads.iter_mut().enumerate() {
             let here = place(
                 self.aggregate_type,
@@ -104,7 +137,15 @@ impl Append {
                 self.sequences[n],
                 &self.types[n],
             );
-            if let Some(subject) = seal_with(keys, payload, &here).await? {
+            if let Some(subject) = seal_with(
+                keys,
+                connection.as_deref_mut(),
+                payload,
+                &here,
+                &mut self.new_keys,
+            )
+            .await?
+            {
                 self.subjects.push(subject);
             }
         }
@@ -115,7 +156,15 @@ impl Append {
                 snapshot.number,
                 SNAPSHOT_PLACE,
             );
-            if let Some(subject) = seal_with(keys, &mut snapshot.payload, &here).await? {
+            if let Some(subject) = seal_with(
+                keys,
+                connection,
+                &mut snapshot.payload,
+                &here,
+                &mut self.new_keys,
+            )
+            .await?
+            {
                 self.subjects.push(subject);
             }
         }
@@ -133,6 +182,7 @@ impl Append {
             Some(_) => sql::APPEND_NEXT_SNAPSHOT,
         };
         let metadata = vec![&self.metadata; self.sequences.len()];
+        let keys = KeyColumns::of(&self.new_keys);
         let mut query = sqlx::query_as::<_, Position>(statement)
             .bind(self.aggregate_type)
             .bind(&self.aggregate_id)
@@ -140,7 +190,11 @@ impl Append {
             .bind(&self.types)
             .bind(&self.versions)
             .bind(&self.payloads)
-            .bind(metadata);
+            .bind(metadata)
+            .bind(keys.subject)
+            .bind(keys.version)
+            .bind(keys.master)
+            .bind(keys.wrapped);
         if let Some(snapshot) = &self.snapshot {
             query = query
                 .bind(snapshot.sequence)
@@ -148,5 +202,30 @@ impl Append {
                 .bind(&snapshot.payload);
         }
         query.fetch_all(connection).await.map_err(database_error)
+    }
+}
+
+/// New data keys as the statements' array parameters.
+pub(super) struct KeyColumns<'a> {
+    pub subject: Vec<&'a str>,
+    pub version: Vec<i32>,
+    pub master: Vec<&'a str>,
+    pub wrapped: Vec<&'a [u8]>,
+}
+
+impl<'a> KeyColumns<'a> {
+    pub fn of(keys: &'a [NewKey]) -> Self {
+        Self {
+            subject: keys.iter().map(|k| k.subject.as_str()).collect(),
+            version: keys.iter().map(|k| k.version).collect(),
+            master: keys
+                .iter()
+                .map(|k| k.claim.wrapped.master_key_id.as_str())
+                .collect(),
+            wrapped: keys
+                .iter()
+                .map(|k| k.claim.wrapped.bytes.as_slice())
+                .collect(),
+        }
     }
 }

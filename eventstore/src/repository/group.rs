@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::append::Append;
+use super::append::{Append, KeyColumns};
 use super::{Position, RepositoryError};
 use crate::error::{Refusal, is_connection_lost, is_unavailable};
 use crate::metrics;
@@ -194,7 +194,8 @@ async fn append_group(
     }
     let rows: Vec<GroupRow> = sqlx::query_as(
         "SELECT member, sequence, global_position, error_state, error_constraint, error_message \
-           FROM chronicle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+           FROM chronicle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                                       $13, $14, $15, $16, $17)",
     )
     .bind(&columns.member_type)
     .bind(&columns.member_id)
@@ -208,6 +209,11 @@ async fn append_group(
     .bind(&columns.event_version)
     .bind(&columns.payload)
     .bind(&columns.metadata)
+    .bind(&columns.key_member)
+    .bind(&columns.key_subject)
+    .bind(&columns.key_version)
+    .bind(&columns.key_master)
+    .bind(&columns.key_wrapped)
     .fetch_all(connection)
     .await?;
     let mut results: Vec<Result<Vec<Position>, RepositoryError>> =
@@ -263,6 +269,11 @@ struct Columns<'a> {
     event_version: Vec<&'a str>,
     payload: Vec<&'a serde_json::Value>,
     metadata: Vec<&'a serde_json::Value>,
+    key_member: Vec<i32>,
+    key_subject: Vec<&'a str>,
+    key_version: Vec<i32>,
+    key_master: Vec<&'a str>,
+    key_wrapped: Vec<&'a [u8]>,
 }
 
 impl<'a> Columns<'a> {
@@ -296,5 +307,12 @@ impl<'a> Columns<'a> {
             &append.metadata,
             append.sequences.len(),
         ));
+        let keys = KeyColumns::of(&append.new_keys);
+        self.key_member
+            .extend(std::iter::repeat_n(member, keys.subject.len()));
+        self.key_subject.extend(keys.subject);
+        self.key_version.extend(keys.version);
+        self.key_master.extend(keys.master);
+        self.key_wrapped.extend(keys.wrapped);
     }
 }

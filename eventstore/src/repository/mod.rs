@@ -435,7 +435,7 @@ impl EventRepository {
     /// appends (ADR 0012); otherwise it runs on `connection` (or one from the pool).
     pub async fn append<A: Aggregate>(
         &self,
-        connection: Option<&mut PgConnection>,
+        mut connection: Option<&mut PgConnection>,
         stream: &Stream<A>,
         events: &[EventEnvelope<A>],
         snapshot: Option<&A>,
@@ -444,16 +444,30 @@ impl EventRepository {
             return Ok(Vec::new());
         };
         if let Some(keys) = &self.sealing {
-            append.seal(keys).await?;
+            // On the command's own connection: a writer waiting for another's new key
+            // holds one, and the pool may have no other to give (ADR 0035).
+            append.seal(keys, connection.as_deref_mut()).await?;
         }
         let subjects = std::mem::take(&mut append.subjects);
+        // Keys made for this append, remembered once it has stored them.
+        let made: Vec<_> = append
+            .new_keys
+            .iter()
+            .map(|k| (k.subject.clone(), k.version, k.key.clone()))
+            .collect();
         let appended = match (&self.group, connection) {
             (Some(group), _) => group.append(append).await,
             (None, Some(connection)) => append.execute(connection).await,
             (None, None) => append.execute(&mut *self.connection().await?).await,
         };
         let positions = match (appended, &self.sealing) {
-            (Ok(positions), _) => positions,
+            (Ok(positions), Some(keys)) => {
+                for (subject, version, key) in &made {
+                    keys.adopt(subject, *version, key);
+                }
+                positions
+            }
+            (Ok(positions), None) => positions,
             // Sealed under a key erased meanwhile (elsewhere: the cache here still had
             // it). Forget it and let the command run again, as after a lost race; the
             // next seal makes a new key.

@@ -49,10 +49,18 @@ SELECT sequence, event_type, event_version, payload, metadata
 /// hashes, claim seats and record the idempotency key inside this same statement; a
 /// row-level BEFORE trigger sees the rows the statement inserted before its own.
 ///
-/// `$1` type, `$2` id, `$3..$7` sequences, event types, versions, payloads, metadata.
+/// `$1` type, `$2` id, `$3..$7` sequences, event types, versions, payloads, metadata;
+/// `$8..$11` the data keys made for the events (subjects, versions, master key ids,
+/// wrapped keys; ADR 0035), stored in the same statement: the seal guard, an AFTER
+/// trigger, sees them, and a new guest costs no commit of its own. Another writer's
+/// key of the same version fails the statement with 23505, a lost race.
 macro_rules! insert_events {
     () => {
-        "WITH appended AS (
+        "WITH new_keys AS (
+    INSERT INTO subject_keys (subject_id, key_version, master_key_id, wrapped)
+    SELECT * FROM unnest($8::text[], $9::int[], $10::text[], $11::bytea[])
+),
+appended AS (
     INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                         payload, metadata)
     SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
@@ -74,21 +82,21 @@ SELECT sequence, global_position FROM appended ORDER BY sequence"
 /// Appends without touching the snapshot.
 pub(super) const APPEND: &str = concat!(insert_events!(), returning_positions!());
 
-/// Appends and stores the stream's first snapshot (`$8` last sequence, `$9` snapshot
-/// number, `$10` payload). A stale row that no longer deserialized is replaced by the
+/// Appends and stores the stream's first snapshot (`$12` last sequence, `$13` snapshot
+/// number, `$14` payload). A stale row that no longer deserialized is replaced by the
 /// `snapshots_replace_stale` trigger.
 pub(super) const APPEND_FIRST_SNAPSHOT: &str = concat!(
     insert_events!(),
     ",
 snapshot AS (
     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-    VALUES ($1, $2, $8, $9, $10)
+    VALUES ($1, $2, $12, $13, $14)
     RETURNING 1
 )",
     returning_positions!()
 );
 
-/// Appends and replaces the snapshot numbered `$9 - 1`. If another writer replaced it
+/// Appends and replaces the snapshot numbered `$13 - 1`. If another writer replaced it
 /// first, the `snapshots_update_must_match` trigger fails the whole statement with
 /// 23505, which is a conflict like any other.
 pub(super) const APPEND_NEXT_SNAPSHOT: &str = concat!(
@@ -96,8 +104,8 @@ pub(super) const APPEND_NEXT_SNAPSHOT: &str = concat!(
     ",
 snapshot AS (
     UPDATE snapshots
-       SET last_sequence = $8, current_snapshot = $9, payload = $10
-     WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $9 - 1
+       SET last_sequence = $12, current_snapshot = $13, payload = $14
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $13 - 1
     RETURNING 1
 )",
     returning_positions!()

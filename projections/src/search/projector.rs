@@ -135,7 +135,7 @@ impl SearchProjection {
         match &self.dead_letters {
             Some(pool) => {
                 let mut connection = pool.acquire().await?;
-                Ok(open_envelopes(&mut connection, &self.keys, envelopes, false).await?)
+                Ok(open_envelopes(&mut connection, &self.keys, envelopes).await?)
             }
             None => Ok(envelopes
                 .iter()
