@@ -227,7 +227,12 @@ async fn main() {
              Chronicle (`CHRONICLE_CLOCK=offset-file:…`) jump an hour forward together while \
              8 recurring payments (every 10 min) run and a burst of 30 bookings is in flight. \
              Every payment must then have exactly the charges due by the moved clock (none twice, \
-             none skipped, none failed) and every booking's money must match its fate.\n             - **Kill during billing**: on the same faked clock, 20 weekly subscriptions are              charged their first period, the clock jumps five weeks, and `chronicle all` is              killed with -9 while the five periods each falls due are being charged, then              started again. Every subscription must then have exactly the periods due by the              moved clock charged, each once and in order, and its account debited once per              charge.\n\n{report}",
+             none skipped, none failed) and every booking's money must match its fate.\n             - **Kill during billing**: on the same faked clock, 20 weekly subscriptions are              charged their first period, the clock jumps five weeks, and `chronicle all` is              killed with -9 while the five periods each falls due are being charged, then              started again. Every subscription must then have exactly the periods due by the              moved clock charged, each once and in order, and its account debited once per              charge.\n             - **Kill during erasures**: 30 bookings of 30 guests, then each guest's erasure \
+             asked in turn, and `chronicle all` killed with -9 once 8 have committed, then started \
+             again. Right after the restart no subject may be half erased (a key gone without its \
+             `PersonalDataErased` event, or the other way round) and no answered erasure lost; \
+             asked again, every guest must be erased exactly once and no read row show a guest \
+             (ADR 0035).\n\n{report}",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             machine()
         );
