@@ -247,16 +247,19 @@ impl OffsetStoringConsumer for SearchProjection {
     /// recorded.
     async fn apply_batch(&self, batch: &[Delivered]) -> Result<(), ConsumerError> {
         let mut envelopes = Vec::with_capacity(batch.len());
+        let mut sources = Vec::with_capacity(batch.len());
         for delivered in batch {
             match delivered.envelope() {
-                Ok(envelope) => envelopes.push((delivered, envelope)),
+                Ok(envelope) => {
+                    envelopes.push(envelope);
+                    sources.push(delivered);
+                }
                 Err(reason) => self.dead_letter(delivered, &reason).await?,
             }
         }
-        let all: Vec<Envelope> = envelopes.iter().map(|(_, e)| e.clone()).collect();
-        let mut opened = self.open(&all).await?;
+        let mut opened = self.open(&envelopes).await?;
         let mut events = Vec::with_capacity(envelopes.len());
-        for (delivered, envelope) in envelopes {
+        for (delivered, envelope) in sources.into_iter().zip(envelopes) {
             let payload = opened.remove(&envelope.global_position);
             match read_envelope(envelope, payload) {
                 Ok(Some(event)) => events.push(event),
