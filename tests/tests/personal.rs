@@ -208,6 +208,23 @@ async fn the_repository_seals_on_append_and_opens_on_load_until_the_key_is_erase
         Some("vegetarian")
     );
 
+    // A process whose pool has one connection, held by the load itself (as every
+    // connection of the process manager's pool was in the soak): the key is read on
+    // that connection, never waited for from the pool.
+    let single = db.pool(1).await;
+    let lone = EventRepository::new(single.clone(), 1, Vec::new())
+        .with_sealing(KeyStore::new(single.clone(), keys.clone()));
+    let mut only = single.acquire().await.unwrap();
+    let loaded = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        lone.load::<Booking>(&mut only, &id.to_string(), None),
+    )
+    .await
+    .expect("the load waited for a second connection of its pool")
+    .unwrap();
+    assert_eq!(guest(&loaded.stream.aggregate).name, "Ada Lovelace");
+    drop(only);
+
     sqlx::query("UPDATE subject_keys SET wrapped = NULL, master_key_id = NULL, erased_at = now()")
         .execute(&pool)
         .await

@@ -251,17 +251,41 @@ impl KeyStore {
         subject: &SubjectId,
         version: i32,
     ) -> Result<Option<DataKey>, StoreError> {
+        self.read_key(subject, version, None).await
+    }
+
+    /// [`for_reading`](Self::for_reading) on `connection`, which a caller that holds
+    /// one must use: a writer that waited for a second connection from its own pool
+    /// could wait for ever once every connection is held by a writer doing the same
+    /// (the soak's process manager did, with a pool of its own as large as its lanes).
+    pub async fn for_reading_on(
+        &self,
+        subject: &SubjectId,
+        version: i32,
+        connection: &mut sqlx::PgConnection,
+    ) -> Result<Option<DataKey>, StoreError> {
+        self.read_key(subject, version, Some(connection)).await
+    }
+
+    async fn read_key(
+        &self,
+        subject: &SubjectId,
+        version: i32,
+        connection: Option<&mut sqlx::PgConnection>,
+    ) -> Result<Option<DataKey>, StoreError> {
         if let Some(key) = self.cached(subject, version) {
             return Ok(Some(key));
         }
-        let row: Option<Row> = sqlx::query_as(
+        let query = sqlx::query_as(
             "SELECT key_version, master_key_id, wrapped FROM subject_keys \
               WHERE subject_id = $1 AND key_version = $2",
         )
         .bind(subject.as_str())
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
+        .bind(version);
+        let row: Option<Row> = match connection {
+            Some(connection) => query.fetch_optional(connection).await?,
+            None => query.fetch_optional(&self.pool).await?,
+        };
         match row {
             Some(row) => self.open(subject, &row),
             None => Ok(None),

@@ -246,13 +246,21 @@ impl EventRepository {
     }
 
     /// Puts `payload`'s sealed fields back in plain text, or as erased when the subject's
-    /// key is gone; `what` names the event or snapshot's place.
-    async fn open_sealed(&self, payload: &mut Value, here: &[u8]) -> Result<(), RepositoryError> {
+    /// key is gone; `here` names the event or snapshot's place. The key is read on
+    /// `connection`, the one the load holds.
+    async fn open_sealed(
+        &self,
+        connection: &mut PgConnection,
+        payload: &mut Value,
+        here: &[u8],
+    ) -> Result<(), RepositoryError> {
         let (Some(keys), Some(sealed)) = (&self.sealing, sealed_part(payload)) else {
             return Ok(());
         };
         let subject = SubjectId(sealed.subject);
-        let key = keys.for_reading(&subject, sealed.key_version).await?;
+        let key = keys
+            .for_reading_on(&subject, sealed.key_version, connection)
+            .await?;
         open(payload, key.as_ref(), here)
             .map_err(|e| RepositoryError::Keys(StoreError::Keys(e.to_string())))
     }
@@ -324,7 +332,7 @@ impl EventRepository {
             if let Some(payload) = row.payload.as_mut() {
                 let number = row.position.unwrap_or(0);
                 let here = place(A::TYPE, aggregate_id, number, SNAPSHOT_PLACE);
-                if let Err(error) = self.open_sealed(payload, &here).await {
+                if let Err(error) = self.open_sealed(connection, payload, &here).await {
                     // Replayed from the events instead, as a snapshot that no longer
                     // decodes is.
                     tracing::warn!(aggregate = A::TYPE, %aggregate_id, %error, "snapshot does not open");
@@ -344,7 +352,7 @@ impl EventRepository {
             if let Some(payload) = row.payload.as_mut() {
                 let event_type = row.event_type.as_deref().unwrap_or_default();
                 let here = place(A::TYPE, aggregate_id, sequence as i64, event_type);
-                self.open_sealed(payload, &here).await?;
+                self.open_sealed(connection, payload, &here).await?;
             }
             let event = self.decode::<A>(serialized(aggregate_id, A::TYPE, row))?;
             stream.aggregate.apply(event);
@@ -394,12 +402,13 @@ impl EventRepository {
         let mut rows: Vec<EventRow> = sqlx::query_as(sql::ALL_EVENTS)
             .bind(A::TYPE)
             .bind(aggregate_id)
-            .fetch_all(connection)
+            .fetch_all(&mut *connection)
             .await
             .map_err(database_error)?;
         for row in &mut rows {
             let here = place(A::TYPE, aggregate_id, row.sequence, &row.event_type);
-            self.open_sealed(&mut row.payload, &here).await?;
+            self.open_sealed(connection, &mut row.payload, &here)
+                .await?;
         }
         rows.into_iter()
             .map(|row| {
