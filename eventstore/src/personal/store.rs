@@ -295,7 +295,7 @@ impl KeyStore {
     /// Re-wraps up to `batch` keys still under an older master key with the current one;
     /// returns how many. Events are not touched.
     pub async fn rewrap(&self, batch: i64) -> Result<u64, StoreError> {
-        let rows: Vec<(String, i32, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT subject_id, key_version, master_key_id, wrapped FROM subject_keys \
               WHERE wrapped IS NOT NULL AND master_key_id <> $1 LIMIT $2",
         )
@@ -304,16 +304,8 @@ impl KeyStore {
         .fetch_all(&self.pool)
         .await?;
         let mut done = 0;
-        for (subject, version, master_key_id, bytes) in rows {
-            let subject = SubjectId(subject);
-            let old = Wrapped {
-                master_key_id,
-                bytes,
-            };
-            let key = self
-                .keys
-                .unwrap(&subject, version, &old)
-                .map_err(key_error)?;
+        for row in rows {
+            let (subject, version, old, key) = unwrap_row(&self.keys, row)?;
             let new = self.keys.wrap(&subject, version, &key);
             // Only if it is still as read: an erasure meanwhile wins.
             done += sqlx::query(
@@ -342,18 +334,27 @@ pub(crate) fn unwrap_rows(
     rows: Vec<KeyRow>,
 ) -> Result<HashMap<(SubjectId, i32), DataKey>, StoreError> {
     let mut found = HashMap::with_capacity(rows.len());
-    for (subject, version, master_key_id, bytes) in rows {
-        let subject = SubjectId(subject);
-        let wrapped = Wrapped {
-            master_key_id,
-            bytes,
-        };
-        let key = keys
-            .unwrap(&subject, version, &wrapped)
-            .map_err(key_error)?;
+    for row in rows {
+        let (subject, version, _, key) = unwrap_row(keys, row)?;
         found.insert((subject, version), key);
     }
     Ok(found)
+}
+
+/// One key row unwrapped with `keys`: its subject, version, wrapped form and key.
+fn unwrap_row(
+    keys: &MasterKeys,
+    (subject, version, master_key_id, bytes): KeyRow,
+) -> Result<(SubjectId, i32, Wrapped, DataKey), StoreError> {
+    let subject = SubjectId(subject);
+    let wrapped = Wrapped {
+        master_key_id,
+        bytes,
+    };
+    let key = keys
+        .unwrap(&subject, version, &wrapped)
+        .map_err(key_error)?;
+    Ok((subject, version, wrapped, key))
 }
 
 /// The keys of `wanted` (subject, version) as they are now, read on `connection`
