@@ -341,7 +341,10 @@ async fn an_erased_guest_is_gone_from_every_view_while_the_trail_verifies() {
     assert_eq!(access.body["holdings"][1]["data"]["guest"]["name"], NAME);
 
     // The search index rebuilt from the store (its projector stopped first, as the swap
-    // requires): the erased booking erased, the new one findable.
+    // requires): the erased booking erased, the new one findable. The process manager
+    // confirms the new booking after its request is projected; stopping before that
+    // event is stored would let it land between the rebuild and the diff.
+    confirmed(&app, &alice, &rebooked.id("booking_id").to_string()).await;
     app.wait_until_projected().await;
     app.shutdown.cancel();
     drop(index);
