@@ -8,6 +8,7 @@ use anyhow::Context;
 use chronicle_commands::CommandService;
 use chronicle_commands::process::{PROCESS_MANAGER, ProcessManager};
 use chronicle_eventstore::kafka::ensure_topics;
+use chronicle_eventstore::personal::KeyStore;
 use chronicle_eventstore::relay::Relay;
 use chronicle_projections::Projector;
 use chronicle_projections::monitor::{LagMonitor, OffsetSource};
@@ -93,7 +94,15 @@ pub async fn serve(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = app_state(settings, pool, &shutdown)?;
+    serve_state(settings, app_state(settings, pool, &shutdown)?, shutdown).await
+}
+
+/// [`serve`] with `state` made already.
+async fn serve_state(
+    settings: &Settings,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let commands = state.commands.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move { commands.sweep_expired_records(stop).await });
@@ -131,6 +140,17 @@ pub async fn project(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    project_sharing(settings, pool, None, shutdown).await
+}
+
+/// [`project`], its process manager sealing with `keys` when given (shared with the
+/// HTTP API's commands in `chronicle all`), else with a key store of its own.
+async fn project_sharing(
+    settings: &Settings,
+    pool: PgPool,
+    keys: Option<KeyStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Consumers subscribe to the topics; make sure they exist even before a relay ran.
     while let Err(error) = ensure_topics(&settings.kafka).await {
         tracing::warn!(%error, "cannot create topics yet; retrying");
@@ -141,7 +161,10 @@ pub async fn project(
     }
     let read_models = read_model_projector(settings, pool.clone());
     let search = search_projector(settings, pool.clone())?;
-    let process = process_manager(settings, pool);
+    let process = match keys {
+        Some(keys) => process_manager_sharing(settings, pool, keys),
+        None => process_manager(settings, pool),
+    };
     tokio::join!(
         read_models.run(shutdown.clone()),
         search.run(shutdown.clone()),
@@ -164,6 +187,23 @@ pub fn read_model_projector(settings: &Settings, pool: PgPool) -> Projector<Read
 pub fn process_manager(settings: &Settings, pool: PgPool) -> Arc<ProcessManager> {
     let pool = chronicle_eventstore::db::pool_beside(&pool, settings.process.connections);
     let commands = Arc::new(CommandService::new(pool, settings.commands.clone()));
+    Arc::new(ProcessManager::new(commands, settings.process))
+}
+
+/// [`process_manager`], sealing and opening guests' personal data with `keys`, another
+/// service's key store in the same process: the keys the HTTP API's commands made are
+/// in its cache already, and an erasure empties the one cache (ADR 0035).
+pub fn process_manager_sharing(
+    settings: &Settings,
+    pool: PgPool,
+    keys: KeyStore,
+) -> Arc<ProcessManager> {
+    let pool = chronicle_eventstore::db::pool_beside(&pool, settings.process.connections);
+    let commands = Arc::new(CommandService::sealing_with(
+        pool,
+        settings.commands.clone(),
+        Some(keys),
+    ));
     Arc::new(ProcessManager::new(commands, settings.process))
 }
 
@@ -201,10 +241,14 @@ pub async fn all(
         }
         result
     };
+    let state = app_state(settings, pool.clone(), &shutdown)?;
+    // One key store for the process: the process manager finds the keys the HTTP API's
+    // commands just made in its cache, and an erasure empties the only cache there is.
+    let keys = state.commands.key_store().cloned();
     let (served, relayed, projected) = tokio::join!(
-        async { stop_all(serve(settings, pool.clone(), shutdown.clone()).await) },
+        async { stop_all(serve_state(settings, state, shutdown.clone()).await) },
         async { stop_all(relay(settings, pool.clone(), shutdown.clone()).await) },
-        async { stop_all(project(settings, pool.clone(), shutdown.clone()).await) },
+        async { stop_all(project_sharing(settings, pool.clone(), keys, shutdown.clone()).await) },
     );
     served.and(relayed).and(projected)
 }

@@ -79,8 +79,20 @@ pub struct CommandService {
 }
 
 impl CommandService {
-    /// A service appending through `pool`; after each append it wakes the relay.
+    /// A service appending through `pool`; after each append it wakes the relay. It
+    /// seals with a key store of its own when `settings.sealing` names master keys.
     pub fn new(pool: PgPool, settings: CommandSettings) -> Self {
+        let keys = settings
+            .sealing
+            .as_ref()
+            .map(|keys| KeyStore::new(pool.clone(), keys.clone()));
+        Self::sealing_with(pool, settings, keys)
+    }
+
+    /// [`new`](Self::new), sealing with `keys` (`None`: in plain text), which another
+    /// service of the process may share: one cache of unwrapped keys, and the one an
+    /// erasure in this process empties (ADR 0035).
+    pub fn sealing_with(pool: PgPool, settings: CommandSettings, keys: Option<KeyStore>) -> Self {
         let options = pool.connect_options().as_ref().clone();
         let mut repository = EventRepository::new(
             pool.clone(),
@@ -88,8 +100,8 @@ impl CommandService {
             chronicle_domain::upcast::upcasters(),
         )
         .with_wake(RelayWake::start(options.clone()));
-        if let Some(keys) = &settings.sealing {
-            repository = repository.with_sealing(KeyStore::new(pool.clone(), keys.clone()));
+        if let Some(keys) = keys {
+            repository = repository.with_sealing(keys);
         }
         if let Some(group) = GroupCommit::start(options, settings.group_commit) {
             repository = repository.with_group_commit(group);

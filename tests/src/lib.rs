@@ -409,8 +409,14 @@ impl TestApp {
     }
 
     /// Runs the process manager until the app is dropped (or the task is aborted).
+    /// Like `chronicle all`, it shares the HTTP API's key store.
     pub fn start_process_manager(&self) -> tokio::task::JoinHandle<()> {
-        let process = roles::process_manager(&self.settings, self.pool.clone());
+        let process = match self.commands.key_store() {
+            Some(keys) => {
+                roles::process_manager_sharing(&self.settings, self.pool.clone(), keys.clone())
+            }
+            None => roles::process_manager(&self.settings, self.pool.clone()),
+        };
         let (kafka, projector, shutdown) = (
             self.settings.kafka.clone(),
             self.settings.projector.clone(),
