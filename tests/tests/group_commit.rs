@@ -344,7 +344,7 @@ async fn a_member_the_database_refuses_is_rolled_back_alone() {
     let rows: Vec<BatchRow> = sqlx::query_as(
         "SELECT member, sequence, global_position, error_state, error_constraint \
            FROM chronicle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                                       $13, $14, $15, $16, $17)",
+                                       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(&member_type)
     .bind(&member_id)
@@ -358,8 +358,13 @@ async fn a_member_the_database_refuses_is_rolled_back_alone() {
     .bind(vec!["1"; n])
     .bind(vec![deposit.clone(); n])
     .bind(&metadata)
-    // No data keys made for these events.
+    // No data keys held or made for these events: every member's ranges are empty.
+    .bind([1i32; 5])
+    .bind([0i32; 5])
+    .bind(Vec::<String>::new())
     .bind(Vec::<i32>::new())
+    .bind([1i32; 5])
+    .bind([0i32; 5])
     .bind(Vec::<String>::new())
     .bind(Vec::<i32>::new())
     .bind(Vec::<String>::new())
@@ -417,4 +422,100 @@ async fn a_member_the_database_refuses_is_rolled_back_alone() {
         let breaks = verify_stream(&pool, "Account", id).await.unwrap();
         assert!(breaks.is_empty(), "{id}: {breaks:?}");
     }
+}
+
+/// The seal guard inside a group (ADR 0035): each member holds the keys it sealed under
+/// without making them and stores the keys it made; a member whose held key was erased
+/// (or never made) is refused alone with CH003, and the others commit.
+#[tokio::test]
+async fn each_member_holds_its_own_keys_and_an_erased_one_refuses_it_alone() {
+    let db = TestDb::create().await;
+    let pool = db.pool(2).await;
+    sqlx::query(
+        "INSERT INTO subject_keys (subject_id, key_version, master_key_id, wrapped, erased_at) \
+         VALUES ('live', 1, 'k1', '\\x01', NULL), ('gone', 1, NULL, NULL, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deposit = json!({ "FundsDeposited": { "amount": 5, "currency": "EUR" } });
+    // Members: 1 holds the live key; 2 the erased one; 3 makes a new key; 4 holds a key
+    // nobody made; 5 holds the live key and makes another subject's key.
+    let held = [
+        vec![("live", 1)],
+        vec![("gone", 1)],
+        vec![],
+        vec![("nobody", 1)],
+        vec![("live", 1)],
+    ];
+    let made = [vec![], vec![], vec!["new3"], vec![], vec!["new5"]];
+    let (mut held_from, mut held_upto, mut held_subject, mut held_version) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut key_from, mut key_upto, mut key_subject) = (Vec::new(), Vec::new(), Vec::new());
+    for (keys, new) in held.iter().zip(&made) {
+        held_from.push(held_subject.len() as i32 + 1);
+        for (subject, version) in keys {
+            held_subject.push(*subject);
+            held_version.push(*version);
+        }
+        held_upto.push(held_subject.len() as i32);
+        key_from.push(key_subject.len() as i32 + 1);
+        key_subject.extend(new.iter().copied());
+        key_upto.push(key_subject.len() as i32);
+    }
+    let n = key_subject.len();
+    let rows: Vec<BatchRow> = sqlx::query_as(
+        "SELECT member, sequence, global_position, error_state, error_constraint \
+           FROM chronicle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                                       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+    )
+    .bind(["Account"; 5])
+    .bind(["a1", "a2", "a3", "a4", "a5"])
+    .bind(["none"; 5])
+    .bind([0i64; 5])
+    .bind([0i64; 5])
+    .bind([None::<serde_json::Value>, None, None, None, None])
+    .bind([1i32, 2, 3, 4, 5])
+    .bind([1i64; 5])
+    .bind(["FundsDeposited"; 5])
+    .bind(["1"; 5])
+    .bind(vec![deposit; 5])
+    .bind(vec![event_metadata(None); 5])
+    .bind(&held_from)
+    .bind(&held_upto)
+    .bind(&held_subject)
+    .bind(&held_version)
+    .bind(&key_from)
+    .bind(&key_upto)
+    .bind(&key_subject)
+    .bind(vec![1i32; n])
+    .bind(vec!["k1"; n])
+    .bind(vec![vec![2u8]; n])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let answers: Vec<(i32, Option<&str>)> = rows.iter().map(|r| (r.0, r.3.as_deref())).collect();
+    assert_eq!(
+        answers,
+        [
+            (1, None),
+            (2, Some("CH003")),
+            (3, None),
+            (4, Some("CH003")),
+            (5, None)
+        ],
+        "{rows:?}"
+    );
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT aggregate_id FROM events ORDER BY global_position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, ["a1", "a3", "a5"]);
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT subject_id FROM subject_keys ORDER BY subject_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, ["gone", "live", "new3", "new5"]);
 }

@@ -82,9 +82,12 @@ pub async fn erase(
     };
     let mut key_versions: Vec<i32> = erased.iter().map(|(v, _)| *v).collect();
     key_versions.sort_unstable();
+    // The events that hold the subject's data, by `events_by_subject`.
     let streams: Vec<(String, String)> = sqlx::query_as(
-        "SELECT DISTINCT aggregate_type, aggregate_id FROM subject_streams \
-          WHERE subject_id = $1 AND key_version = ANY($2) ORDER BY 1, 2",
+        "SELECT DISTINCT aggregate_type, aggregate_id FROM events \
+          WHERE payload ? 'personal' AND payload -> 'personal' ->> 'subject' = $1 \
+            AND (payload -> 'personal' ->> 'key_version')::int = ANY($2) \
+          ORDER BY 1, 2",
     )
     .bind(subject.as_str())
     .bind(&key_versions)
@@ -184,13 +187,11 @@ pub async fn personal_data(
     let stream = subject.stream_id().to_string();
     let mut connection = pool.acquire().await?;
     let rows: Vec<HeldRow> = sqlx::query_as(
-        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.recorded_at, \
-                e.global_position, e.payload \
-           FROM (SELECT DISTINCT aggregate_type, aggregate_id FROM subject_streams \
-                  WHERE subject_id = $1) s \
-           JOIN events e USING (aggregate_type, aggregate_id) \
-          WHERE e.payload -> 'personal' ->> 'subject' = $1 \
-          ORDER BY e.global_position",
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, recorded_at, \
+                global_position, payload \
+           FROM events \
+          WHERE payload ? 'personal' AND payload -> 'personal' ->> 'subject' = $1 \
+          ORDER BY global_position",
     )
     .bind(subject.as_str())
     .fetch_all(&mut *connection)

@@ -146,8 +146,9 @@ impl KeyStore {
     ///
     /// From the cache while it holds the version last used here: the write path then
     /// costs no query. The version may have been erased meanwhile by another process;
-    /// the append's guard (`events_seal_guard`) refuses data sealed under an erased key,
-    /// and the repository then forgets the subject here and tries again.
+    /// the append's guard (`chronicle_hold_keys`, for every key it did not make) refuses
+    /// data sealed under an erased key, and the repository then forgets the subject here
+    /// and tries again.
     ///
     /// `connection`, when given, serves the query (a writer holds one already, and a
     /// pool exhausted by writers waiting for this key would have none to give).

@@ -19,14 +19,25 @@ pub(super) struct NewKey {
     pub claim: NewKeyClaim,
 }
 
+/// The data keys an append seals under.
+#[derive(Debug, Default)]
+pub(super) struct SealingKeys {
+    /// Keys it made, stored by the same statement as its events.
+    pub new: Vec<NewKey>,
+    /// Keys it did not make (cached, or read), by subject and version: the append holds
+    /// them FOR SHARE, and is refused if one was erased meanwhile.
+    pub held: Vec<(SubjectId, i32)>,
+}
+
 /// Seals `payload`'s personal fields, if it holds any, under its subject's key (made
-/// now and pushed to `new_keys` when the subject has none); returns the subject.
+/// now and pushed to `keys_used.new` when the subject has none, else noted in
+/// `keys_used.held`); returns the subject.
 async fn seal_with(
     keys: &KeyStore,
     connection: Option<&mut PgConnection>,
     payload: &mut Value,
     here: &[u8],
-    new_keys: &mut Vec<NewKey>,
+    keys_used: &mut SealingKeys,
 ) -> Result<Option<SubjectId>, RepositoryError> {
     let Some(email) = subject_email(payload) else {
         return Ok(None);
@@ -38,19 +49,25 @@ async fn seal_with(
     }
     let subject = keys.master_keys().subject_id(email);
     // A key this append already made (an event and its snapshot share it).
-    if let Some(made) = new_keys.iter().find(|k| k.subject == subject) {
+    if let Some(made) = keys_used.new.iter().find(|k| k.subject == subject) {
         seal(payload, &subject, made.version, &made.key, here);
         return Ok(Some(subject));
     }
     let ForWriting { version, key, new } = keys.for_writing(&subject, connection).await?;
     seal(payload, &subject, version, &key, here);
-    if let Some(claim) = new {
-        new_keys.push(NewKey {
+    match new {
+        Some(claim) => keys_used.new.push(NewKey {
             subject: subject.clone(),
             version,
             key,
             claim,
-        });
+        }),
+        None => {
+            let used = (subject.clone(), version);
+            if !keys_used.held.contains(&used) {
+                keys_used.held.push(used);
+            }
+        }
     }
     Ok(Some(subject))
 }
@@ -79,8 +96,8 @@ pub(super) struct Append {
     pub snapshot: Option<SnapshotWrite>,
     /// The data subjects whose fields it sealed.
     pub subjects: Vec<SubjectId>,
-    /// The data keys it made, stored by the same statement as its events.
-    pub new_keys: Vec<NewKey>,
+    /// The data keys it sealed under.
+    pub keys: SealingKeys,
 }
 
 impl Append {
@@ -104,7 +121,7 @@ impl Append {
             metadata: serde_json::to_value(&first.metadata)?,
             snapshot: None,
             subjects: Vec::new(),
-            new_keys: Vec::new(),
+            keys: SealingKeys::default(),
         };
         for event in events {
             append.sequences.push(event.sequence as i64);
@@ -142,7 +159,7 @@ impl Append {
                 connection.as_deref_mut(),
                 payload,
                 &here,
-                &mut self.new_keys,
+                &mut self.keys,
             )
             .await?
             {
@@ -161,7 +178,7 @@ impl Append {
                 connection,
                 &mut snapshot.payload,
                 &here,
-                &mut self.new_keys,
+                &mut self.keys,
             )
             .await?
             {
@@ -182,7 +199,8 @@ impl Append {
             Some(_) => sql::APPEND_NEXT_SNAPSHOT,
         };
         let metadata = vec![&self.metadata; self.sequences.len()];
-        let keys = KeyColumns::of(&self.new_keys);
+        let held = HeldColumns::of(&self.keys.held);
+        let keys = KeyColumns::of(&self.keys.new);
         let mut query = sqlx::query_as::<_, Position>(statement)
             .bind(self.aggregate_type)
             .bind(&self.aggregate_id)
@@ -191,6 +209,8 @@ impl Append {
             .bind(&self.versions)
             .bind(&self.payloads)
             .bind(metadata)
+            .bind(held.subject)
+            .bind(held.version)
             .bind(keys.subject)
             .bind(keys.version)
             .bind(keys.master)
@@ -202,6 +222,21 @@ impl Append {
                 .bind(&snapshot.payload);
         }
         query.fetch_all(connection).await.map_err(database_error)
+    }
+}
+
+/// Held data keys as the statements' array parameters.
+pub(super) struct HeldColumns<'a> {
+    pub subject: Vec<&'a str>,
+    pub version: Vec<i32>,
+}
+
+impl<'a> HeldColumns<'a> {
+    pub fn of(held: &'a [(SubjectId, i32)]) -> Self {
+        Self {
+            subject: held.iter().map(|(s, _)| s.as_str()).collect(),
+            version: held.iter().map(|(_, v)| *v).collect(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::append::{Append, KeyColumns};
+use super::append::{Append, HeldColumns, KeyColumns};
 use super::{Position, RepositoryError};
 use crate::error::{Refusal, is_connection_lost, is_unavailable};
 use crate::metrics;
@@ -195,7 +195,7 @@ async fn append_group(
     let rows: Vec<GroupRow> = sqlx::query_as(
         "SELECT member, sequence, global_position, error_state, error_constraint, error_message \
            FROM chronicle_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                                       $13, $14, $15, $16, $17)",
+                                       $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(&columns.member_type)
     .bind(&columns.member_id)
@@ -209,7 +209,12 @@ async fn append_group(
     .bind(&columns.event_version)
     .bind(&columns.payload)
     .bind(&columns.metadata)
-    .bind(&columns.key_member)
+    .bind(&columns.held_from)
+    .bind(&columns.held_upto)
+    .bind(&columns.held_subject)
+    .bind(&columns.held_version)
+    .bind(&columns.key_from)
+    .bind(&columns.key_upto)
     .bind(&columns.key_subject)
     .bind(&columns.key_version)
     .bind(&columns.key_master)
@@ -269,7 +274,14 @@ struct Columns<'a> {
     event_version: Vec<&'a str>,
     payload: Vec<&'a serde_json::Value>,
     metadata: Vec<&'a serde_json::Value>,
-    key_member: Vec<i32>,
+    /// Each member's held keys are `held_subject[held_from[m]..=held_upto[m]]` (1-based,
+    /// as in SQL; empty when from > upto), its new keys likewise.
+    held_from: Vec<i32>,
+    held_upto: Vec<i32>,
+    held_subject: Vec<&'a str>,
+    held_version: Vec<i32>,
+    key_from: Vec<i32>,
+    key_upto: Vec<i32>,
     key_subject: Vec<&'a str>,
     key_version: Vec<i32>,
     key_master: Vec<&'a str>,
@@ -307,12 +319,32 @@ impl<'a> Columns<'a> {
             &append.metadata,
             append.sequences.len(),
         ));
-        let keys = KeyColumns::of(&append.new_keys);
-        self.key_member
-            .extend(std::iter::repeat_n(member, keys.subject.len()));
+        let held = HeldColumns::of(&append.keys.held);
+        push_range(
+            &mut self.held_from,
+            &mut self.held_upto,
+            self.held_subject.len(),
+            held.subject.len(),
+        );
+        self.held_subject.extend(held.subject);
+        self.held_version.extend(held.version);
+        let keys = KeyColumns::of(&append.keys.new);
+        push_range(
+            &mut self.key_from,
+            &mut self.key_upto,
+            self.key_subject.len(),
+            keys.subject.len(),
+        );
         self.key_subject.extend(keys.subject);
         self.key_version.extend(keys.version);
         self.key_master.extend(keys.master);
         self.key_wrapped.extend(keys.wrapped);
     }
+}
+
+/// Notes that a member's `count` entries follow the `before` already in its arrays, as
+/// an SQL array range (1-based, inclusive; empty when from > upto).
+fn push_range(from: &mut Vec<i32>, upto: &mut Vec<i32>, before: usize, count: usize) {
+    from.push(before as i32 + 1);
+    upto.push((before + count) as i32);
 }

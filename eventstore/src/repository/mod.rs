@@ -460,7 +460,8 @@ impl EventRepository {
         let subjects = std::mem::take(&mut append.subjects);
         // Keys made for this append, remembered once it has stored them.
         let made: Vec<_> = append
-            .new_keys
+            .keys
+            .new
             .iter()
             .map(|k| (k.subject.clone(), k.version, k.key.clone()))
             .collect();

@@ -49,22 +49,31 @@ SELECT sequence, event_type, event_version, payload, metadata
 /// hashes, claim seats and record the idempotency key inside this same statement; a
 /// row-level BEFORE trigger sees the rows the statement inserted before its own.
 ///
-/// `$1` type, `$2` id, `$3..$7` sequences, event types, versions, payloads, metadata;
-/// `$8..$11` the data keys made for the events (subjects, versions, master key ids,
-/// wrapped keys; ADR 0035), stored in the same statement: the seal guard, an AFTER
-/// trigger, sees them, and a new guest costs no commit of its own. Another writer's
-/// key of the same version fails the statement with 23505, a lost race.
+/// `$1` type, `$2` id, `$3..$7` sequences, event types, versions, payloads, metadata.
+/// Personal data (ADR 0035): `$8..$9` the data keys the events are sealed under that
+/// the append did not make (subjects, versions), held FOR SHARE by `chronicle_hold_keys`
+/// before any event is inserted, which refuses the append (CH003) when one was erased;
+/// `$10..$13` the keys it made (subjects, versions, master key ids, wrapped keys),
+/// stored by the same statement, so a new guest costs no commit of its own. Another
+/// writer's key of the same version fails the statement with 23505, a lost race. The
+/// guard's function is not called when no key is held.
 macro_rules! insert_events {
     () => {
-        "WITH new_keys AS (
+        "WITH held AS (
+    SELECT CASE WHEN cardinality($8::text[]) > 0
+                THEN chronicle_hold_keys($8::text[], $9::int[])
+                ELSE 0 END AS keys
+),
+new_keys AS (
     INSERT INTO subject_keys (subject_id, key_version, master_key_id, wrapped)
-    SELECT * FROM unnest($8::text[], $9::int[], $10::text[], $11::bytea[])
+    SELECT * FROM unnest($10::text[], $11::int[], $12::text[], $13::bytea[])
 ),
 appended AS (
     INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                         payload, metadata)
     SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
-      FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+      FROM held,
+           unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
            WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n)
      ORDER BY e.n
     RETURNING sequence, global_position
@@ -82,21 +91,21 @@ SELECT sequence, global_position FROM appended ORDER BY sequence"
 /// Appends without touching the snapshot.
 pub(super) const APPEND: &str = concat!(insert_events!(), returning_positions!());
 
-/// Appends and stores the stream's first snapshot (`$12` last sequence, `$13` snapshot
-/// number, `$14` payload). A stale row that no longer deserialized is replaced by the
+/// Appends and stores the stream's first snapshot (`$14` last sequence, `$15` snapshot
+/// number, `$16` payload). A stale row that no longer deserialized is replaced by the
 /// `snapshots_replace_stale` trigger.
 pub(super) const APPEND_FIRST_SNAPSHOT: &str = concat!(
     insert_events!(),
     ",
 snapshot AS (
     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-    VALUES ($1, $2, $12, $13, $14)
+    VALUES ($1, $2, $14, $15, $16)
     RETURNING 1
 )",
     returning_positions!()
 );
 
-/// Appends and replaces the snapshot numbered `$13 - 1`. If another writer replaced it
+/// Appends and replaces the snapshot numbered `$15 - 1`. If another writer replaced it
 /// first, the `snapshots_update_must_match` trigger fails the whole statement with
 /// 23505, which is a conflict like any other.
 pub(super) const APPEND_NEXT_SNAPSHOT: &str = concat!(
@@ -104,8 +113,8 @@ pub(super) const APPEND_NEXT_SNAPSHOT: &str = concat!(
     ",
 snapshot AS (
     UPDATE snapshots
-       SET last_sequence = $12, current_snapshot = $13, payload = $14
-     WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $13 - 1
+       SET last_sequence = $14, current_snapshot = $15, payload = $16
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $15 - 1
     RETURNING 1
 )",
     returning_positions!()

@@ -163,9 +163,11 @@ pub async fn check(pool: &sqlx::PgPool) -> Result<String, String> {
     let live: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM subject_keys k \
           WHERE k.wrapped IS NOT NULL AND EXISTS ( \
-                SELECT 1 FROM subject_streams s JOIN bookings b \
-                    ON s.aggregate_type = 'Booking' AND b.booking_id::text = s.aggregate_id \
-                 WHERE s.subject_id = k.subject_id AND b.resource_id = 'erasure-hall')",
+                SELECT 1 FROM events e JOIN bookings b \
+                    ON e.aggregate_type = 'Booking' AND b.booking_id::text = e.aggregate_id \
+                 WHERE e.payload ? 'personal' \
+                   AND e.payload -> 'personal' ->> 'subject' = k.subject_id \
+                   AND b.resource_id = 'erasure-hall')",
     )
     .fetch_one(pool)
     .await
