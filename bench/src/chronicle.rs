@@ -257,10 +257,9 @@ pub struct Answer {
     pub retry_after: bool,
 }
 
-/// A request for two seats of `resource` a month from now.
-/// A booking of `resource`, for a guest of its own (named after the resource): each
-/// booking is a new data subject, whose personal fields are sealed under a key made for
-/// it (ADR 0035), the costlier case for the write path.
+/// A request for two seats of `resource` a month from now, for a guest of its own (named
+/// after the resource): each booking is a new data subject, whose personal fields are
+/// sealed under a key made for it (ADR 0035), the costlier case for the write path.
 pub fn booking_body(account: Uuid, resource: &str) -> Value {
     let starts = chrono::Utc::now() + chrono::Duration::days(30);
     json!({
