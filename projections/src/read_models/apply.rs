@@ -6,7 +6,7 @@
 //! over arrays (`unnest`). A batch of hundreds of events costs about fifteen round
 //! trips instead of three per event.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chronicle_domain::subject::{ERASED, SubjectEvent};
 use chronicle_domain::subscription::SubscriptionEvent;
@@ -143,7 +143,12 @@ pub async fn apply_envelopes(
     let mut early = Vec::new();
     for tally in [
         fold::apply::<Accounts>(tx, &fresh.accounts).await?,
-        fold::apply::<Bookings>(tx, &fresh.bookings).await?,
+        fold::apply_from(
+            Bookings::keeping(sealed(&fresh.bookings)),
+            tx,
+            &fresh.bookings,
+        )
+        .await?,
         fold::apply::<Payments>(tx, &fresh.payments).await?,
         fold::apply::<Subscriptions>(tx, &fresh.subscriptions).await?,
     ] {
@@ -151,7 +156,6 @@ pub async fn apply_envelopes(
         outcome.duplicates += tally.stale;
         early.extend(tally.early);
     }
-    keep_sealed(tx, &fresh.bookings).await?;
     outcome.applied += erase(tx, &fresh.subjects).await?;
     if !early.is_empty() {
         outcome.early = early.len();
@@ -270,13 +274,10 @@ fn read(envelope: &Envelope) -> Result<Readable, String> {
     .map_err(unreadable)
 }
 
-/// Keeps the sealed personal fields of the applied booking events beside their rows
-/// (`bookings.personal`), with where they were sealed (what opens them).
-async fn keep_sealed(
-    tx: &mut Tx<'_>,
-    bookings: &[Fresh<'_, BookingEvent>],
-) -> Result<(), sqlx::Error> {
-    let sealed: Vec<(Uuid, Value)> = bookings
+/// The sealed personal fields of the applied booking events, with where they were
+/// sealed (what opens them), by booking: kept beside their rows (`bookings.personal`).
+fn sealed(bookings: &[Fresh<'_, BookingEvent>]) -> HashMap<Uuid, Value> {
+    bookings
         .iter()
         .filter_map(|fresh| {
             let envelope = fresh.envelope;
@@ -288,21 +289,7 @@ async fn keep_sealed(
             });
             Some((fresh.id, kept))
         })
-        .collect();
-    if sealed.is_empty() {
-        return Ok(());
-    }
-    let (ids, values): (Vec<Uuid>, Vec<Value>) = sealed.into_iter().unzip();
-    sqlx::query(
-        "UPDATE bookings b SET personal = s.personal \
-           FROM unnest($1::uuid[], $2::jsonb[]) AS s(booking_id, personal) \
-          WHERE b.booking_id = s.booking_id",
-    )
-    .bind(&ids)
-    .bind(&values)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+        .collect()
 }
 
 /// Applies erasures: the bookings of each erased subject show their guest as erased,

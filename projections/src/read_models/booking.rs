@@ -48,6 +48,19 @@ pub(crate) struct Bookings {
     /// Bookings first requested in this batch: what never changes afterwards, and when.
     requested: HashMap<Uuid, (Box<BookingState>, At)>,
     history: Versions<Recorded>,
+    /// The sealed personal fields the batch's events carry, kept beside their rows
+    /// (`bookings.personal`, ADR 0035), by booking.
+    sealed: HashMap<Uuid, Value>,
+}
+
+impl Bookings {
+    /// A fold whose rows keep `sealed` (by booking) beside them.
+    pub(crate) fn keeping(sealed: HashMap<Uuid, Value>) -> Self {
+        Self {
+            sealed,
+            ..Self::default()
+        }
+    }
 }
 
 impl Fold for Bookings {
@@ -125,6 +138,7 @@ impl Table for Bookings {
 
     async fn write(tx: &mut Tx<'_>, folded: &Folded<Self>) -> Result<(), sqlx::Error> {
         insert(tx, folded).await?;
+        keep_sealed(tx, folded).await?;
         let changed: Vec<&Row> = folded.states_of(&folded.changed).collect();
         Unnest::of(&changed)
             .column("booking_id", |r| r.booking_id)
@@ -184,9 +198,38 @@ async fn insert(tx: &mut Tx<'_>, folded: &Folded<Bookings>) -> Result<(), sqlx::
         .column("updated_at", |(_, _, r)| r.stamp.updated_at)
         .column("created_position", |(_, at, _)| at.position)
         .column("last_position", |(_, _, r)| r.stamp.last_position)
+        .column("personal", |(_, _, r)| {
+            folded.effects.sealed.get(&r.booking_id)
+        })
         .insert("bookings", "ON CONFLICT (booking_id) DO NOTHING")
         .execute(tx)
         .await
+}
+
+/// Keeps sealed fields of bookings not created by this batch (their rows were inserted
+/// with theirs): none while only the request carries personal fields, but a later event
+/// that did would not lose them.
+async fn keep_sealed(tx: &mut Tx<'_>, folded: &Folded<Bookings>) -> Result<(), sqlx::Error> {
+    let (ids, values): (Vec<Uuid>, Vec<&Value>) = folded
+        .effects
+        .sealed
+        .iter()
+        .filter(|(id, _)| folded.created.binary_search(id).is_err())
+        .map(|(id, value)| (*id, value))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE bookings b SET personal = s.personal \
+           FROM unnest($1::uuid[], $2::jsonb[]) AS s(booking_id, personal) \
+          WHERE b.booking_id = s.booking_id",
+    )
+    .bind(&ids)
+    .bind(&values)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -95,11 +95,22 @@ impl<F: Fold> Folded<F> {
 
 /// Folds `events` (each aggregate's in sequence order) into `states`, each event
 /// guarded by its aggregate's version (see [`Order`]).
+#[cfg(test)]
 pub(crate) fn fold<'e, F: Fold + 'e>(
+    states: HashMap<Uuid, F::State>,
+    events: impl IntoIterator<Item = (Uuid, &'e F::Event, At)>,
+) -> Folded<F> {
+    fold_into(F::default(), states, events)
+}
+
+/// Folds `events` (each aggregate's in sequence order) into `states`, each event
+/// guarded by its aggregate's version (see [`Order`]), starting from `effects` (what the
+/// batch knows besides its events).
+pub(crate) fn fold_into<'e, F: Fold + 'e>(
+    mut effects: F,
     mut states: HashMap<Uuid, F::State>,
     events: impl IntoIterator<Item = (Uuid, &'e F::Event, At)>,
 ) -> Folded<F> {
-    let mut effects = F::default();
     let mut tally = Tally::default();
     let mut created = BTreeSet::new();
     let mut changed = BTreeSet::new();
@@ -158,12 +169,21 @@ pub(crate) async fn apply<T: Table>(
     tx: &mut Tx<'_>,
     events: &[Fresh<'_, T::Event>],
 ) -> Result<Tally, sqlx::Error> {
+    apply_from(T::default(), tx, events).await
+}
+
+/// [`apply`], folding from `effects`.
+pub(crate) async fn apply_from<T: Table>(
+    effects: T,
+    tx: &mut Tx<'_>,
+    events: &[Fresh<'_, T::Event>],
+) -> Result<Tally, sqlx::Error> {
     if events.is_empty() {
         return Ok(Tally::default());
     }
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     let states = T::load(tx, &ids).await?;
-    let folded = fold::<T>(states, events.iter().map(Fresh::parts));
+    let folded = fold_into(effects, states, events.iter().map(Fresh::parts));
     T::write(tx, &folded).await?;
     Ok(folded.tally)
 }
