@@ -13,6 +13,11 @@
 //! `soak-memory.png` and `soak-storage.png` (`--replot` draws these two again from the
 //! CSV).
 //!
+//! When the server runs without autovacuum (this machine's PostgreSQL does), the soak
+//! vacuums its database as autovacuum's defaults would
+//! ([`chronicle_bench::dbwatch::autovacuum_stand_in`]): weeks of running are weeks on a
+//! server that vacuums.
+//!
 //! `scripts/bench.sh soak` builds and runs it; or
 //! `cargo run --release -p chronicle-bench --bin soak -- [--minutes 60] [--rate 400]
 //! [--sample 10] [--accounts 200] [--out DIR]` with `chronicle` built
@@ -133,6 +138,11 @@ async fn main() -> anyhow::Result<()> {
         duration,
         0,
     ));
+    // This machine's PostgreSQL runs without autovacuum; the soak does its work.
+    let vacuums = tokio::spawn(dbwatch::autovacuum_stand_in(
+        server.db.pool(1).await,
+        duration,
+    ));
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut counters = Counters::take(&pool).await;
@@ -167,7 +177,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     load.await?;
+    let vacuums = vacuums.await?;
     let mut report = report(&options, &samples);
+    report.push_str(&vacuums_report(&vacuums));
     report.push_str(&statements_report(&snapshots, quarter));
     println!("{report}");
     write_outputs(&options.out, &samples, &report)?;
@@ -327,6 +339,23 @@ fn print_line(sample: &Sample) {
         sample.rates.reads_per_s,
         sample.rates.hit_percent,
     );
+}
+
+/// What the autovacuum stand-in did (nothing when the server vacuums itself).
+fn vacuums_report(vacuums: &BTreeMap<String, u32>) -> String {
+    if vacuums.is_empty() {
+        return "\nNo vacuum by the soak (the server's autovacuum is on, or nothing was due).\n"
+            .to_owned();
+    }
+    let done: Vec<String> = vacuums
+        .iter()
+        .map(|(table, n)| format!("{table} {n}"))
+        .collect();
+    format!(
+        "\nThe server runs without autovacuum; the soak vacuumed as its defaults would \
+         (`dbwatch::autovacuum_stand_in`), times by table: {}.\n",
+        done.join(", ")
+    )
 }
 
 fn mib(bytes: u64) -> f64 {
