@@ -353,7 +353,7 @@ fn vacuums_report(vacuums: &BTreeMap<String, u32>) -> String {
         .collect();
     format!(
         "\nThe server runs without autovacuum; the soak vacuumed as its defaults would \
-         (`dbwatch::autovacuum_stand_in`), times by table: {}.\n",
+         (`dbwatch::autovacuum_stand_in`), times by table and kind: {}.\n",
         done.join(", ")
     )
 }
