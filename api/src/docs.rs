@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::{
-    accounts, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
+    accounts, audit, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
 };
 
 /// The stable machine codes of errors.
@@ -166,6 +166,7 @@ impl Modify for BearerAuth {
         search::bookings,
         temporal::balance, temporal::revenue, temporal::occupancy, temporal::audit,
         temporal::subscriptions, temporal::mrr,
+        audit::checkpoints, audit::public_key,
         subjects::erase, subjects::personal_data,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -178,7 +179,7 @@ impl Modify for BearerAuth {
         (name = "subscriptions", description = "Plans billed per calendar period: the third kind of payment"),
         (name = "search", description = "Full-text search over bookings"),
         (name = "analytics", description = "Temporal queries for analysts"),
-        (name = "audit", description = "Event histories for auditors"),
+        (name = "audit", description = "Event histories and signed checkpoints of the log for auditors"),
         (name = "privacy", description = "Data subjects' access and erasure requests (roles privacy, admin)"),
         (name = "operations", description = "Health, readiness, metrics"),
     ),

@@ -51,6 +51,8 @@ pub struct AppState {
     /// Rate limits, timeouts and admission (the bounds on work in flight).
     pub limiter: Arc<limits::RateLimiter>,
     pub reads: ReadSettings,
+    /// The key checkpoints verify with (ADR 0036).
+    pub checkpoint_key: chronicle_eventstore::notary::checkpoint::PublicKey,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -145,7 +147,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(state: AppState, http: HttpLimits) -> Router {
     let limits = http;
     use routes::{
-        accounts, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
+        accounts, audit, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
     };
     Router::new()
         .route("/v1/accounts", post(accounts::open))
@@ -178,6 +180,8 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
             "/v1/audit/{aggregate_type}/{id}/events",
             get(temporal::audit),
         )
+        .route("/v1/audit/checkpoints", get(audit::checkpoints))
+        .route("/v1/audit/public-key", get(audit::public_key))
         .route("/v1/subjects/erasure", post(subjects::erase))
         .route("/v1/subjects/personal-data", get(subjects::personal_data))
         .route("/healthz", get(ops::healthz))

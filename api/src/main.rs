@@ -30,7 +30,10 @@ enum RoleCommand {
     Relay,
     /// Run the projectors that maintain the read models.
     Project,
-    /// Every role in one process: serve, relay and project.
+    /// Build the Merkle tree over the log and sign checkpoints (one active notary;
+    /// others wait as standbys).
+    Notary,
+    /// Every role in one process: serve, relay, project and notary.
     All,
     /// Create the database if missing and apply pending migrations.
     Migrate,
@@ -110,6 +113,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "CHRONICLE_MASTER_KEY and CHRONICLE_MASTER_KEY_FILE are not set; personal data is sealed under the fixed development keys"
         );
     }
+    if settings.signing_key.is_development()
+        && matches!(role, RoleCommand::Notary | RoleCommand::All)
+    {
+        tracing::warn!(
+            "CHRONICLE_SIGNING_KEY and CHRONICLE_SIGNING_KEY_FILE are not set; checkpoints are signed with the fixed development key"
+        );
+    }
     let pool = roles::prepare_database(&settings).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -135,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         RoleCommand::Serve => roles::serve(&settings, pool.clone(), shutdown).await,
         RoleCommand::Relay => roles::relay(&settings, pool.clone(), shutdown).await,
         RoleCommand::Project => roles::project(&settings, pool.clone(), shutdown).await,
+        RoleCommand::Notary => roles::notary(&settings, pool.clone(), shutdown).await,
         _ => roles::all(&settings, pool.clone(), shutdown).await,
     };
     pool.close().await;

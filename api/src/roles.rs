@@ -1,4 +1,5 @@
-//! The process roles: `serve`, `relay`, `project`, and `all` of them in one process.
+//! The process roles: `serve`, `relay`, `project`, `notary`, and `all` of them in one
+//! process.
 //! Each runs until its shutdown token is cancelled, then finishes what it was doing.
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use anyhow::Context;
 use chronicle_commands::CommandService;
 use chronicle_commands::process::{PROCESS_MANAGER, ProcessManager};
 use chronicle_eventstore::kafka::ensure_topics;
+use chronicle_eventstore::notary::Notary;
 use chronicle_eventstore::personal::KeyStore;
 use chronicle_eventstore::relay::Relay;
 use chronicle_projections::Projector;
@@ -84,6 +86,7 @@ pub fn app_state(
         limiter: Arc::new(crate::limits::RateLimiter::new(settings.protection)),
         reads: settings.reads,
         keys: Arc::new(JwtKeys::hs256(settings.jwt_secret.expose().as_bytes())),
+        checkpoint_key: settings.signing_key.public(),
         pool,
     })
 }
@@ -229,6 +232,24 @@ pub fn search_projector(
     ))
 }
 
+/// Builds the Merkle tree over the log and signs checkpoints until shutdown (or waits as
+/// a standby).
+pub async fn notary(
+    settings: &Settings,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    Notary::new(
+        pool,
+        Some(settings.kafka.clone()),
+        settings.notary.clone(),
+        settings.signing_key.clone(),
+    )
+    .run(shutdown)
+    .await;
+    Ok(())
+}
+
 /// Every role in one process. The first role to fail stops the others.
 pub async fn all(
     settings: &Settings,
@@ -245,10 +266,11 @@ pub async fn all(
     // One key store for the process: the process manager finds the keys the HTTP API's
     // commands just made in its cache, and an erasure empties the only cache there is.
     let keys = state.commands.key_store().cloned();
-    let (served, relayed, projected) = tokio::join!(
+    let (served, relayed, projected, notarised) = tokio::join!(
         async { stop_all(serve_state(settings, state, shutdown.clone()).await) },
         async { stop_all(relay(settings, pool.clone(), shutdown.clone()).await) },
         async { stop_all(project_sharing(settings, pool.clone(), keys, shutdown.clone()).await) },
+        async { stop_all(notary(settings, pool.clone(), shutdown.clone()).await) },
     );
-    served.and(relayed).and(projected)
+    served.and(relayed).and(projected).and(notarised)
 }

@@ -15,6 +15,10 @@ use chronicle_commands::process::{ProcessSettings, RetryDelays};
 use chronicle_eventstore::DatabaseSettings;
 use chronicle_eventstore::clock::ClockSource;
 use chronicle_eventstore::kafka::KafkaSettings;
+use chronicle_eventstore::notary::NotarySettings;
+use chronicle_eventstore::notary::checkpoint::{
+    CheckpointKey, SIGNING_KEY_ENV, SIGNING_KEY_FILE_ENV,
+};
 use chronicle_eventstore::personal::{MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeys};
 use chronicle_eventstore::relay::RelaySettings;
 use chronicle_eventstore::repository::GroupCommitSettings;
@@ -116,6 +120,12 @@ pub struct Settings {
     /// each data subject's key, and the pepper that names subjects (ADR 0035). The
     /// development keys when neither is set (a warning says so at start).
     pub master_keys: Arc<MasterKeys>,
+    /// The notary: batches and how often it signs checkpoints (ADR 0036).
+    pub notary: NotarySettings,
+    /// `CHRONICLE_SIGNING_KEY` or `CHRONICLE_SIGNING_KEY_FILE`: the Ed25519 key the
+    /// notary signs checkpoints with. The development key when neither is set (a warning
+    /// says so at start).
+    pub signing_key: Arc<CheckpointKey>,
 }
 
 /// Where settings come from: the environment, then an optional file (`CHRONICLE_CONFIG`
@@ -321,6 +331,8 @@ impl Settings {
             jwt_secret: Secret(jwt_secret),
             jwt_secret_is_default,
             master_keys,
+            notary: notary(src)?,
+            signing_key: signing_key(src)?,
         })
     }
 }
@@ -613,6 +625,46 @@ fn master_keys(src: &Source) -> Result<Arc<MasterKeys>, ConfigError> {
     };
     // The reason names entries and files, never key bytes.
     MasterKeys::from_settings(material.as_deref(), file.as_deref())
+        .map(Arc::new)
+        .map_err(|e| invalid(name, &e.to_string()))
+}
+
+fn notary(src: &Source) -> Result<NotarySettings, ConfigError> {
+    let defaults = NotarySettings::default();
+    Ok(NotarySettings {
+        batch_size: positive(
+            "CHRONICLE_NOTARY_BATCH",
+            src.parsed("CHRONICLE_NOTARY_BATCH", defaults.batch_size)?,
+        )?,
+        poll_interval: src.millis("CHRONICLE_NOTARY_POLL_MS", defaults.poll_interval)?,
+        checkpoint_leaves: positive(
+            "CHRONICLE_CHECKPOINT_EVERY",
+            src.parsed("CHRONICLE_CHECKPOINT_EVERY", defaults.checkpoint_leaves)?,
+        )?,
+        checkpoint_interval: Duration::from_secs(positive(
+            "CHRONICLE_CHECKPOINT_SECONDS",
+            src.parsed(
+                "CHRONICLE_CHECKPOINT_SECONDS",
+                defaults.checkpoint_interval.as_secs(),
+            )?,
+        )?),
+        origin: src
+            .var("CHRONICLE_CHECKPOINT_ORIGIN")
+            .unwrap_or(defaults.origin),
+        ..defaults
+    })
+}
+
+fn signing_key(src: &Source) -> Result<Arc<CheckpointKey>, ConfigError> {
+    let material = src.var(SIGNING_KEY_ENV);
+    let file = src.var(SIGNING_KEY_FILE_ENV);
+    let name = if file.is_some() && material.is_none() {
+        SIGNING_KEY_FILE_ENV
+    } else {
+        SIGNING_KEY_ENV
+    };
+    // The reason names the setting or file, never key bytes.
+    CheckpointKey::from_settings(material.as_deref(), file.as_deref())
         .map(Arc::new)
         .map_err(|e| invalid(name, &e.to_string()))
 }

@@ -33,26 +33,44 @@ pub const SELECT_CHAINED: &str = "SELECT aggregate_type, aggregate_id, sequence,
      event_version, (extract(epoch FROM recorded_at) * 1000000)::bigint AS recorded_micros, \
      payload::text AS payload, metadata::text AS metadata, hash FROM events";
 
-fn field(hasher: &mut Sha256, text: &str) {
+fn field(out: &mut Vec<u8>, text: &str) {
     // A stored event is far below 4 GiB; a longer field could not have been stored.
     let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
-    hasher.update(len.to_be_bytes());
-    hasher.update(text.as_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
-/// The hash of `event` chained after `prev`.
+/// The event's fields the chain covers, as they are hashed: each text field as its
+/// length (4 bytes, big-endian) and UTF-8 bytes, `sequence` and `recorded_micros` as 8
+/// bytes big-endian, in the order of [`ChainedEvent`].
+pub fn encode(event: &ChainedEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + event.payload.len() + event.metadata.len());
+    field(&mut out, &event.aggregate_type);
+    field(&mut out, &event.aggregate_id);
+    out.extend_from_slice(&event.sequence.to_be_bytes());
+    field(&mut out, &event.event_type);
+    field(&mut out, &event.event_version);
+    out.extend_from_slice(&event.recorded_micros.to_be_bytes());
+    field(&mut out, &event.payload);
+    field(&mut out, &event.metadata);
+    out
+}
+
+/// The hash of `event` chained after `prev`: SHA-256 of `prev` and [`encode`]`(event)`.
 pub fn chain_hash(prev: &[u8], event: &ChainedEvent) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(prev);
-    field(&mut hasher, &event.aggregate_type);
-    field(&mut hasher, &event.aggregate_id);
-    hasher.update(event.sequence.to_be_bytes());
-    field(&mut hasher, &event.event_type);
-    field(&mut hasher, &event.event_version);
-    hasher.update(event.recorded_micros.to_be_bytes());
-    field(&mut hasher, &event.payload);
-    field(&mut hasher, &event.metadata);
+    hasher.update(encode(event));
     hasher.finalize().into()
+}
+
+/// The entry of `event`'s leaf in the Merkle tree over the log (ADR 0036): [`encode`]
+/// followed by the stored chain hash, so the leaf covers every stored byte the chain
+/// covers and the chain's link too.
+pub fn leaf_entry(event: &ChainedEvent) -> Vec<u8> {
+    let mut entry = encode(event);
+    entry.extend_from_slice(&event.hash);
+    entry
 }
 
 /// Something wrong with a stream's history.

@@ -123,6 +123,7 @@ macro_rules! commit_safe_after {
         )
     };
 }
+pub(crate) use commit_safe_after;
 
 /// The next commit-safe events as [`StoredEvent`]s (see `commit_safe_after!`): what a
 /// rebuild replays by.

@@ -93,8 +93,6 @@ impl KafkaSettings {
 /// Creates Chronicle's topics when they do not exist. Existing topics are left as they
 /// are.
 pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        settings.client_config("chronicle-admin").create()?;
     let topics = settings.topics();
     let retention_ms = settings.retention.as_millis().to_string();
     let new: Vec<NewTopic<'_>> = topics
@@ -111,20 +109,40 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), KafkaError> {
             .set("cleanup.policy", "delete")
         })
         .collect();
+    create_topics(settings, &new).await
+}
+
+/// The topic signed checkpoints are published to (ADR 0036).
+pub fn checkpoints_topic(settings: &KafkaSettings) -> String {
+    format!("{}checkpoints", settings.topic_prefix)
+}
+
+/// Creates the checkpoints topic when it does not exist: one partition (checkpoints in
+/// order), kept forever (`retention.ms` -1): they are small, and a copy outside the
+/// database is what they are for.
+pub async fn ensure_checkpoints_topic(settings: &KafkaSettings) -> Result<(), KafkaError> {
+    let topic = checkpoints_topic(settings);
+    let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(settings.replication))
+        .set("retention.ms", "-1")
+        .set("cleanup.policy", "delete");
+    create_topics(settings, &[new]).await
+}
+
+async fn create_topics(settings: &KafkaSettings, new: &[NewTopic<'_>]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings.client_config("chronicle-admin").create()?;
     let options = AdminOptions::new()
         .operation_timeout(Some(settings.admin_timeout))
         .request_timeout(Some(settings.admin_timeout));
     let results = tokio::time::timeout(
         settings.admin_timeout + Duration::from_secs(1),
-        admin.create_topics(&new, &options),
+        admin.create_topics(new, &options),
     )
     .await
     .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut))??;
     for result in results {
         match result {
-            Ok(topic) => {
-                tracing::info!(%topic, partitions = settings.partitions, %retention_ms, "created topic");
-            }
+            Ok(topic) => tracing::info!(%topic, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 tracing::error!(%topic, ?code, "cannot create topic");

@@ -217,3 +217,23 @@ pub static APPEND_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
         || IntGauge::new("unregistered", "unregistered").expect("valid metric"),
     )
 });
+
+pub static NOTARY_TREE_SIZE: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!(
+            "chronicle_notary_tree_size",
+            "Leaves of the Merkle tree over the log (events in commit order)"
+        ),
+        || IntGauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});
+
+pub static NOTARY_CHECKPOINT_SIZE: LazyLock<IntGauge> = LazyLock::new(|| {
+    or_unregistered(
+        register_int_gauge!(
+            "chronicle_notary_checkpoint_size",
+            "Tree size of the last signed checkpoint"
+        ),
+        || IntGauge::new("unregistered", "unregistered").expect("valid metric"),
+    )
+});

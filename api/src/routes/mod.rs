@@ -1,6 +1,7 @@
 //! Route handlers, a module per resource.
 
 pub mod accounts;
+pub mod audit;
 pub mod bookings;
 pub mod ops;
 pub mod payments;
