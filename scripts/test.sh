@@ -23,14 +23,17 @@ if command -v psql >/dev/null 2>&1; then
 fi
 
 # Python tools from PyPI, in a virtual environment of the test run's own: an
-# independent Kafka client (kafka-python) for the envelope interoperability test, and
-# schemathesis for the schema-driven fuzz run against the OpenAPI document.
-if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c 'import kafka' 2>/dev/null ||
+# independent Kafka client (kafka-python) for the envelope interoperability test,
+# schemathesis for the schema-driven fuzz run against the OpenAPI document, and
+# cryptography (Ed25519) for the third-party checkpoint proof verifier.
+if [ ! -x target/pyenv/bin/python ] ||
+   ! target/pyenv/bin/python -c 'import kafka, cryptography' 2>/dev/null ||
    [ ! -x target/pyenv/bin/schemathesis ]; then
-  say "preparing a Python environment with kafka-python and schemathesis"
+  say "preparing a Python environment with kafka-python, schemathesis and cryptography"
   python3 -m venv target/pyenv &&
-    target/pyenv/bin/pip install --quiet 'kafka-python==3.0.12' 'schemathesis==4.32.5' ||
-    die "could not install kafka-python and schemathesis from PyPI"
+    target/pyenv/bin/pip install --quiet 'kafka-python==3.0.12' 'schemathesis==4.32.5' \
+      'cryptography==46.0.3' ||
+    die "could not install kafka-python, schemathesis and cryptography from PyPI"
 fi
 export CHRONICLE_TEST_PYTHON="${CHRONICLE_TEST_PYTHON:-$PWD/target/pyenv/bin/python}"
 export CHRONICLE_TEST_SCHEMATHESIS="${CHRONICLE_TEST_SCHEMATHESIS:-$PWD/target/pyenv/bin/schemathesis}"

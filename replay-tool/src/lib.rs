@@ -6,6 +6,7 @@
 //! which writes fresh read-model tables (or a fresh search index) and swaps them in.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod checkpoints;
 pub mod db;
 pub mod diff;
 pub mod export;

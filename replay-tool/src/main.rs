@@ -10,7 +10,7 @@ use chronicle_eventstore::envelope::StoredEvent;
 use chronicle_replay::export::{Format, Selection};
 use chronicle_replay::fold::Kind;
 use chronicle_replay::history::Until;
-use chronicle_replay::{db, diff, export, history, personal, rebuild, verify};
+use chronicle_replay::{checkpoints, db, diff, export, history, personal, rebuild, verify};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -67,12 +67,34 @@ enum Command {
         #[arg(long)]
         version: Option<i64>,
     },
-    /// Recompute every hash chain and check sequences and stream heads.
+    /// Recompute every hash chain and check sequences and stream heads; with
+    /// `--checkpoints`, also check the whole log against signed checkpoints kept outside
+    /// the database.
     Verify {
         #[arg(long = "type")]
         aggregate_type: Option<String>,
         #[arg(long, requires = "aggregate_type")]
         id: Option<String>,
+        /// Checkpoints the auditor kept (`checkpoints export`), one JSON object a line.
+        #[arg(long, requires = "public_key", conflicts_with_all = ["aggregate_type", "id"])]
+        checkpoints: Option<PathBuf>,
+        /// The notary's public key: base64 of its 32 bytes, or a file holding that.
+        #[arg(long, requires = "checkpoints")]
+        public_key: Option<String>,
+    },
+    /// An inclusion proof of one event in a signed checkpoint, as JSON (docs/audit.md).
+    Prove {
+        aggregate_type: String,
+        id: String,
+        sequence: i64,
+        /// The checkpoint to prove against (its tree size); the latest by default.
+        #[arg(long)]
+        tree_size: Option<u64>,
+    },
+    /// Signed checkpoints of the log.
+    Checkpoints {
+        #[command(subcommand)]
+        command: CheckpointsCommand,
     },
     /// Rebuild a read model from the event store and swap it in.
     Rebuild {
@@ -116,6 +138,16 @@ enum Command {
         /// erased after). Without it events are written as stored: ciphertext.
         #[arg(long)]
         open: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointsCommand {
+    /// Every stored checkpoint as JSON lines: what an auditor keeps.
+    Export {
+        /// Only checkpoints of trees larger than this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
     },
 }
 
@@ -171,8 +203,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             as_of,
             version,
         } => print_state(&url, &aggregate_type, &id, as_of, version).await,
-        Command::Verify { aggregate_type, id } => {
-            verify_chains(&url, aggregate_type.as_deref(), id.as_deref()).await
+        Command::Verify {
+            aggregate_type,
+            id,
+            checkpoints,
+            public_key,
+        } => {
+            let mut problems =
+                verify_chains(&url, aggregate_type.as_deref(), id.as_deref()).await?;
+            if let (Some(file), Some(key)) = (checkpoints, public_key) {
+                problems += verify_checkpoints(&url, &file, &key).await?;
+            }
+            Ok(exit_code(problems))
+        }
+        Command::Prove {
+            aggregate_type,
+            id,
+            sequence,
+            tree_size,
+        } => {
+            let pool = db::read_only(&url).await?;
+            let proof =
+                checkpoints::prove(&pool, kind(&aggregate_type)?, &id, sequence, tree_size).await?;
+            println!("{}", serde_json::to_string_pretty(&proof)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoints {
+            command: CheckpointsCommand::Export { after },
+        } => {
+            let pool = db::read_only(&url).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let count = checkpoints::export(&pool, after, &mut out).await?;
+            out.flush()?;
+            eprintln!("exported {count} checkpoints");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild {
             projection,
@@ -266,12 +330,12 @@ async fn print_state(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `verify`: recomputes the hash chains and prints every break.
+/// `verify`: recomputes the hash chains and prints every break; returns how many.
 async fn verify_chains(
     url: &str,
     aggregate_type: Option<&str>,
     id: Option<&str>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<usize> {
     let pool = db::read_only(url).await?;
     let kind = aggregate_type.map(kind).transpose()?;
     let started = std::time::Instant::now();
@@ -286,7 +350,34 @@ async fn verify_chains(
         started.elapsed().as_secs_f64(),
         report.breaks.len()
     );
-    Ok(exit_code(report.breaks.len()))
+    Ok(report.breaks.len())
+}
+
+/// `verify --checkpoints`: checks the log against the auditor's kept checkpoints and
+/// prints every problem; returns how many.
+async fn verify_checkpoints(url: &str, file: &std::path::Path, key: &str) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let kept = checkpoints::read_kept(&text)?;
+    let key_text = match std::fs::read_to_string(key) {
+        Ok(contents) => contents,
+        Err(_) => key.to_owned(),
+    };
+    let public = chronicle_eventstore::notary::checkpoint::PublicKey::from_base64(&key_text)?;
+    let pool = db::read_only(url).await?;
+    let started = std::time::Instant::now();
+    let findings = checkpoints::verify(&pool, &public, kept).await?;
+    for problem in &findings.problems {
+        println!("{problem}");
+    }
+    eprintln!(
+        "checked {} signed checkpoints against {} leaves recomputed in {:.1} s: {} problem(s)",
+        findings.checked,
+        findings.leaves,
+        started.elapsed().as_secs_f64(),
+        findings.problems.len()
+    );
+    Ok(findings.problems.len())
 }
 
 /// `rebuild`: rebuilds a projection from the store and swaps it in.
