@@ -270,8 +270,8 @@ impl Relay {
     }
 }
 
-/// True when shutdown came first.
-async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
+/// Sleeps for `duration` unless `shutdown` comes first; true when it did.
+pub(crate) async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(duration) => false,

@@ -26,6 +26,7 @@ use crate::envelope::commit_safe_after;
 use crate::kafka::{KafkaSettings, checkpoints_topic, ensure_checkpoints_topic};
 use crate::merkle::{Frontier, Hash, Subtree, leaf_hash};
 use crate::metrics;
+use crate::relay::sleep_or_shutdown;
 use checkpoint::{Checkpoint, CheckpointKey, SignedCheckpoint};
 
 /// The next commit-safe events with what their leaves cover.
@@ -199,14 +200,6 @@ impl Notary {
                 }
             }
         }
-    }
-}
-
-/// True when shutdown came first.
-async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(duration) => false,
     }
 }
 
