@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chronicle_domain::Role;
 use chronicle_eventstore::notary::checkpoint::{Checkpoint, CheckpointKey};
 use chronicle_eventstore::notary::{Notary, NotarySettings};
-use chronicle_tests::{TestApp, eventually, spawn_app};
+use chronicle_tests::{TestApp, eventually, spawn_app, spawn_full_app};
 use reqwest::StatusCode;
 use sqlx::Connection;
 use uuid::Uuid;
@@ -339,4 +339,52 @@ async fn the_notary_role_signs_publishes_and_serves_checkpoints() {
         public.body["public_key"].as_str(),
         Some(app.settings.signing_key.public().to_base64().as_str())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_leaves_every_checkpoint_and_proof_valid() {
+    // An erasure answers once the read models forgot the guest: the read side runs.
+    let app = spawn_full_app().await;
+    let url = app.db.url();
+    let token = app.client_token("alice");
+    let account = app.open_account(&token, "EUR", 0).await;
+    let requested = app
+        .post(
+            "/v1/bookings",
+            Some(&token),
+            &[],
+            &TestApp::booking_body(account, "room-7", &["A1"], 3, 0),
+        )
+        .await;
+    assert!(requested.status.is_success(), "{requested:?}");
+    let booking = requested.body["booking_id"].as_str().unwrap().to_owned();
+    notarise(&app).await;
+    let dir = tempdir();
+    let kept = export(&app, &dir).await;
+    let before = replay(&url, &["prove", "booking", &booking, "1"]).await;
+    assert!(before.status.success(), "{}", text(&before));
+
+    // The guest's key is destroyed; the ciphertext stays where it was.
+    let dpo = app.token("dpo", &[Role::Privacy]);
+    let erased = app
+        .post(
+            "/v1/subjects/erasure",
+            Some(&dpo),
+            &[],
+            &serde_json::json!({ "email": "zoe@example.org" }),
+        )
+        .await;
+    assert!(erased.status.is_success(), "{erased:?}");
+
+    let still = verify_kept(&app, &kept).await;
+    assert!(still.status.success(), "{}", text(&still));
+    let after = replay(&url, &["prove", "booking", &booking, "1"]).await;
+    assert!(after.status.success(), "{}", text(&after));
+    assert_eq!(
+        stdout(&after),
+        stdout(&before),
+        "the same proof after erasure"
+    );
+    let (valid, said) = python_verifies(&stdout(&after));
+    assert!(valid, "{said}");
 }
