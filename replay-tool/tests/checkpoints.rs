@@ -388,3 +388,29 @@ async fn an_erasure_leaves_every_checkpoint_and_proof_valid() {
     let (valid, said) = python_verifies(&stdout(&after));
     assert!(valid, "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_tree_cannot_prove_the_kept_checkpoints_consistent() {
+    let app = spawn_app().await;
+    let (_, first, second) = history(&app).await;
+    let dir = tempdir();
+    let kept = export(&app, &dir).await;
+    // The subtree of the first 8 leaves is part of the proof that 12 extends 9.
+    sqlx::query("UPDATE merkle_nodes SET hash = sha256(hash) WHERE level = 3 AND node_index = 0")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let found = verify_kept(&app, &kept).await;
+    assert_eq!(found.status.code(), Some(1), "{}", text(&found));
+    let found = stdout(&found);
+    assert!(
+        found.contains(&format!(
+            "INCONSISTENT checkpoints of {first} and {second} leaves"
+        )),
+        "{found}"
+    );
+    assert!(
+        !found.contains("MISMATCH"),
+        "the events themselves are intact: {found}"
+    );
+}
