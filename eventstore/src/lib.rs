@@ -15,6 +15,7 @@ pub mod db;
 pub mod deadline;
 pub mod envelope;
 pub mod error;
+pub mod feed;
 pub mod idempotency;
 pub mod kafka;
 pub mod merkle;
