@@ -9,6 +9,7 @@ pub mod mix;
 pub mod peers;
 pub mod plot;
 pub mod scrape;
+pub mod store;
 
 use std::time::Duration;
 

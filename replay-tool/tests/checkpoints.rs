@@ -22,7 +22,7 @@ use reqwest::StatusCode;
 use sqlx::Connection;
 use uuid::Uuid;
 
-use common::{replay, stdout, text};
+use common::{guards_off, replay, stdout, text};
 
 fn key() -> Arc<CheckpointKey> {
     Arc::new(CheckpointKey::from_base64(&BASE64.encode([11u8; 32])).unwrap())
@@ -64,13 +64,7 @@ async fn notarise(app: &TestApp) -> u64 {
 /// Runs `statement` as a superuser who switched the guards off, then recomputes the
 /// chain and head of stream `id` as an administrator covering their tracks would.
 async fn rewrite(app: &TestApp, statement: &str, id: Uuid) {
-    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
-        .await
-        .unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = guards_off(app).await;
     sqlx::query(statement)
         .bind(id.to_string())
         .execute(&mut conn)

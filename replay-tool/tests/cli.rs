@@ -11,16 +11,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use common::{replay, stderr, stdout};
+use common::{guards_off, replay, stderr, stdout};
 
 async fn tamper(app: &TestApp, statement: &str, id: &str) {
-    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
-        .await
-        .unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let mut conn = guards_off(app).await;
     sqlx::query(statement)
         .bind(id)
         .execute(&mut conn)

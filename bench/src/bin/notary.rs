@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use chronicle_bench::chronicle::{Client, Server};
 use chronicle_bench::machine;
+use chronicle_bench::store::seed_and_scan;
 use chronicle_eventstore::notary::checkpoint::CheckpointKey;
 use chronicle_eventstore::notary::{Notary, NotarySettings};
 use chronicle_tests::TestDb;
-use chronicle_tests::seed::seed;
 use tokio_util::sync::CancellationToken;
 
 async fn tool(url: &str, args: &[&str]) -> anyhow::Result<(bool, Vec<u8>, String, f64)> {
@@ -51,24 +51,7 @@ async fn tree_builder(events: u64) -> anyhow::Result<()> {
     let db = TestDb::create().await;
     let pool = db.pool(4).await;
     let url = db.url();
-    let started = Instant::now();
-    let seeded = seed(&pool, events, 0).await?;
-    println!(
-        "seed: {seeded} events in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let started = Instant::now();
-    let (rows, bytes): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), sum(length(payload::text) + length(metadata::text))::bigint FROM events",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let scan = started.elapsed().as_secs_f64();
-    println!(
-        "baseline, raw sequential scan: {rows} events, {} MiB of JSON in {scan:.2} s ({:.0} events/s)",
-        bytes / (1 << 20),
-        rows as f64 / scan
-    );
+    seed_and_scan(&pool, events).await?;
 
     let key = Arc::new(CheckpointKey::development());
     let notary = Notary::new(pool.clone(), None, NotarySettings::default(), key.clone());

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use chronicle_bench::machine;
+use chronicle_bench::store::seed_and_scan;
 use chronicle_tests::TestDb;
 use chronicle_tests::seed::seed;
 
@@ -53,27 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDb::create().await;
     let pool = db.pool(4).await;
     let url = db.url();
-
-    let started = Instant::now();
-    let seeded = seed(&pool, events, 0).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "seed: {seeded} events through the append triggers in {seconds:.1} s ({:.0} events/s)",
-        seeded as f64 / seconds
-    );
-
-    let started = Instant::now();
-    let (rows, bytes): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), sum(length(payload::text) + length(metadata::text))::bigint FROM events",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let scan = started.elapsed().as_secs_f64();
-    println!(
-        "baseline, raw sequential scan of events: {rows} rows, {} MiB of JSON in {scan:.2} s ({:.0} events/s)",
-        bytes / (1 << 20),
-        rows as f64 / scan
-    );
+    let seeded = seed_and_scan(&pool, events).await?;
 
     let (ok, report, seconds) = tool(&url, &["rebuild", "read-models"]).await?;
     println!("rebuild read-models: {report} [ok: {ok}, wall {seconds:.1} s]");
