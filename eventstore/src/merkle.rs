@@ -43,13 +43,6 @@ pub struct Subtree {
     pub index: u64,
 }
 
-impl Subtree {
-    /// The first leaf it covers.
-    pub fn first_leaf(&self) -> u64 {
-        self.index << self.level
-    }
-}
-
 /// Leaves `start..end` of the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeafRange {

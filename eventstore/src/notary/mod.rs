@@ -239,11 +239,6 @@ impl ActiveNotary<'_> {
         self.frontier.size()
     }
 
-    /// The tree's root now.
-    pub fn root(&self) -> Hash {
-        self.frontier.root()
-    }
-
     async fn serve(mut self, shutdown: &CancellationToken) -> Result<(), NotaryError> {
         loop {
             let built = self.build_batch().await?;
