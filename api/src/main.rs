@@ -53,7 +53,8 @@ enum RoleCommand {
 
 /// jemalloc, not glibc's malloc: under a steady load glibc kept up to 16 arenas of freed
 /// memory (resident anonymous memory rose by about 8 MiB a minute while the live heap
-/// stayed near 40 MiB); jemalloc returns what it no longer uses (docs/soak.md).
+/// stayed near 40 MiB); jemalloc returns what it no longer uses (docs/soak.md). Its
+/// settings are compiled in by `.cargo/config.toml` (ADR 0038).
 #[cfg(not(feature = "heap-profile"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -194,4 +195,20 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(all(test, not(feature = "heap-profile")))]
+mod tests {
+    /// jemalloc runs with the settings `.cargo/config.toml` compiles in (ADR 0038; a
+    /// misspelt option would be ignored without a word).
+    #[test]
+    fn jemalloc_runs_with_the_compiled_in_settings() {
+        assert_eq!(
+            tikv_jemalloc_ctl::config::malloc_conf::read().unwrap(),
+            "narenas:2,dirty_decay_ms:1000"
+        );
+        if std::env::var_os("MALLOC_CONF").is_none() {
+            assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().unwrap(), 2);
+        }
+    }
 }
