@@ -203,8 +203,10 @@ mod tests {
     /// misspelt option would be ignored without a word).
     #[test]
     fn jemalloc_runs_with_the_compiled_in_settings() {
+        // tikv-jemalloc-ctl 0.6 hands the C string out with its terminating NUL.
+        let compiled = tikv_jemalloc_ctl::config::malloc_conf::read().unwrap();
         assert_eq!(
-            tikv_jemalloc_ctl::config::malloc_conf::read().unwrap(),
+            compiled.trim_end_matches('\0'),
             "narenas:2,dirty_decay_ms:1000"
         );
         if std::env::var_os("MALLOC_CONF").is_none() {
