@@ -85,6 +85,45 @@ async fn next_batch(
         .await
 }
 
+/// Longest a rebuild waits, in one spell, for events that are committed but held back by
+/// a transaction in flight elsewhere in the cluster.
+const HELD_BACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether events after `(tx_id, position)` are committed but not commit-safe yet: a
+/// transaction in flight anywhere in the cluster holds the horizon back (it is
+/// cluster-wide). Waits until they are readable, up to [`HELD_BACK_WAIT`]; true when the
+/// caller should read again. Without it a rebuild that ran beside any open transaction,
+/// even in another database, ended short of the store.
+async fn wait_for_held_back(
+    conn: &mut sqlx::PgConnection,
+    tx_id: &str,
+    position: i64,
+    waited: &mut std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    let pending: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events \
+                         WHERE (events.tx_id, events.global_position) > ($1::text::xid8, $2))",
+    )
+    .bind(tx_id)
+    .bind(position)
+    .fetch_one(conn)
+    .await?;
+    if !pending || *waited >= HELD_BACK_WAIT {
+        if pending {
+            tracing::warn!(
+                "events are still held back by a transaction in flight after {} s; \
+                 going on without them",
+                waited.as_secs()
+            );
+        }
+        return Ok(false);
+    }
+    let pause = std::time::Duration::from_millis(50);
+    tokio::time::sleep(pause).await;
+    *waited += pause;
+    Ok(true)
+}
+
 /// Rebuilds the PostgreSQL read models. With `fresh`, an interrupted earlier rebuild is
 /// discarded instead of resumed.
 pub async fn read_models(
@@ -100,12 +139,17 @@ pub async fn read_models(
     .await?;
     let mut progress = start_progress(pool, "rebuild read-models", applied, show_progress).await?;
     let replayer = Replayer::default();
+    let mut waited = std::time::Duration::ZERO;
     loop {
         let mut tx = pool.begin().await?;
         let applied = apply_batch(&mut tx, &replayer, &mut tx_id, &mut position).await?;
         tx.commit().await?;
         progress.advance(applied);
-        if applied == 0 {
+        if applied > 0 {
+            waited = std::time::Duration::ZERO;
+        } else if !wait_for_held_back(&mut *pool.acquire().await?, &tx_id, position, &mut waited)
+            .await?
+        {
             break;
         }
     }
@@ -384,11 +428,16 @@ async fn index_store(
     let replayer = Replayer::default();
     let mut conn = pool.acquire().await?;
     let mut since_commit = 0;
+    let mut waited = std::time::Duration::ZERO;
     loop {
         let events = next_batch(&mut conn, &marker.tx_id, marker.position).await?;
         let Some(last) = events.last() else {
+            if wait_for_held_back(&mut conn, &marker.tx_id, marker.position, &mut waited).await? {
+                continue;
+            }
             return Ok(());
         };
+        waited = std::time::Duration::ZERO;
         (marker.tx_id, marker.position) = (last.tx_id.clone(), last.global_position);
         progress.advance(events.len() as u64);
         marker.applied = progress.done() as i64;

@@ -316,3 +316,32 @@ async fn flows_finished(app: &TestApp, count: i64) {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_waits_for_events_held_back_by_a_transaction_elsewhere() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let token = app.client_token("alice");
+    app.open_account(&token, "EUR", 0).await;
+    // A transaction in another database takes an xid and stays open: the commit-safe
+    // horizon is cluster-wide, so what commits after it here is held back meanwhile.
+    let elsewhere = TestDb::create().await;
+    let mut held = elsewhere.pool(1).await.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let account = app.open_account(&token, "EUR", 0).await;
+    app.deposit(&token, account, 5).await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        held.commit().await.unwrap();
+    });
+    let rebuilt = replay(&app.db.url(), &["rebuild", "read-models"]).await;
+    release.await.unwrap();
+    assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
+    assert!(
+        stderr(&rebuilt).contains("rebuilt from 3 events"),
+        "{}",
+        stderr(&rebuilt)
+    );
+}
