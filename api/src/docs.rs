@@ -7,7 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::{
-    accounts, audit, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
+    accounts, audit, bookings, feed, ops, payments, reads, search, subjects, subscriptions,
+    temporal,
 };
 
 /// The stable machine codes of errors.
@@ -40,6 +41,9 @@ pub enum ErrorCode {
     AmountOutOfRange,
     IdempotencyKeyReused,
     PositionNotYetApplied,
+    InvalidFeedPosition,
+    FeedPositionExpired,
+    TooManyStreams,
     RateLimited,
     Overloaded,
     Timeout,
@@ -167,10 +171,11 @@ impl Modify for BearerAuth {
         temporal::balance, temporal::revenue, temporal::occupancy, temporal::audit,
         temporal::subscriptions, temporal::mrr,
         audit::checkpoints, audit::public_key,
+        feed::feed, feed::ticket,
         subjects::erase, subjects::personal_data,
         ops::healthz, ops::readyz, ops::metrics,
     ),
-    components(schemas(Problem, ErrorCode)),
+    components(schemas(Problem, ErrorCode, feed::ResumeNotice)),
     modifiers(&BearerAuth),
     tags(
         (name = "accounts", description = "Wallets: open, deposit, withdraw, close, read"),
@@ -180,6 +185,7 @@ impl Modify for BearerAuth {
         (name = "search", description = "Full-text search over bookings"),
         (name = "analytics", description = "Temporal queries for analysts"),
         (name = "audit", description = "Event histories and signed checkpoints of the log for auditors"),
+        (name = "feed", description = "Live events as Server-Sent Events, resumable exactly (Last-Event-ID)"),
         (name = "privacy", description = "Data subjects' access and erasure requests (roles privacy, admin)"),
         (name = "operations", description = "Health, readiness, metrics"),
     ),

@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::auth::JwtKeys;
 use crate::problem::AppError;
+pub use crate::routes::feed::LiveFeed;
 use crate::settings::ReadSettings;
 
 /// What every handler can reach.
@@ -53,6 +54,8 @@ pub struct AppState {
     pub reads: ReadSettings,
     /// The key checkpoints verify with (ADR 0036).
     pub checkpoint_key: chronicle_eventstore::notary::checkpoint::PublicKey,
+    /// The live feed (ADR 0037).
+    pub feed: Arc<LiveFeed>,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -147,7 +150,8 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(state: AppState, http: HttpLimits) -> Router {
     let limits = http;
     use routes::{
-        accounts, audit, bookings, ops, payments, reads, search, subjects, subscriptions, temporal,
+        accounts, audit, bookings, feed, ops, payments, reads, search, subjects, subscriptions,
+        temporal,
     };
     Router::new()
         .route("/v1/accounts", post(accounts::open))
@@ -182,6 +186,8 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
         )
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/public-key", get(audit::public_key))
+        .route("/v1/feed", get(feed::feed))
+        .route("/v1/feed/tickets", post(feed::ticket))
         .route("/v1/subjects/erasure", post(subjects::erase))
         .route("/v1/subjects/personal-data", get(subjects::personal_data))
         .route("/healthz", get(ops::healthz))

@@ -13,6 +13,7 @@ use chronicle_eventstore::notary::Notary;
 use chronicle_eventstore::personal::KeyStore;
 use chronicle_eventstore::relay::Relay;
 use chronicle_projections::Projector;
+use chronicle_projections::feed::Feed;
 use chronicle_projections::monitor::{LagMonitor, OffsetSource};
 use chronicle_projections::read_models::{READ_MODELS, ReadModels};
 use chronicle_projections::search::{SearchIndex, SearchProjection};
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::JwtKeys;
 use crate::settings::Settings;
-use crate::{AppState, router};
+use crate::{AppState, LiveFeed, router};
 
 /// Creates the database if missing, migrates and connects.
 pub async fn prepare_database(settings: &Settings) -> anyhow::Result<PgPool> {
@@ -78,9 +79,18 @@ pub fn app_state(
         settings.lag_interval,
         shutdown.clone(),
     );
+    let watch = ProjectionWatch::start(pool.clone(), shutdown.clone());
+    let feed = Feed::new(
+        pool.clone(),
+        settings.kafka.clone(),
+        settings.feed.clone(),
+        watch.clone(),
+        shutdown.clone(),
+    );
     Ok(AppState {
         commands: Arc::new(CommandService::new(pool.clone(), settings.commands.clone())),
-        watch: ProjectionWatch::start(pool.clone(), shutdown.clone()),
+        feed: LiveFeed::new(feed, shutdown.clone()),
+        watch,
         monitor,
         search,
         limiter: Arc::new(crate::limits::RateLimiter::new(settings.protection)),

@@ -22,6 +22,7 @@ use chronicle_eventstore::notary::checkpoint::{
 use chronicle_eventstore::personal::{MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeys};
 use chronicle_eventstore::relay::RelaySettings;
 use chronicle_eventstore::repository::GroupCommitSettings;
+use chronicle_projections::feed::FeedSettings;
 use chronicle_projections::monitor::LagBounds;
 use chronicle_projections::search::SearchSettings;
 use chronicle_projections::{Assignment, ProjectorSettings};
@@ -126,6 +127,8 @@ pub struct Settings {
     /// notary signs checkpoints with. The development key when neither is set (a warning
     /// says so at start).
     pub signing_key: Arc<CheckpointKey>,
+    /// The live feed (`CHRONICLE_FEED_*`, ADR 0037).
+    pub feed: FeedSettings,
 }
 
 /// Where settings come from: the environment, then an optional file (`CHRONICLE_CONFIG`
@@ -191,6 +194,14 @@ pub const KNOWN: &[&str] = &[
     "CHRONICLE_OTLP_ENDPOINT",
     "CHRONICLE_CLOCK",
     "CHRONICLE_LOG",
+    "CHRONICLE_FEED_BUFFER_EVENTS",
+    "CHRONICLE_FEED_HEARTBEAT_SECONDS",
+    "CHRONICLE_FEED_RETRY_MS",
+    "CHRONICLE_FEED_MAX_PER_PRINCIPAL",
+    "CHRONICLE_FEED_MAX_SUBSCRIBERS",
+    "CHRONICLE_FEED_CATCH_UPS",
+    "CHRONICLE_FEED_RETENTION_HOURS",
+    "CHRONICLE_FEED_TICKET_SECONDS",
 ];
 
 impl Source {
@@ -333,6 +344,7 @@ impl Settings {
             master_keys,
             notary: notary(src)?,
             signing_key: signing_key(src)?,
+            feed: feed(src)?,
         })
     }
 }
@@ -652,6 +664,37 @@ fn notary(src: &Source) -> Result<NotarySettings, ConfigError> {
             .var("CHRONICLE_CHECKPOINT_ORIGIN")
             .unwrap_or(defaults.origin),
         ..defaults
+    })
+}
+
+fn feed(src: &Source) -> Result<FeedSettings, ConfigError> {
+    let defaults = FeedSettings::default();
+    let seconds = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(positive(
+            name,
+            src.parsed(name, default.as_secs())?,
+        )?))
+    };
+    let count = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
+        positive(name, src.parsed(name, default)?)
+    };
+    Ok(FeedSettings {
+        buffer_events: count("CHRONICLE_FEED_BUFFER_EVENTS", defaults.buffer_events)?,
+        heartbeat: seconds("CHRONICLE_FEED_HEARTBEAT_SECONDS", defaults.heartbeat)?,
+        retry: src.millis("CHRONICLE_FEED_RETRY_MS", defaults.retry)?,
+        per_principal: count("CHRONICLE_FEED_MAX_PER_PRINCIPAL", defaults.per_principal)?,
+        max_subscribers: count("CHRONICLE_FEED_MAX_SUBSCRIBERS", defaults.max_subscribers)?,
+        catch_ups: count("CHRONICLE_FEED_CATCH_UPS", defaults.catch_ups)?,
+        retention: Duration::from_secs(
+            3600 * positive(
+                "CHRONICLE_FEED_RETENTION_HOURS",
+                src.parsed(
+                    "CHRONICLE_FEED_RETENTION_HOURS",
+                    defaults.retention.as_secs() / 3600,
+                )?,
+            )?,
+        ),
+        ticket_ttl: seconds("CHRONICLE_FEED_TICKET_SECONDS", defaults.ticket_ttl)?,
     })
 }
 

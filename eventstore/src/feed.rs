@@ -68,6 +68,35 @@ impl FeedPosition {
         self.slot(topic, partition).map(|slot| self.next[slot])
     }
 
+    /// Topics and partitions per topic.
+    pub fn layout(&self) -> (usize, usize) {
+        (
+            self.next.len().checked_div(self.partitions).unwrap_or(0),
+            self.partitions,
+        )
+    }
+
+    /// Whether some partition of this point is behind `other`'s (of the same layout).
+    pub fn is_behind(&self, other: &Self) -> bool {
+        self.next.iter().zip(&other.next).any(|(a, b)| a < b)
+    }
+
+    /// Moves each partition to the later of this point's and `other`'s.
+    pub fn join(&mut self, other: &Self) {
+        for (a, b) in self.next.iter_mut().zip(&other.next) {
+            *a = (*a).max(*b);
+        }
+    }
+
+    /// Every partition as `(topic, partition, next offset)`.
+    pub fn partitions(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
+        let width = self.partitions.max(1);
+        self.next
+            .iter()
+            .enumerate()
+            .map(move |(slot, next)| (slot / width, slot % width, *next))
+    }
+
     /// The text form (the SSE `id`).
     pub fn encode(&self) -> String {
         let topics = self.next.len().checked_div(self.partitions).unwrap_or(0);
@@ -165,6 +194,22 @@ mod tests {
         assert!(text.starts_with("v1."));
         assert!(!text.contains(['+', '/', '=']), "URL-safe: {text}");
         assert_eq!(FeedPosition::decode(&text, 4, 6), Ok(position));
+    }
+
+    #[test]
+    fn points_compare_and_join_partition_by_partition() {
+        let mut a = FeedPosition::start(2, 2);
+        let mut b = FeedPosition::start(2, 2);
+        a.advance(0, 1, 9);
+        b.advance(1, 0, 4);
+        assert!(a.is_behind(&b) && b.is_behind(&a));
+        a.join(&b);
+        assert!(!a.is_behind(&b) && b.is_behind(&a));
+        assert_eq!(
+            a.partitions().collect::<Vec<_>>(),
+            vec![(0, 0, 0), (0, 1, 10), (1, 0, 5), (1, 1, 0)]
+        );
+        assert_eq!(a.layout(), (2, 2));
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! - [`temporal`]: as-of lookups and time buckets over the temporal read models.
 //! - [`subscriptions`]: a subscription, its invoices, and as-of counts and MRR.
 //! - [`watch`]: read-your-writes (`min_position`).
+//! - [`feed`]: the live feed (Server-Sent Events) and its resume points.
 //! - [`monitor`]: relay and projector lag for `/metrics` and `/readyz`.
 
 pub use chronicle_eventstore::consumer;
+pub mod feed;
 pub mod metrics;
 pub mod monitor;
 pub mod queries;

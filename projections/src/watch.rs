@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::read_models::PROJECTED_CHANNEL;
@@ -16,19 +16,24 @@ use crate::read_models::PROJECTED_CHANNEL;
 pub struct ProjectionWatch {
     pool: PgPool,
     projected: Arc<Notify>,
+    /// Batches committed, as notified: a receiver never misses one (the live feed's
+    /// tail releases on it).
+    commits: watch::Sender<u64>,
 }
 
 impl ProjectionWatch {
     /// Starts listening; the listener reconnects on its own and stops with `shutdown`.
     pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
         let projected = Arc::new(Notify::new());
+        let commits = watch::channel(0).0;
         let watch = Self {
             pool: pool.clone(),
             projected: projected.clone(),
+            commits: commits.clone(),
         };
         tokio::spawn(async move {
             loop {
-                if let Err(error) = listen(&pool, &projected, &shutdown).await {
+                if let Err(error) = listen(&pool, &projected, &commits, &shutdown).await {
                     tracing::warn!(%error, "projection listener failed; polling until it reconnects");
                 }
                 tokio::select! {
@@ -38,6 +43,11 @@ impl ProjectionWatch {
             }
         });
         watch
+    }
+
+    /// Changes whenever the read models commit a batch (in any process).
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     /// Whether the read models have applied the event at `position`.
@@ -91,6 +101,7 @@ impl ProjectionWatch {
 async fn listen(
     pool: &PgPool,
     projected: &Notify,
+    commits: &watch::Sender<u64>,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
@@ -101,6 +112,7 @@ async fn listen(
             notification = listener.recv() => {
                 notification?;
                 projected.notify_waiters();
+                commits.send_modify(|n| *n += 1);
             }
         }
     }

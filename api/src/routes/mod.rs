@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod bookings;
+pub mod feed;
 pub mod ops;
 pub mod payments;
 pub mod reads;

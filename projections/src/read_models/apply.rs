@@ -121,6 +121,29 @@ pub async fn apply_envelopes(
     tx: &mut Tx<'_>,
     envelopes: &[Envelope],
 ) -> Result<BatchOutcome, sqlx::Error> {
+    apply_from(tx, envelopes, &HashMap::new()).await
+}
+
+/// Where a consumed event came from: its Kafka partition and offset.
+pub type Source = (i32, i64);
+
+/// [`apply_envelopes`] for events consumed from Kafka: the journal also records, per
+/// event, the message (`sources`, by global position) it was applied from, which the
+/// live feed delivers it at (ADR 0037). A position sent twice in one batch counts from
+/// its first message, the one applied.
+pub async fn apply_delivered(
+    tx: &mut Tx<'_>,
+    envelopes: &[Envelope],
+    sources: &HashMap<i64, Source>,
+) -> Result<BatchOutcome, sqlx::Error> {
+    apply_from(tx, envelopes, sources).await
+}
+
+async fn apply_from(
+    tx: &mut Tx<'_>,
+    envelopes: &[Envelope],
+    sources: &HashMap<i64, Source>,
+) -> Result<BatchOutcome, sqlx::Error> {
     // Plan every statement for this batch's arrays and the tables' current size. A plan
     // cached while the tables were small (a fresh rebuild, a new deployment) is a
     // sequential scan per lookup, and it stays cached while the tables grow: every batch
@@ -131,7 +154,7 @@ pub async fn apply_envelopes(
     let mut outcome = BatchOutcome::default();
     let readable = readable_in_order(envelopes, &mut outcome);
     let journaled: Vec<(&Envelope, Uuid)> = readable.iter().map(|(e, r)| (*e, r.id())).collect();
-    let new = journal(tx, &journaled).await?;
+    let new = journal(tx, &journaled, sources).await?;
     let mut fresh = ByAggregate::default();
     for (envelope, event) in readable {
         if new.contains(&envelope.global_position) {
@@ -318,7 +341,9 @@ async fn erase(tx: &mut Tx<'_>, erasures: &[SubjectEvent]) -> Result<usize, sqlx
 async fn journal(
     tx: &mut Tx<'_>,
     events: &[(&Envelope, Uuid)],
+    sources: &HashMap<i64, Source>,
 ) -> Result<HashSet<i64>, sqlx::Error> {
+    let source = |e: &Envelope| sources.get(&e.global_position).copied();
     let new: Vec<i64> = Unnest::of(events)
         .column("global_position", |(e, _)| e.global_position)
         .column("aggregate_type", |(e, _)| e.aggregate_type.as_str())
@@ -331,6 +356,8 @@ async fn journal(
         .column("metadata", |(e, _)| {
             serde_json::to_value(&e.metadata).unwrap_or_default()
         })
+        .column("kafka_partition", |(e, _)| source(e).map(|(p, _)| p))
+        .column("kafka_offset", |(e, _)| source(e).map(|(_, o)| o))
         .insert(
             "rm_applied_events",
             "ON CONFLICT (global_position) DO NOTHING RETURNING global_position",

@@ -21,7 +21,7 @@ mod payment;
 mod subscription;
 mod unnest;
 
-pub use apply::{BatchOutcome, apply_envelopes};
+pub use apply::{BatchOutcome, Source, apply_delivered, apply_envelopes};
 pub use payment::ScheduleStatus;
 pub use subscription::mrr;
 
@@ -154,16 +154,20 @@ impl OffsetStoringConsumer for ReadModels {
         let mut tx = self.pool.begin().await?;
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut sources = Vec::with_capacity(batch.len());
+        let mut offsets = HashMap::with_capacity(batch.len());
         for delivered in batch {
             match delivered.envelope() {
                 Ok(envelope) => {
+                    offsets
+                        .entry(envelope.global_position)
+                        .or_insert((delivered.partition, delivered.offset));
                     envelopes.push(envelope);
                     sources.push(delivered);
                 }
                 Err(reason) => dead_letter(&mut *tx, &self.name, delivered, &reason).await?,
             }
         }
-        let outcome = apply_envelopes(&mut tx, &envelopes).await?;
+        let outcome = apply_delivered(&mut tx, &envelopes, &offsets).await?;
         for (index, reason) in &outcome.unreadable {
             dead_letter(&mut *tx, &self.name, sources[*index], reason).await?;
         }
