@@ -277,7 +277,15 @@ impl Feed {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 received = consumer.recv(), if waiting < MAX_PENDING => {
-                    let message = received?;
+                    let message = match received {
+                        Ok(message) => message,
+                        Err(error) => {
+                            // Broker hiccups are reported here and recovered by librdkafka.
+                            tracing::warn!(%error, "live feed consumer error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
                     if let Some(message) = self.message(&message)
                         && !expected.is_past(message.topic, message.partition, message.offset)
                     {
