@@ -240,6 +240,19 @@ pub async fn feed(
         error.retry_after = Some(1);
         error
     })?;
+    // The retention holds wherever a point is served from: this instance's memory or
+    // Kafka (where the catch-up checks it).
+    if let Some(from) = &from
+        && let Some(sent) = feed.hub.first_sent_after(from)
+        && sent
+            < chronicle_eventstore::clock::now().timestamp_millis()
+                - feed.settings().retention.as_millis() as i64
+    {
+        return Err(expired(format!(
+            "the events after this point are older than the feed's retention ({})",
+            chronicle_projections::feed::hours(feed.settings().retention)
+        )));
+    }
     let subscription = feed
         .hub
         .subscribe(viewer, filter, from)

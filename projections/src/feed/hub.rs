@@ -42,6 +42,8 @@ pub struct Released {
     /// The event to deliver here; `None` for a message that delivers nothing (a second
     /// copy of an event, a copy the read models set aside, an unreadable message).
     pub event: Option<Arc<FeedEvent>>,
+    /// When the relay sent the message (milliseconds since the epoch).
+    pub sent_at_ms: Option<i64>,
 }
 
 /// Messages released together.
@@ -161,6 +163,17 @@ impl Hub {
     /// started already keeps its head.
     pub fn start_at(&self, position: FeedPosition) -> FeedPosition {
         self.write().head.get_or_insert(position).clone()
+    }
+
+    /// When the first message the ring holds past `from` was sent: how old the events a
+    /// resume from `from` would start with are.
+    pub fn first_sent_after(&self, from: &FeedPosition) -> Option<i64> {
+        let ring = self.read();
+        ring.batches
+            .iter()
+            .flat_map(|b| &b.items)
+            .find(|i| !from.is_past(i.topic, i.partition, i.offset))
+            .and_then(|i| i.sent_at_ms)
     }
 
     /// Messages held now.
@@ -434,6 +447,7 @@ mod tests {
             partition,
             offset,
             event: owner.map(|o| event(o, offset as i64 * 10 + partition as i64)),
+            sent_at_ms: Some(offset as i64),
         }
     }
 
@@ -489,6 +503,10 @@ mod tests {
             .unwrap();
         assert_eq!(positions(&frames(again.take_ready())), vec![20]);
         assert!(frames(again.take_ready()).is_empty());
+        // Past the first frame, the first message held is bob's (sent at 0 here).
+        assert_eq!(hub.first_sent_after(again.position()), None);
+        let from = FeedPosition::decode(&seen[0].id, 1, 2).unwrap();
+        assert_eq!(hub.first_sent_after(&from), Some(0));
     }
 
     #[test]

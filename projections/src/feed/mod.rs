@@ -381,6 +381,7 @@ impl Feed {
                     partition: message.partition,
                     offset: message.offset,
                     event,
+                    sent_at_ms: message.sent_at_ms,
                 }
             })
             .collect())
@@ -423,6 +424,14 @@ impl Feed {
         };
         catch_up.check_start().await?;
         Ok(catch_up)
+    }
+}
+
+/// A retention as people say it: `24 h`, or seconds when shorter than an hour.
+pub fn hours(retention: Duration) -> String {
+    match retention.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s => format!("{s} s"),
     }
 }
 
@@ -494,8 +503,8 @@ impl CatchUp {
                 }
                 if message.sent_at_ms.is_some_and(|sent| sent < oldest) {
                     return Err(CatchUpError::Expired(format!(
-                        "the events after this point are older than the feed's retention ({} h)",
-                        self.feed.settings.retention.as_secs() / 3600
+                        "the events after this point are older than the feed's retention ({})",
+                        hours(self.feed.settings.retention)
                     )));
                 }
             }
