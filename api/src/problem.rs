@@ -69,6 +69,13 @@ impl AppError {
         )
     }
 
+    /// The same error, telling the client to retry after `seconds` (`Retry-After`).
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The database or another dependency is out of reach.
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
         tracing::warn!(error = %cause, "dependency unavailable");

@@ -506,24 +506,13 @@ async fn a_ticket_opens_one_stream_and_positions_and_limits_are_checked() {
 
     // Two streams per principal here (the ticket's is one of them).
     let _second = Sse::open(&app, &alice, &[], None).await;
-    let third = app
-        .client
-        .get(&url)
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+    let as_alice = || app.client.get(&url).bearer_auth(&alice).send();
+    let third = as_alice().await.unwrap();
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(third.headers().contains_key("retry-after"));
     drop(response);
     chronicle_tests::eventually("a closed stream frees its place", || async {
-        let reply = app
-            .client
-            .get(&url)
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap();
+        let reply = as_alice().await.unwrap();
         match reply.status() {
             StatusCode::OK => Ok(()),
             status => Err(format!("{status}")),

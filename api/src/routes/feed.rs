@@ -51,26 +51,24 @@ impl LiveFeed {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = open.values().sum();
         if total >= settings.max_subscribers {
-            let mut error = AppError::new(
+            return Err(AppError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "this instance holds as many feed streams as it may; retry shortly",
-            );
-            error.retry_after = Some(5);
-            return Err(error);
+            )
+            .with_retry_after(5));
         }
         let mine = open.entry(subject.to_owned()).or_default();
         if *mine >= settings.per_principal {
-            let mut error = AppError::new(
+            return Err(AppError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_streams",
                 format!(
                     "at most {} feed streams per principal are open at once; close one first",
                     settings.per_principal
                 ),
-            );
-            error.retry_after = Some(5);
-            return Err(error);
+            )
+            .with_retry_after(5));
         }
         *mine += 1;
         metrics::FEED_SUBSCRIBERS.inc();
@@ -225,6 +223,7 @@ pub async fn feed(
             })
         })
         .transpose()?;
+    // The point is read before the principal: a malformed one must not spend a ticket.
     let actor = viewer_of(&state, &params, principal).await?;
     let viewer = Viewer {
         sees_all: actor.has(Role::Admin) || actor.has(Role::Auditor),
@@ -235,11 +234,9 @@ pub async fn feed(
         aggregate_id: params.aggregate_id.map(|id| id.to_string()),
     };
     let open = live.admit(&actor.subject)?;
-    feed.ready().await.map_err(|error| {
-        let mut error = AppError::unavailable(&error);
-        error.retry_after = Some(1);
-        error
-    })?;
+    feed.ready()
+        .await
+        .map_err(|error| AppError::unavailable(&error).with_retry_after(1))?;
     // The retention holds wherever a point is served from: this instance's memory or
     // Kafka (where the catch-up checks it).
     if let Some(from) = &from
@@ -277,20 +274,13 @@ pub async fn feed(
 fn refusal(error: CatchUpError) -> AppError {
     match error {
         CatchUpError::Expired(detail) => expired(detail),
-        CatchUpError::Busy => {
-            let mut error = AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many resumes are reading history now; retry shortly",
-            );
-            error.retry_after = Some(2);
-            error
-        }
-        other => {
-            let mut error = AppError::unavailable(&other);
-            error.retry_after = Some(2);
-            error
-        }
+        CatchUpError::Busy => AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many resumes are reading history now; retry shortly",
+        )
+        .with_retry_after(2),
+        other => AppError::unavailable(&other).with_retry_after(2),
     }
 }
 
