@@ -270,10 +270,10 @@ impl Feed {
         let mut pending: Vec<VecDeque<Consumed>> =
             (0..topics * partitions).map(|_| VecDeque::new()).collect();
         let mut waiting = 0usize;
+        let mut stale = false;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut look = false;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 received = consumer.recv(), if waiting < MAX_PENDING => {
@@ -298,15 +298,19 @@ impl Feed {
                     if changed.is_err() {
                         return Ok(());
                     }
-                    look = true;
+                    stale = true;
                 }
-                _ = tick.tick() => look = true,
+                _ = tick.tick() => stale = true,
             }
             if waiting == 0 {
                 continue;
             }
-            if look {
+            // Read the projector's offsets again only when it committed since they were
+            // read (a commit noticed while nothing waited counts too: the messages it
+            // passed may arrive here after its notification).
+            if stale {
                 gate = self.gate().await?;
+                stale = false;
             }
             let mut passed = Vec::new();
             for (slot, queue) in pending.iter_mut().enumerate() {
