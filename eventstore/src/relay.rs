@@ -239,21 +239,11 @@ impl Relay {
         let mut backoff = Duration::from_millis(200);
         loop {
             metrics::RELAY_ACTIVE.set(0);
-            let active = match self.try_activate().await {
-                Ok(Some(active)) => active,
-                Ok(None) => {
-                    if sleep_or_shutdown(self.settings.standby_retry, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "relay cannot activate");
-                    if sleep_or_shutdown(backoff, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
+            let standby = self.settings.standby_retry;
+            let Some(active) =
+                until_active("relay", standby, backoff, &shutdown, || self.try_activate()).await
+            else {
+                return;
             };
             metrics::RELAY_ACTIVE.set(1);
             match active.serve(&shutdown).await {
@@ -266,6 +256,36 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Waits as a hot standby until `try_activate` takes a role's lock (`Some`), retrying
+/// every `standby_retry` while another process holds it and after `backoff` when it
+/// fails; `None` once `shutdown` comes. The relay's and the notary's one loop.
+pub(crate) async fn until_active<A, E, F, Fut>(
+    role: &str,
+    standby_retry: Duration,
+    backoff: Duration,
+    shutdown: &CancellationToken,
+    mut try_activate: F,
+) -> Option<A>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<A>, E>>,
+{
+    loop {
+        let wait = match try_activate().await {
+            Ok(Some(active)) => return Some(active),
+            Ok(None) => standby_retry,
+            Err(error) => {
+                tracing::warn!(%error, role, "cannot activate");
+                backoff
+            }
+        };
+        if sleep_or_shutdown(wait, shutdown).await {
+            return None;
         }
     }
 }

@@ -1,11 +1,10 @@
 //! Read-your-writes: wait, bounded, until the read models have applied a position.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::read_models::PROJECTED_CHANNEL;
@@ -15,25 +14,22 @@ use crate::read_models::PROJECTED_CHANNEL;
 #[derive(Clone)]
 pub struct ProjectionWatch {
     pool: PgPool,
-    projected: Arc<Notify>,
-    /// Batches committed, as notified: a receiver never misses one (the live feed's
-    /// tail releases on it).
+    /// Batches committed, as notified: a receiver never misses one (read-your-writes
+    /// waiters and the live feed's tail wake on it).
     commits: watch::Sender<u64>,
 }
 
 impl ProjectionWatch {
     /// Starts listening; the listener reconnects on its own and stops with `shutdown`.
     pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
-        let projected = Arc::new(Notify::new());
         let commits = watch::channel(0).0;
         let watch = Self {
             pool: pool.clone(),
-            projected: projected.clone(),
             commits: commits.clone(),
         };
         tokio::spawn(async move {
             loop {
-                if let Err(error) = listen(&pool, &projected, &commits, &shutdown).await {
+                if let Err(error) = listen(&pool, &commits, &shutdown).await {
                     tracing::warn!(%error, "projection listener failed; polling until it reconnects");
                 }
                 tokio::select! {
@@ -77,10 +73,9 @@ impl ProjectionWatch {
     /// Waits up to `timeout` for `position` to be applied; false when it was not.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> Result<bool, sqlx::Error> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut commits = self.commits();
         loop {
-            let notified = self.projected.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            commits.borrow_and_update();
             if self.applied(position).await? {
                 return Ok(true);
             }
@@ -91,7 +86,7 @@ impl ProjectionWatch {
             // The notification usually comes first; the poll covers a lost listener.
             let poll = (now + Duration::from_millis(250)).min(deadline);
             tokio::select! {
-                _ = notified => {}
+                _ = commits.changed() => {}
                 _ = tokio::time::sleep_until(poll) => {}
             }
         }
@@ -100,7 +95,6 @@ impl ProjectionWatch {
 
 async fn listen(
     pool: &PgPool,
-    projected: &Notify,
     commits: &watch::Sender<u64>,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
@@ -111,7 +105,6 @@ async fn listen(
             _ = shutdown.cancelled() => return Ok(()),
             notification = listener.recv() => {
                 notification?;
-                projected.notify_waiters();
                 commits.send_modify(|n| *n += 1);
             }
         }

@@ -15,36 +15,22 @@
 //!    it ended.
 #![allow(clippy::print_stdout)]
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chronicle_bench::chronicle::{Client, Server};
 use chronicle_bench::machine;
-use chronicle_bench::store::seed_and_scan;
+use chronicle_bench::store::{replay_tool, seed_and_scan};
 use chronicle_eventstore::notary::checkpoint::CheckpointKey;
 use chronicle_eventstore::notary::{Notary, NotarySettings};
 use chronicle_tests::TestDb;
 use tokio_util::sync::CancellationToken;
 
+/// `chronicle-replay ARGS`: whether it succeeded, its output, its report, seconds.
 async fn tool(url: &str, args: &[&str]) -> anyhow::Result<(bool, Vec<u8>, String, f64)> {
-    let binary = std::env::var("CHRONICLE_REPLAY_BIN")
-        .unwrap_or_else(|_| "target/release/chronicle-replay".into());
-    let started = Instant::now();
-    let output = tokio::process::Command::new(&binary)
-        .env("CHRONICLE_DATABASE_URL", url)
-        .args(args)
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot run {binary} (build chronicle-replay): {e}"))?;
-    Ok((
-        output.status.success(),
-        output.stdout,
-        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        started.elapsed().as_secs_f64(),
-    ))
+    let run = replay_tool(url, args, true).await?;
+    Ok((run.ok, run.stdout, run.report, run.seconds))
 }
 
 async fn tree_builder(events: u64) -> anyhow::Result<()> {

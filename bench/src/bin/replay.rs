@@ -6,35 +6,18 @@
 //! `cargo build --release -p chronicle-replay && cargo run --release -p chronicle-bench --bin replay -- [N] [M]`
 #![allow(clippy::print_stdout)]
 
-use std::process::Stdio;
 use std::time::Instant;
 
 use chronicle_bench::machine;
-use chronicle_bench::store::seed_and_scan;
+use chronicle_bench::store::{replay_tool, seed_and_scan};
 use chronicle_tests::TestDb;
 use chronicle_tests::seed::seed;
 
+/// `chronicle-replay ARGS`, its output discarded: whether it succeeded, its report,
+/// seconds.
 async fn tool(url: &str, args: &[&str]) -> anyhow::Result<(bool, String, f64)> {
-    let binary = std::env::var("CHRONICLE_REPLAY_BIN")
-        .unwrap_or_else(|_| "target/release/chronicle-replay".into());
-    let started = Instant::now();
-    let output = tokio::process::Command::new(&binary)
-        .env("CHRONICLE_DATABASE_URL", url)
-        .args(args)
-        .stdout(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot run {binary} (build it with cargo build --release -p chronicle-replay): {e}"
-            )
-        })?;
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-    Ok((
-        output.status.success(),
-        stderr,
-        started.elapsed().as_secs_f64(),
-    ))
+    let run = replay_tool(url, args, false).await?;
+    Ok((run.ok, run.report, run.seconds))
 }
 
 #[tokio::main]

@@ -26,7 +26,7 @@ use crate::envelope::commit_safe_after;
 use crate::kafka::{KafkaSettings, checkpoints_topic, ensure_checkpoints_topic};
 use crate::merkle::{Frontier, Hash, Subtree, leaf_hash};
 use crate::metrics;
-use crate::relay::sleep_or_shutdown;
+use crate::relay::{sleep_or_shutdown, until_active};
 use checkpoint::{Checkpoint, CheckpointKey, SignedCheckpoint};
 
 /// The next commit-safe events with what their leaves cover.
@@ -173,21 +173,13 @@ impl Notary {
         }
         let mut backoff = Duration::from_millis(200);
         loop {
-            let active = match self.try_activate().await {
-                Ok(Some(active)) => active,
-                Ok(None) => {
-                    if sleep_or_shutdown(self.settings.standby_retry, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "notary cannot activate");
-                    if sleep_or_shutdown(backoff, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
+            let standby = self.settings.standby_retry;
+            let Some(active) = until_active("notary", standby, backoff, &shutdown, || {
+                self.try_activate()
+            })
+            .await
+            else {
+                return;
             };
             match active.serve(&shutdown).await {
                 Ok(()) => return,
