@@ -1,8 +1,8 @@
 //! The feed's shared memory of recent events (ADR 0037): released batches in a bounded
 //! ring, and per-subscriber cursors over it.
 //!
-//! The tail releases messages in Kafka order once the read models applied them; each
-//! release is one [`Batch`] with the point before and after it. A subscriber keeps its
+//! The tail releases messages in Kafka order once the read models applied them, as
+//! [`Batch`]es of a bounded size, each with the point before it. A subscriber keeps its
 //! own [`FeedPosition`], moves it past every message (seen or not) and sends the ones its
 //! viewer may see. Clients are woken only by batches holding events of their own: each
 //! owner has a signal with the last batch that concerned it, set under the ring's lock
@@ -181,37 +181,46 @@ impl Hub {
         self.read().held
     }
 
-    /// Appends released messages (each partition's in offset order) as one batch, drops
-    /// the oldest batches beyond the capacity and wakes the subscribers concerned.
+    /// Appends released messages (each partition's in offset order) as batches of at
+    /// most [`BATCH_MESSAGES`], drops the oldest batches beyond the capacity and wakes
+    /// the subscribers concerned.
     pub fn release(&self, items: Vec<Released>) {
         if items.is_empty() {
             return;
         }
         let mut ring = self.write();
-        let Some(before) = ring.head.clone() else {
+        let Some(mut head) = ring.head.clone() else {
             return;
         };
-        let mut after = before.clone();
-        for item in &items {
-            after.advance(item.topic, item.partition, item.offset);
+        let mut concerned: HashMap<String, u64> = HashMap::new();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let batch: Vec<Released> = items.by_ref().take(BATCH_MESSAGES).collect();
+            let seq = ring.next_seq;
+            ring.next_seq += 1;
+            ring.held += batch.len();
+            let before = head.clone();
+            for item in &batch {
+                head.advance(item.topic, item.partition, item.offset);
+                if let Some(owner) = item.event.as_ref().and_then(|e| e.owner.as_ref()) {
+                    concerned.insert(owner.clone(), seq);
+                }
+            }
+            ring.batches.push_back(Arc::new(Batch {
+                seq,
+                before,
+                items: batch,
+            }));
         }
-        let seq = ring.next_seq;
-        ring.next_seq += 1;
-        ring.held += items.len();
-        let owners: Vec<String> = items
-            .iter()
-            .filter_map(|i| i.event.as_ref()?.owner.clone())
-            .collect();
-        ring.batches
-            .push_back(Arc::new(Batch { seq, before, items }));
-        ring.head = Some(after);
+        let last = ring.next_seq - 1;
+        ring.head = Some(head);
         while ring.held > self.capacity && ring.batches.len() > 1 {
             if let Some(dropped) = ring.batches.pop_front() {
                 ring.held -= dropped.items.len();
             }
         }
-        ring.all.send_replace(seq);
-        for owner in owners {
+        ring.all.send_replace(last);
+        for (owner, seq) in concerned {
             if let Some(signal) = ring.owners.get(&owner) {
                 signal.send_replace(seq);
             }
@@ -319,8 +328,13 @@ impl Drop for Subscription {
 }
 
 /// Most events handed out by one [`Subscription::take_ready`] (whole batches are read,
-/// so a call may give a batch's worth more).
+/// so a call may give up to a batch's worth more).
 const FRAMES_PER_TAKE: usize = 256;
+
+/// Most messages in one batch of the ring. A subscriber reads whole batches, so this
+/// bounds what one read hands to its connection however much the tail releases at once
+/// (the read models commit up to thousands of messages together).
+const BATCH_MESSAGES: usize = 128;
 
 impl Subscription {
     /// The point to resume from: after everything this subscriber moved past.
@@ -552,6 +566,34 @@ mod tests {
         assert_eq!(quiet.position(), &hub.head().unwrap());
         let resume = slow.position().clone();
         assert_eq!(resume.next_offset(0, 0), Some(0));
+    }
+
+    #[test]
+    fn a_large_release_is_read_in_bounded_pieces() {
+        let hub = started(100_000);
+        let mut alice = hub
+            .subscribe(viewer("alice"), Filter::default(), None)
+            .unwrap();
+        hub.release(
+            (0..5_000)
+                .map(|o| item(o as usize % 2, o / 2, Some("alice")))
+                .collect(),
+        );
+        let mut seen = Vec::new();
+        loop {
+            let taken = frames(alice.take_ready());
+            if taken.is_empty() {
+                break;
+            }
+            assert!(
+                taken.len() < FRAMES_PER_TAKE + BATCH_MESSAGES,
+                "{}",
+                taken.len()
+            );
+            seen.extend(positions(&taken));
+        }
+        assert_eq!(seen.len(), 5_000);
+        assert_eq!(alice.position(), &hub.head().unwrap());
     }
 
     #[test]

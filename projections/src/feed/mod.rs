@@ -22,6 +22,7 @@ use std::time::Duration;
 use chronicle_eventstore::consumer::load_offsets;
 use chronicle_eventstore::feed::FeedPosition;
 use chronicle_eventstore::kafka::KafkaSettings;
+use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -136,6 +137,25 @@ pub struct Feed {
     shutdown: CancellationToken,
 }
 
+/// What the read models have applied, as a point of the feed over `topics` (of
+/// `partitions` each): the read-model projector's next offset of every partition.
+pub async fn applied_by_read_models(
+    pool: &PgPool,
+    topics: &[String],
+    partitions: usize,
+) -> Result<FeedPosition, sqlx::Error> {
+    let stored = load_offsets(pool, READ_MODELS).await?;
+    let mut applied = FeedPosition::start(topics.len(), partitions);
+    for ((topic, partition), next) in stored {
+        if let Some(index) = topics.iter().position(|t| *t == topic)
+            && next > 0
+        {
+            applied.advance(index, partition as usize, next as u64 - 1);
+        }
+    }
+    Ok(applied)
+}
+
 /// Most messages the tail holds that the read models have not passed yet; it stops
 /// reading while that many wait (librdkafka's own prefetch is bounded too).
 const MAX_PENDING: usize = 20_000;
@@ -197,17 +217,7 @@ impl Feed {
 
     /// The read-model projector's next offset of every partition: what it has applied.
     async fn gate(&self) -> Result<FeedPosition, sqlx::Error> {
-        let stored = load_offsets(&self.pool, READ_MODELS).await?;
-        let (topics, partitions) = self.layout();
-        let mut gate = FeedPosition::start(topics, partitions);
-        for ((topic, partition), next) in stored {
-            if let Some(index) = self.topics.iter().position(|t| *t == topic)
-                && next > 0
-            {
-                gate.advance(index, partition as usize, next as u64 - 1);
-            }
-        }
-        Ok(gate)
+        applied_by_read_models(&self.pool, &self.topics, self.layout().1).await
     }
 
     fn consumer(&self, name: &str) -> Result<StreamConsumer, KafkaError> {
@@ -277,21 +287,31 @@ impl Feed {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 received = consumer.recv(), if waiting < MAX_PENDING => {
-                    let message = match received {
-                        Ok(message) => message,
-                        Err(error) => {
-                            // Broker hiccups are reported here and recovered by librdkafka.
-                            tracing::warn!(%error, "live feed consumer error");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
+                    let mut received = Some(received);
+                    // What has arrived already is taken too: one release (and one query)
+                    // for many messages when the tail runs behind the read models.
+                    while let Some(result) = received.take() {
+                        match result {
+                            Ok(message) => {
+                                if let Some(message) = self.message(&message)
+                                    && !expected.is_past(message.topic, message.partition, message.offset)
+                                {
+                                    expected.advance(message.topic, message.partition, message.offset);
+                                    pending[message.topic * partitions + message.partition]
+                                        .push_back(message);
+                                    waiting += 1;
+                                }
+                            }
+                            Err(error) => {
+                                // Broker hiccups are reported here and recovered by librdkafka.
+                                tracing::warn!(%error, "live feed consumer error");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                break;
+                            }
                         }
-                    };
-                    if let Some(message) = self.message(&message)
-                        && !expected.is_past(message.topic, message.partition, message.offset)
-                    {
-                        expected.advance(message.topic, message.partition, message.offset);
-                        pending[message.topic * partitions + message.partition].push_back(message);
-                        waiting += 1;
+                        if waiting < MAX_PENDING {
+                            received = consumer.recv().now_or_never();
+                        }
                     }
                 }
                 changed = commits.changed() => {
