@@ -184,6 +184,12 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
             "/v1/audit/{aggregate_type}/{id}/events",
             get(temporal::audit),
         )
+        .route(
+            "/v1/audit/{aggregate_type}/{id}/verification",
+            get(audit::verification),
+        )
+        .route("/v1/audit/events", get(temporal::caused_by))
+        .route("/v1/audit/events/{id}", get(temporal::audit_event))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/public-key", get(audit::public_key))
         .route("/v1/feed", get(feed::feed))

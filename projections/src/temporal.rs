@@ -202,7 +202,10 @@ pub async fn occupancy(
 /// One event of a stream, as the audit read model keeps it.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEvent {
+    pub event_id: Uuid,
     pub global_position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
     pub sequence: i64,
     pub event_type: String,
     pub event_version: Option<String>,
@@ -225,11 +228,10 @@ pub async fn audit_events(
         Ok(after) => after.unwrap_or(0),
         Err(e) => return Ok(Err(e)),
     };
-    let rows: Vec<AuditEvent> = sqlx::query_as(
-        "SELECT global_position, sequence, event_type, event_version, recorded_at, payload, metadata \
-           FROM rm_applied_events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
-          ORDER BY sequence LIMIT $4",
-    )
+    let rows: Vec<AuditEvent> = sqlx::query_as(&format!(
+        "{SELECT_AUDIT} WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
+          ORDER BY sequence LIMIT $4"
+    ))
     .bind(aggregate_type)
     .bind(id)
     .bind(after)
@@ -237,4 +239,39 @@ pub async fn audit_events(
     .fetch_all(pool)
     .await?;
     Ok(Ok(queries::page(rows, limit, |e| e.sequence)))
+}
+
+const SELECT_AUDIT: &str = "SELECT event_id, global_position, aggregate_type, aggregate_id, \
+     sequence, event_type, event_version, recorded_at, payload, metadata FROM rm_applied_events";
+
+/// The event with id `event_id`, wherever it is.
+pub async fn audit_event(pool: &PgPool, event_id: Uuid) -> Result<Option<AuditEvent>, sqlx::Error> {
+    sqlx::query_as(&format!("{SELECT_AUDIT} WHERE event_id = $1"))
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The events that name `event_id` as their cause (a process reacting to it), in the
+/// order they were appended, `limit` after `cursor`.
+pub async fn caused_by(
+    pool: &PgPool,
+    event_id: Uuid,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Result<Page<AuditEvent>, InvalidCursor>, sqlx::Error> {
+    let after = match queries::decode_cursor(cursor) {
+        Ok(after) => after.unwrap_or(0),
+        Err(e) => return Ok(Err(e)),
+    };
+    let rows: Vec<AuditEvent> = sqlx::query_as(&format!(
+        "{SELECT_AUDIT} WHERE metadata ->> 'causation_id' = $1 AND global_position > $2 \
+          ORDER BY global_position LIMIT $3"
+    ))
+    .bind(event_id.to_string())
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(Ok(queries::page(rows, limit, |e| e.global_position)))
 }

@@ -94,7 +94,7 @@ pub async fn prove(
             .await?
             .into_iter()
             .find(|c| c.checkpoint.tree_size == size),
-        None => latest_checkpoint(&mut connection).await?,
+        None => proofs::latest_checkpoint(&mut connection).await?,
     }
     .filter(|c| c.checkpoint.tree_size > leaf_index)
     .ok_or_else(|| {
@@ -116,22 +116,6 @@ pub async fn prove(
         inclusion_path: path.iter().map(hex::encode).collect(),
         checkpoint,
     })
-}
-
-async fn latest_checkpoint(
-    connection: &mut sqlx::PgConnection,
-) -> anyhow::Result<Option<SignedCheckpoint>> {
-    let size: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM merkle_checkpoints")
-        .fetch_one(&mut *connection)
-        .await?;
-    let Some(size) = size else {
-        return Ok(None);
-    };
-    Ok(
-        proofs::checkpoints_after(connection, (size as u64).saturating_sub(1), 1)
-            .await?
-            .pop(),
-    )
 }
 
 /// What `verify --checkpoints` found, one line each.

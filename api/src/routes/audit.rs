@@ -1,18 +1,23 @@
 //! Signed checkpoints of the log for auditors (ADR 0036): the checkpoints the notary
-//! signed, and the public key they verify with.
+//! signed, the public key they verify with, and a verification of one stream against the
+//! event store itself.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use chronicle_domain::Role;
+use chronicle_eventstore::chain::verify_stream;
 use chronicle_eventstore::notary::checkpoint::SignedCheckpoint;
-use chronicle_eventstore::notary::proofs;
+use chronicle_eventstore::notary::proofs::{self, StreamCoverage};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::extract::ApiQuery;
 use crate::problem::AppError;
 use crate::routes::reads::{database, invalid_cursor, limit};
+use crate::routes::temporal::aggregate_type_of;
 
 /// `?limit=&cursor=`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -108,4 +113,76 @@ pub async fn public_key(State(state): State<AppState>) -> Json<PublicKeyView> {
         public_key: state.checkpoint_key.to_base64(),
         key_id: state.checkpoint_key.key_id(),
     })
+}
+
+/// What a verification of one stream found.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Verification {
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    /// No break in the hash chain and every covered event proven in the signed tree.
+    pub verified: bool,
+    pub events: i64,
+    pub last_sequence: i64,
+    pub last_position: Option<i64>,
+    /// Every problem found, in words.
+    pub problems: Vec<String>,
+    pub checked_at: DateTime<Utc>,
+    /// The stream against the latest signed checkpoint; `null` before the first one.
+    pub checkpoint: Option<StreamCoverage>,
+}
+
+/// Verifies one stream now, in the event store itself (auditor or admin): its hash chain
+/// recomputed from the stored events against its head, and each of its events the latest
+/// signed checkpoint covers proven included under the signed root.
+#[utoipa::path(get, path = "/v1/audit/{aggregate_type}/{id}/verification", tag = "audit",
+    params(("aggregate_type" = String, Path, description = "account, booking, payment or subscription"),
+           ("id" = Uuid, Path, description = "The aggregate's id")),
+    responses((status = 200, body = Verification), crate::docs::QueryErrors), security(("bearer" = [])))]
+pub async fn verification(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((aggregate_type, id)): Path<(String, String)>,
+) -> Result<Json<Verification>, AppError> {
+    principal.require_any(&[Role::Auditor, Role::Admin])?;
+    let aggregate_type = aggregate_type_of(&aggregate_type)?;
+    let id = Uuid::parse_str(&id).map_err(|_| AppError::not_found())?;
+    let stream = id.to_string();
+    let (events, last_sequence, last_position): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), max(sequence), max(global_position) FROM events \
+          WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(aggregate_type)
+    .bind(&stream)
+    .fetch_one(&state.pool)
+    .await
+    .map_err(database)?;
+    let breaks = verify_stream(&state.pool, aggregate_type, &stream)
+        .await
+        .map_err(|e| AppError::internal(&e))?;
+    if events == 0 && breaks.is_empty() {
+        return Err(AppError::not_found());
+    }
+    let mut connection = state.pool.acquire().await.map_err(database)?;
+    let checkpoint = proofs::stream_coverage(
+        &mut connection,
+        &state.checkpoint_key,
+        aggregate_type,
+        &stream,
+    )
+    .await
+    .map_err(|e| AppError::internal(&e))?;
+    let mut problems: Vec<String> = breaks.iter().map(ToString::to_string).collect();
+    problems.extend(checkpoint.iter().flat_map(|c| c.problems.iter().cloned()));
+    Ok(Json(Verification {
+        aggregate_type: aggregate_type.to_owned(),
+        aggregate_id: id,
+        verified: problems.is_empty(),
+        events,
+        last_sequence: last_sequence.unwrap_or(0),
+        last_position,
+        problems,
+        checked_at: chronicle_eventstore::clock::now(),
+        checkpoint,
+    }))
 }

@@ -15,7 +15,9 @@ use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::reads::{database, invalid_cursor, limit, may_read, read_your_writes, validation};
+use super::reads::{
+    ReadParams, database, invalid_cursor, limit, may_read, read_your_writes, validation,
+};
 use chronicle_eventstore::personal::open::open_payloads;
 use chronicle_eventstore::personal::seal::{place, sealed_part};
 
@@ -262,13 +264,7 @@ pub async fn audit(
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<Page<AuditEvent>>, AppError> {
     principal.require_any(&[Role::Auditor, Role::Admin])?;
-    let aggregate_type = match aggregate_type.to_ascii_lowercase().as_str() {
-        "account" => "Account",
-        "booking" => "Booking",
-        "payment" => "Payment",
-        "subscription" => "Subscription",
-        _ => return Err(AppError::not_found()),
-    };
+    let aggregate_type = aggregate_type_of(&aggregate_type)?;
     let id = Uuid::parse_str(&id).map_err(|_| AppError::not_found())?;
     let limit = limit(params.limit)?;
     read_your_writes(&state, params.min_position).await?;
@@ -286,7 +282,79 @@ pub async fn audit(
         return Err(AppError::not_found());
     }
     let mut page = page;
-    open_personal(&state, aggregate_type, id, &mut page.items).await?;
+    open_personal(&state, &mut page.items).await?;
+    Ok(Json(page))
+}
+
+/// The aggregate type named in a path (`account`, `booking`, `payment`, `subscription`).
+pub(crate) fn aggregate_type_of(name: &str) -> Result<&'static str, AppError> {
+    match name.to_ascii_lowercase().as_str() {
+        "account" => Ok("Account"),
+        "booking" => Ok("Booking"),
+        "payment" => Ok("Payment"),
+        "subscription" => Ok("Subscription"),
+        _ => Err(AppError::not_found()),
+    }
+}
+
+/// One event by its id (auditor or admin): where a causation id leads.
+#[utoipa::path(get, path = "/v1/audit/events/{event_id}", tag = "audit",
+    params(("event_id" = Uuid, Path, description = "An event's id (a causation id names one)"), ReadParams),
+    responses((status = 200, body = AuditEvent), crate::docs::QueryErrors), security(("bearer" = [])))]
+pub async fn audit_event(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(event_id): IdPath,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Json<AuditEvent>, AppError> {
+    principal.require_any(&[Role::Auditor, Role::Admin])?;
+    read_your_writes(&state, params.min_position).await?;
+    let event = temporal::audit_event(&state.pool, event_id)
+        .await
+        .map_err(database)?
+        .ok_or_else(AppError::not_found)?;
+    let mut events = [event];
+    open_personal(&state, &mut events).await?;
+    let [event] = events;
+    Ok(Json(event))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CausedByParams {
+    /// The event whose effects to list.
+    pub caused_by: Uuid,
+    /// 1 to 500; 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+/// The events an event caused (auditor or admin): the commands a process issued in
+/// reaction to it, in every stream, in append order.
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(CausedByParams),
+    responses((status = 200, body = Page<AuditEvent>), crate::docs::QueryErrors), security(("bearer" = [])))]
+pub async fn caused_by(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<CausedByParams>,
+) -> Result<Json<Page<AuditEvent>>, AppError> {
+    principal.require_any(&[Role::Auditor, Role::Admin])?;
+    let limit = limit(params.limit)?;
+    read_your_writes(&state, params.min_position).await?;
+    let mut page = temporal::caused_by(
+        &state.pool,
+        params.caused_by,
+        params.cursor.as_deref(),
+        limit,
+    )
+    .await
+    .map_err(database)?
+    .map_err(|_| invalid_cursor())?;
+    open_personal(&state, &mut page.items).await?;
     Ok(Json(page))
 }
 
@@ -294,19 +362,17 @@ pub async fn audit(
 /// the subject's key exists, as erased after (ADR 0035).
 async fn open_personal(
     state: &AppState,
-    aggregate_type: &str,
-    id: Uuid,
     events: &mut [temporal::AuditEvent],
 ) -> Result<(), AppError> {
     let Some(keys) = state.commands.key_store() else {
         return Ok(());
     };
-    let id = id.to_string();
     let payloads: Vec<(Vec<u8>, &serde_json::Value)> = events
         .iter()
         .filter_map(|e| {
             let payload = e.payload.as_ref()?;
-            let here = place(aggregate_type, &id, e.sequence, &e.event_type);
+            let id = e.aggregate_id.to_string();
+            let here = place(&e.aggregate_type, &id, e.sequence, &e.event_type);
             Some((here, payload))
         })
         .collect();

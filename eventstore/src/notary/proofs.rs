@@ -4,10 +4,15 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use sqlx::PgConnection;
 
-use super::checkpoint::{Checkpoint, SignedCheckpoint};
-use crate::merkle::{Hash, LeafRange, Subtree, consistency_ranges, inclusion_ranges, range_hash};
+use super::checkpoint::{Checkpoint, PublicKey, SignedCheckpoint};
+use crate::chain::{ChainedEvent, leaf_entry};
+use crate::merkle::{
+    Hash, LeafRange, Subtree, consistency_ranges, inclusion_ranges, leaf_hash, range_hash,
+    verify_inclusion,
+};
 
 /// A proof needs a subtree the store does not have.
 #[derive(Debug, thiserror::Error)]
@@ -197,4 +202,111 @@ pub async fn unpublished(
     .fetch_all(connection)
     .await?;
     Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// The latest signed checkpoint stored, if any.
+pub async fn latest_checkpoint(
+    connection: &mut PgConnection,
+) -> Result<Option<SignedCheckpoint>, sqlx::Error> {
+    let size: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM merkle_checkpoints")
+        .fetch_one(&mut *connection)
+        .await?;
+    let Some(size) = size else {
+        return Ok(None);
+    };
+    Ok(
+        checkpoints_after(connection, (size as u64).saturating_sub(1), 1)
+            .await?
+            .pop(),
+    )
+}
+
+/// One stream against the latest signed checkpoint.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct StreamCoverage {
+    pub tree_size: u64,
+    pub signed_at: String,
+    /// Whether the checkpoint's signature verifies with the server's public key.
+    pub signature_valid: bool,
+    /// The stream's events the checkpoint covers, each proven included as stored now.
+    pub covered: u64,
+    /// The stream's events signed later than this checkpoint (not covered yet).
+    pub pending: u64,
+    pub problems: Vec<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StreamLeaf {
+    #[sqlx(flatten)]
+    event: ChainedEvent,
+    leaf_index: Option<i64>,
+}
+
+/// Checks the events of one stream against the latest signed checkpoint: its signature
+/// with `public`, and for every event it covers, the leaf recomputed from the event as
+/// stored now and its inclusion proof under the signed root. `None` while nothing was
+/// signed yet. This is the server checking itself: an auditor who does not trust the
+/// database checks proofs against checkpoints it kept (`chronicle-replay prove`).
+pub async fn stream_coverage(
+    connection: &mut PgConnection,
+    public: &PublicKey,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Option<StreamCoverage>, ProofError> {
+    let Some(signed) = latest_checkpoint(connection).await? else {
+        return Ok(None);
+    };
+    let size = signed.checkpoint.tree_size;
+    let mut coverage = StreamCoverage {
+        tree_size: size,
+        signed_at: signed.checkpoint.signed_at.clone(),
+        signature_valid: public.verifies(&signed),
+        covered: 0,
+        pending: 0,
+        problems: Vec::new(),
+    };
+    if !coverage.signature_valid {
+        coverage
+            .problems
+            .push("the checkpoint's signature does not verify with the server's key".into());
+    }
+    let Some(root) = signed.checkpoint.root_bytes() else {
+        coverage
+            .problems
+            .push("the checkpoint's root is not a hash".into());
+        return Ok(Some(coverage));
+    };
+    let leaves: Vec<StreamLeaf> = sqlx::query_as(
+        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+                (extract(epoch FROM e.recorded_at) * 1000000)::bigint AS recorded_micros, \
+                e.payload::text AS payload, e.metadata::text AS metadata, e.hash, l.leaf_index \
+           FROM events e LEFT JOIN merkle_leaves l ON l.global_position = e.global_position \
+          WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 ORDER BY e.sequence",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    for leaf in leaves {
+        let Some(index) = leaf.leaf_index.map(|i| i as u64).filter(|i| *i < size) else {
+            coverage.pending += 1;
+            continue;
+        };
+        let path = inclusion_proof(connection, index, size).await?;
+        if verify_inclusion(
+            &leaf_hash(&leaf_entry(&leaf.event)),
+            index,
+            size,
+            &path,
+            &root,
+        ) {
+            coverage.covered += 1;
+        } else {
+            coverage.problems.push(format!(
+                "event {} (leaf {index}) is not in the signed tree as stored now",
+                leaf.event.sequence
+            ));
+        }
+    }
+    Ok(Some(coverage))
 }

@@ -346,6 +346,7 @@ async fn journal(
     let source = |e: &Envelope| sources.get(&e.global_position).copied();
     let new: Vec<i64> = Unnest::of(events)
         .column("global_position", |(e, _)| e.global_position)
+        .column("event_id", |(e, _)| e.event_id)
         .column("aggregate_type", |(e, _)| e.aggregate_type.as_str())
         .column("aggregate_id", |(_, id)| *id)
         .column("sequence", |(e, _)| e.sequence)
