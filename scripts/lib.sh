@@ -53,6 +53,18 @@ install_faketime() {
   } || die "could not install libfaketime (faketime)"
 }
 
+# Debian's chromium and chromedriver, for the console's browser tests (WebDriver).
+install_chromium() {
+  command -v chromedriver >/dev/null 2>&1 && [ -x /usr/bin/chromium ] && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
+    die "the console's browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver, as root)"
+  say "installing chromium and chromium-driver from the distribution's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  } || die "could not install chromium and chromium-driver"
+}
+
 # A superuser login for local development when the server refuses the defaults
 # (a fresh Debian cluster asks TCP clients for a password).
 create_dev_role() {

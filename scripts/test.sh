@@ -38,6 +38,9 @@ fi
 export CHRONICLE_TEST_PYTHON="${CHRONICLE_TEST_PYTHON:-$PWD/target/pyenv/bin/python}"
 export CHRONICLE_TEST_SCHEMATHESIS="${CHRONICLE_TEST_SCHEMATHESIS:-$PWD/target/pyenv/bin/schemathesis}"
 
+# Debian's chromium and chromedriver for the console's browser tests.
+install_chromium
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
@@ -49,6 +52,10 @@ if [ "${CHRONICLE_SKIP_FAULTS:-0}" != 1 ]; then
   say "fault-injection suite (scripts/faults.sh)"
   ./scripts/faults.sh
 fi
+
+# The console's browser tests drive the real binary (`chronicle all`): build it as it is now.
+say "building chronicle for the browser tests"
+cargo build --quiet -p chronicle-api --bin chronicle
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

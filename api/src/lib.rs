@@ -150,8 +150,8 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(state: AppState, http: HttpLimits) -> Router {
     let limits = http;
     use routes::{
-        accounts, audit, bookings, feed, ops, payments, reads, search, subjects, subscriptions,
-        temporal,
+        accounts, audit, bookings, console, feed, ops, payments, reads, search, subjects,
+        subscriptions, temporal,
     };
     Router::new()
         .route("/v1/accounts", post(accounts::open))
@@ -196,6 +196,9 @@ pub fn router(state: AppState, http: HttpLimits) -> Router {
         .route("/v1/feed/tickets", post(feed::ticket))
         .route("/v1/subjects/erasure", post(subjects::erase))
         .route("/v1/subjects/personal-data", get(subjects::personal_data))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod bookings;
+pub mod console;
 pub mod feed;
 pub mod ops;
 pub mod payments;
