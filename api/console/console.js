@@ -628,13 +628,13 @@
 
   async function loadIntegrity() {
     integrityLoaded = true;
-    const [checkpoints, key] = await Promise.all([
-      allPages(`/v1/audit/checkpoints?limit=${PAGE_LIMIT}`),
+    const [page, key] = await Promise.all([
+      api('/v1/audit/checkpoints?order=desc&limit=1'),
       api('/v1/audit/public-key'),
     ]);
     $('#public-key').replaceChildren(renderObject(key));
     const box = $('#checkpoint-status');
-    const latest = checkpoints[checkpoints.length - 1]; // smallest tree first
+    const latest = page.items[0];
     if (!latest) {
       box.replaceChildren(el('p', { text: 'No checkpoint has been signed yet.' }));
       return;
@@ -828,13 +828,17 @@
       scales: { x: { time: true, range: () => data.range } },
       series: [
         { label: 'Bucket (UTC)' },
-        // One bar per bucket and currency, translucent where currencies overlap.
+        // One bar per bucket and currency: two currencies stand side by side, more
+        // overlap (translucent).
         ...currencies.map((currency, index) => ({
           label: currency,
           stroke: PALETTE[index % PALETTE.length],
           fill: `${PALETTE[index % PALETTE.length]}66`,
           width: 1,
-          paths: uPlot.paths.bars({ size: [0.6, 80] }),
+          paths: uPlot.paths.bars({
+            size: [currencies.length === 2 ? 0.35 : 0.6, 60],
+            align: currencies.length === 2 ? (index === 0 ? -1 : 1) : 0,
+          }),
           points: { show: false },
         })),
       ],

@@ -463,6 +463,25 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Runs `statement` (with `stream` bound to `$1`) as the database's superuser, past
+    /// the event store's guards (`session_replication_role = replica`): what a hostile
+    /// administrator can do, for the tamper tests.
+    pub async fn as_superuser(&self, statement: &str, stream: &str) {
+        let mut conn = PgConnection::connect_with(&self.db.options)
+            .await
+            .expect("a superuser connection");
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut conn)
+            .await
+            .expect("guards off");
+        sqlx::query(statement)
+            .bind(stream)
+            .execute(&mut conn)
+            .await
+            .expect("the tampering statement");
+        conn.close().await.expect("closed");
+    }
+
     /// A client token for `subject`.
     pub fn client_token(&self, subject: &str) -> String {
         self.token(subject, &[Role::Client])

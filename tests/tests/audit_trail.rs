@@ -11,7 +11,6 @@ use chronicle_eventstore::notary::Notary;
 use chronicle_tests::{AppOptions, TestApp, eventually, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::Connection;
 use uuid::Uuid;
 
 async fn confirmed_booking(app: &TestApp, token: &str) -> Uuid {
@@ -178,23 +177,53 @@ async fn one_stream_verifies_against_its_chain_and_the_signed_checkpoint() {
     assert_eq!(signed["checkpoint"]["covered"], 3, "{signed}");
     assert_eq!(signed["checkpoint"]["pending"], 1, "{signed}");
 
+    // A second checkpoint covers it; the latest comes first when asked.
+    while active.tree_size() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deposit never entered the tree"
+        );
+        active.build_available().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    active
+        .checkpoint()
+        .await
+        .unwrap()
+        .expect("a second checkpoint");
+    let sizes = |reply: &chronicle_tests::Reply| -> Vec<i64> {
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        reply.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["tree_size"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        sizes(&app.get("/v1/audit/checkpoints", &auditor).await),
+        [3, 4]
+    );
+    let latest = app
+        .get("/v1/audit/checkpoints?order=desc&limit=1", &auditor)
+        .await;
+    assert_eq!(sizes(&latest), [4]);
+    let cursor = latest.body["next_cursor"].as_str().unwrap();
+    let older = app
+        .get(
+            &format!("/v1/audit/checkpoints?order=desc&limit=1&cursor={cursor}"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(sizes(&older), [3]);
+
     // An administrator of the database edits an event the checkpoint covers.
-    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
-        .await
-        .unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(
+    app.as_superuser(
         "UPDATE events SET payload = jsonb_set(payload, '{amount}', '9999') \
           WHERE aggregate_id = $1 AND sequence = 2",
+        &account.to_string(),
     )
-    .bind(account.to_string())
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
+    .await;
     let tampered = app.get(&path, &auditor).await;
     let tampered = verification(&tampered);
     assert_eq!(tampered["verified"], false, "{tampered}");

@@ -168,33 +168,32 @@ impl Chronicle {
         .await
     }
 
-    /// A client's account with `deposit`, and a booking on it the process manager
-    /// confirmed (its payment captured, the account charged): (account, booking).
-    async fn confirmed_booking(&self, client: &str, deposit: i64) -> (Uuid, Uuid) {
-        let account = self
-            .post(
-                client,
-                "/v1/accounts",
-                json!({"currency": "EUR", "overdraft_limit": 0}),
-            )
-            .await["account_id"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+    async fn open_account(&self, client: &str, currency: &str) -> Uuid {
+        let body = json!({"currency": currency, "overdraft_limit": 0});
+        let opened = self.post(client, "/v1/accounts", body).await;
+        opened["account_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// A client's account in `currency` with `deposit`, and a booking of seat A1 of
+    /// `resource` for `price` on it that the process manager confirmed (its payment
+    /// captured, the account charged): (account, booking).
+    async fn confirmed_booking(
+        &self,
+        client: &str,
+        currency: &str,
+        deposit: i64,
+        (resource, price): (&str, i64),
+    ) -> (Uuid, Uuid) {
+        let account = self.open_account(client, currency).await;
         self.post(
             client,
             &format!("/v1/accounts/{account}/deposits"),
             json!({"amount": deposit}),
         )
         .await;
-        let booking: Uuid = self
-            .post(
-                client,
-                "/v1/bookings",
-                TestApp::booking_body(account, "hall", &["A1"], 10, 0),
-            )
-            .await["booking_id"]
+        let mut body = TestApp::booking_body(account, resource, &["A1"], 10, 0);
+        body["price"] = json!({"amount": price, "currency": currency});
+        let booking: Uuid = self.post(client, "/v1/bookings", body).await["booking_id"]
             .as_str()
             .unwrap()
             .parse()
@@ -355,7 +354,9 @@ impl Browser {
 async fn an_auditor_walks_a_booking_to_its_payment_and_the_account_and_verifies_it() {
     let chronicle = Chronicle::start().await;
     let alice = chronicle.token("alice", &[Role::Client]);
-    let (account, booking) = chronicle.confirmed_booking(&alice, 10_000).await;
+    let (account, booking) = chronicle
+        .confirmed_booking(&alice, "EUR", 10_000, ("hall", 2_500))
+        .await;
     let auditor = chronicle.token("eve", &[Role::Auditor]);
     let browser = Browser::open().await;
     browser.sign_in(&chronicle.base, &auditor).await;
@@ -495,7 +496,13 @@ async fn an_auditor_walks_a_booking_to_its_payment_and_the_account_and_verifies_
 async fn an_analyst_sees_revenue_drawn_and_occupancy_at_two_times() {
     let chronicle = Chronicle::start().await;
     let alice = chronicle.token("alice", &[Role::Client]);
-    chronicle.confirmed_booking(&alice, 10_000).await;
+    // Revenue in two currencies.
+    chronicle
+        .confirmed_booking(&alice, "EUR", 10_000, ("hall", 2_500))
+        .await;
+    chronicle
+        .confirmed_booking(&alice, "USD", 10_000, ("studio", 4_000))
+        .await;
     let analyst = chronicle.token("ann", &[Role::Analyst]);
     let today = chrono::Utc::now().date_naive();
     let (from, to) = (today - chrono::Days::new(1), today + chrono::Days::new(1));
@@ -504,7 +511,7 @@ async fn an_analyst_sees_revenue_drawn_and_occupancy_at_two_times() {
     let expected = eventually("the capture is in the revenue", || async {
         let (_, body) = chronicle.get(&analyst, &revenue_path).await;
         match body["buckets"].as_array() {
-            Some(buckets) if !buckets.is_empty() => Ok(buckets.clone()),
+            Some(buckets) if buckets.len() == 2 => Ok(buckets.clone()),
             _ => Err(body.to_string()),
         }
     })
@@ -525,12 +532,13 @@ async fn an_analyst_sees_revenue_drawn_and_occupancy_at_two_times() {
     let chart = browser.find("#revenue-chart[data-drawn='true']").await;
     let drawn: Value =
         serde_json::from_str(&chart.attr("data-series").await.unwrap().unwrap()).unwrap();
-    // Every bucket the API gave, drawn and tabled: 2,500 EUR cents captured today.
-    let mut total = 0;
+    // Every bucket the API gave, drawn and tabled: 2,500 EUR cents and 4,000 USD cents
+    // captured today.
+    let mut totals = std::collections::BTreeMap::new();
     for bucket in &expected {
         let currency = bucket["currency"].as_str().unwrap();
         let amount = bucket["revenue"].as_i64().unwrap();
-        total += amount;
+        *totals.entry(currency.to_owned()).or_insert(0) += amount;
         let row = format!("#revenue-table tr[data-currency='{currency}'][data-amount='{amount}']");
         browser.find(&row).await;
         let series = drawn["series"][currency]
@@ -543,7 +551,11 @@ async fn an_analyst_sees_revenue_drawn_and_occupancy_at_two_times() {
             "{amount} drawn in {series:?}"
         );
     }
-    assert_eq!(total, 2_500, "{expected:?}");
+    assert_eq!(
+        totals,
+        [("EUR".to_owned(), 2_500), ("USD".to_owned(), 4_000)].into(),
+        "{expected:?}"
+    );
     browser.screenshot("revenue").await;
 
     // Occupancy of the hall: seat A1 is held ten days from now, not now.
@@ -563,28 +575,8 @@ async fn a_client_sees_its_own_events_live_and_nothing_of_others_or_analytics() 
     let chronicle = Chronicle::start().await;
     let alice = chronicle.token("alice", &[Role::Client]);
     let bob = chronicle.token("bob", &[Role::Client]);
-    let account: Uuid = chronicle
-        .post(
-            &alice,
-            "/v1/accounts",
-            json!({"currency": "EUR", "overdraft_limit": 0}),
-        )
-        .await["account_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bobs: Uuid = chronicle
-        .post(
-            &bob,
-            "/v1/accounts",
-            json!({"currency": "EUR", "overdraft_limit": 0}),
-        )
-        .await["account_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let account = chronicle.open_account(&alice, "EUR").await;
+    let bobs = chronicle.open_account(&bob, "EUR").await;
 
     let browser = Browser::open().await;
     browser.sign_in(&chronicle.base, &alice).await;

@@ -109,22 +109,12 @@ async fn the_hash_chain_recomputes_and_shows_tampering() {
     );
 
     // Only a deliberate superuser bypass gets past the guard.
-    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
-        .await
-        .unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(
+    app.as_superuser(
         "UPDATE events SET payload = jsonb_set(payload, '{amount}', '9999') \
           WHERE aggregate_id = $1 AND sequence = 3",
+        &id,
     )
-    .bind(&id)
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
+    .await;
     assert_eq!(
         verify_stream(&app.pool, "Account", &id).await.unwrap(),
         vec![ChainBreak::HashMismatch { sequence: 3 }]
@@ -140,19 +130,11 @@ async fn removing_events_is_caught_in_the_middle_and_at_the_end() {
         app.deposit(&token, account, amount).await;
     }
     let id = account.to_string();
-    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
-        .await
-        .unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM events WHERE aggregate_id = $1 AND sequence IN (2, 4)")
-        .bind(&id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
+    app.as_superuser(
+        "DELETE FROM events WHERE aggregate_id = $1 AND sequence IN (2, 4)",
+        &id,
+    )
+    .await;
     let breaks = verify_stream(&app.pool, "Account", &id).await.unwrap();
     assert!(
         breaks.contains(&ChainBreak::SequenceGap {

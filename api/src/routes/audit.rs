@@ -29,6 +29,17 @@ pub struct CheckpointParams {
     pub limit: Option<i64>,
     /// From the previous page's `next_cursor`.
     pub cursor: Option<String>,
+    /// `asc` (the default): smallest tree first; `desc`: the latest first.
+    pub order: Option<Order>,
+}
+
+/// The order of a page of checkpoints.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
 }
 
 /// A signed checkpoint: the tree of `tree_size` leaves (events in commit order) has root
@@ -60,7 +71,7 @@ impl From<SignedCheckpoint> for CheckpointView {
     }
 }
 
-/// A page of checkpoints, smallest tree first.
+/// A page of checkpoints, smallest tree first (or latest first).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckpointPage {
     pub items: Vec<CheckpointView>,
@@ -87,14 +98,20 @@ pub async fn checkpoints(
 ) -> Result<Json<CheckpointPage>, AppError> {
     principal.require_any(&[Role::Auditor, Role::Admin])?;
     let limit = limit(params.limit)?;
-    let after = match params.cursor.as_deref() {
-        None => 0,
-        Some(cursor) => cursor.parse::<u64>().map_err(|_| invalid_cursor())?,
-    };
+    let order = params.order.unwrap_or_default();
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|cursor| cursor.parse::<u64>().map_err(|_| invalid_cursor()))
+        .transpose()?;
     let mut connection = state.pool.acquire().await.map_err(database)?;
-    let items = proofs::checkpoints_after(&mut connection, after, limit)
-        .await
-        .map_err(database)?;
+    let items = match order {
+        Order::Asc => proofs::checkpoints_after(&mut connection, cursor.unwrap_or(0), limit).await,
+        Order::Desc => {
+            proofs::checkpoints_before(&mut connection, cursor.unwrap_or(u64::MAX), limit).await
+        }
+    }
+    .map_err(database)?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|c| c.checkpoint.tree_size.to_string()))
         .flatten();

@@ -190,6 +190,23 @@ pub async fn checkpoints_after(
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
+/// Stored checkpoints of trees smaller than `before` leaves, largest first, at most
+/// `limit`.
+pub async fn checkpoints_before(
+    connection: &mut PgConnection,
+    before: u64,
+    limit: i64,
+) -> Result<Vec<SignedCheckpoint>, sqlx::Error> {
+    let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
+        "{SELECT_CHECKPOINTS} WHERE tree_size < $1 ORDER BY tree_size DESC LIMIT $2"
+    ))
+    .bind(i64::try_from(before).unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
 /// Stored checkpoints the topic has not acknowledged, smallest first, at most `limit`.
 pub async fn unpublished(
     connection: &mut PgConnection,
@@ -208,17 +225,7 @@ pub async fn unpublished(
 pub async fn latest_checkpoint(
     connection: &mut PgConnection,
 ) -> Result<Option<SignedCheckpoint>, sqlx::Error> {
-    let size: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM merkle_checkpoints")
-        .fetch_one(&mut *connection)
-        .await?;
-    let Some(size) = size else {
-        return Ok(None);
-    };
-    Ok(
-        checkpoints_after(connection, (size as u64).saturating_sub(1), 1)
-            .await?
-            .pop(),
-    )
+    Ok(checkpoints_before(connection, u64::MAX, 1).await?.pop())
 }
 
 /// One stream against the latest signed checkpoint.
