@@ -9,6 +9,8 @@
   const HISTORY_CAP = 50;
   const CHART_HEIGHT = 320;
   const MAX_BUCKETS = 2000;
+  // What the store writes in place of an erased personal field (chronicle_domain::subject::ERASED).
+  const ERASED = '[erased]';
   const PALETTE = ['#0b57d0', '#b3261e', '#146c2e', '#7b3fb8', '#a15c00', '#00696f'];
   const ID_KEYS = {
     account_id: 'account',
@@ -143,6 +145,7 @@
 
   /** A value of a read model, with ids as links, money formatted and erasures shown. */
   function renderValue(value, key, parent) {
+    if (value === ERASED) return erasedNode();
     if (value === null || value === undefined) {
       return parent && parent.erased === true ? erasedNode() : el('span', { class: 'muted', text: '—' });
     }
@@ -194,6 +197,8 @@
           pre.append(index < entries.length - 1 ? ',\n' : '\n');
         });
         pre.append(indent + close);
+      } else if (item === ERASED) {
+        pre.append(erasedNode());
       } else if (ID_KEYS[key] && typeof item === 'string' && item !== ownId) {
         pre.append(idLink(ID_KEYS[key], item, JSON.stringify(item)));
       } else {
@@ -581,7 +586,7 @@
   }
 
   function searchHit(hit) {
-    const guest = hit.guest && hit.guest.erased ? 'erased guest' : (hit.guest && hit.guest.name) || 'guest';
+    const guest = hit.guest && (hit.guest.erased || hit.guest.name === ERASED) ? 'erased guest' : (hit.guest && hit.guest.name) || 'guest';
     return el('li', {},
       el('button', {
         type: 'button', class: 'open-stream', data: { type: 'booking', id: hit.booking_id },

@@ -272,7 +272,18 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        self.find(css).await.click().await.unwrap();
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("could not click {css}: {e}"));
+    }
+
+    /// Opens a view from the navigation and waits until it shows (routing follows the
+    /// `hashchange` event, after the click returns).
+    async fn open_view(&self, name: &str) {
+        self.click(&format!("#nav-{name}")).await;
+        self.find(&format!("#view-{name}:not([hidden])")).await;
     }
 
     async fn fill(&self, css: &str, text: &str) {
@@ -295,6 +306,25 @@ impl Browser {
             )
             .await
             .unwrap();
+    }
+
+    /// Form controls on the page without a label (an accessible name).
+    async fn unlabelled(&self) -> Vec<String> {
+        let found = self
+            .client
+            .execute(
+                "return [...document.querySelectorAll('input, select, textarea, button')]
+                   .filter(e => e.type !== 'hidden')
+                   .filter(e => e.tagName === 'BUTTON'
+                     ? !e.textContent.trim() && !e.getAttribute('aria-label')
+                     : e.labels.length === 0 && !e.getAttribute('aria-label')
+                       && !e.getAttribute('aria-labelledby'))
+                   .map(e => e.id || e.outerHTML.slice(0, 80));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        serde_json::from_value(found).unwrap()
     }
 
     /// Picks `value` in the `<select>` at `css`.
@@ -361,11 +391,21 @@ async fn an_auditor_walks_a_booking_to_its_payment_and_the_account_and_verifies_
     let browser = Browser::open().await;
     browser.sign_in(&chronicle.base, &auditor).await;
 
-    // The booking's history.
-    browser.click("#nav-streams").await;
-    browser.choose("#stream-type", "booking").await;
-    browser.fill("#stream-id", &booking.to_string()).await;
-    browser.click("#stream-open").await;
+    // The booking found by its guest's name (the search index follows the log), and its
+    // history.
+    browser.open_view("streams").await;
+    browser.fill("#stream-search", "Zoë").await;
+    let hit = format!("#search-results .open-stream[data-id='{booking}']");
+    eventually("the booking is found by its guest", || async {
+        browser.click("#stream-search-go").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match browser.count(&hit).await {
+            0 => Err("not indexed yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    browser.click(&hit).await;
     browser
         .find("#timeline li.event[data-type='BookingConfirmed']")
         .await;
@@ -458,7 +498,7 @@ async fn an_auditor_walks_a_booking_to_its_payment_and_the_account_and_verifies_
     browser.screenshot("state").await;
 
     // Integrity: the latest signed checkpoint, and one stream verified through the API.
-    browser.click("#nav-integrity").await;
+    browser.open_view("integrity").await;
     eventually("a checkpoint is signed", || async {
         let (_, page) = chronicle.get(&auditor, "/v1/audit/checkpoints").await;
         let signed = page["items"]
@@ -489,6 +529,28 @@ async fn an_auditor_walks_a_booking_to_its_payment_and_the_account_and_verifies_
     assert_eq!(status, StatusCode::OK, "{verification}");
     assert_eq!(verification["verified"], true, "{verification}");
     browser.screenshot("integrity").await;
+    assert_eq!(
+        browser.unlabelled().await,
+        Vec::<String>::new(),
+        "every control labelled"
+    );
+
+    // The guest asks to be forgotten: the history keeps its events, the fields read erased.
+    let privacy = chronicle.token("dpo", &[Role::Privacy]);
+    chronicle
+        .post(
+            &privacy,
+            "/v1/subjects/erasure",
+            json!({"email": "zoe@example.org"}),
+        )
+        .await;
+    browser.open_view("streams").await;
+    browser.choose("#stream-type", "booking").await;
+    browser.fill("#stream-id", &booking.to_string()).await;
+    browser.click("#stream-open").await;
+    browser
+        .find("#timeline li.event[data-type='BookingRequested'] .erased")
+        .await;
     browser.close().await;
 }
 
@@ -524,7 +586,7 @@ async fn an_analyst_sees_revenue_drawn_and_occupancy_at_two_times() {
         0,
         "no audit views for analysts"
     );
-    browser.click("#nav-analytics").await;
+    browser.open_view("analytics").await;
     browser.set("#revenue-from", &from.to_string()).await;
     browser.set("#revenue-to", &to.to_string()).await;
     browser.choose("#revenue-bucket", "day").await;
@@ -567,6 +629,18 @@ async fn an_analyst_sees_revenue_drawn_and_occupancy_at_two_times() {
     browser.click("#occupancy-load").await;
     browser.find("#occupancy-result[data-held='1']").await;
     browser.screenshot("occupancy").await;
+    // The same instant as Chronicle knew it an hour ago, before the booking: nothing held.
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    browser.set("#occupancy-known-at", &hour_ago).await;
+    browser.click("#occupancy-load").await;
+    browser.find("#occupancy-result[data-held='0']").await;
+    assert_eq!(
+        browser.unlabelled().await,
+        Vec::<String>::new(),
+        "every control labelled"
+    );
     browser.close().await;
 }
 
@@ -579,6 +653,16 @@ async fn a_client_sees_its_own_events_live_and_nothing_of_others_or_analytics() 
     let bobs = chronicle.open_account(&bob, "EUR").await;
 
     let browser = Browser::open().await;
+    browser
+        .client
+        .goto(&format!("{}/console", chronicle.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.unlabelled().await,
+        Vec::<String>::new(),
+        "sign-in labelled"
+    );
     browser.sign_in(&chronicle.base, &alice).await;
     assert_eq!(
         browser.count("#nav-analytics, #nav-integrity").await,
@@ -587,7 +671,7 @@ async fn a_client_sees_its_own_events_live_and_nothing_of_others_or_analytics() 
     );
 
     // Live: a deposit made elsewhere arrives.
-    browser.click("#nav-live").await;
+    browser.open_view("live").await;
     browser.click("#live-start").await;
     eventually("the live stream opens", || async {
         let status = browser.find("#live-status").await.text().await.unwrap();
@@ -645,7 +729,7 @@ async fn a_client_sees_its_own_events_live_and_nothing_of_others_or_analytics() 
     );
 
     // Her own account opens; Bob's answers the API's problem, shown as such.
-    browser.click("#nav-streams").await;
+    browser.open_view("streams").await;
     browser.choose("#stream-type", "account").await;
     browser.fill("#stream-id", &account.to_string()).await;
     browser.click("#stream-open").await;
