@@ -9,7 +9,8 @@
   const HISTORY_CAP = 50;
   const CHART_HEIGHT = 320;
   const MAX_BUCKETS = 2000;
-  // What the store writes in place of an erased personal field (chronicle_domain::subject::ERASED).
+  // The store's placeholder for an erased field (chronicle_domain::subject::ERASED); the
+  // API writes erased guests as null + erased: true, the CLI's exports keep the placeholder.
   const ERASED = '[erased]';
   const PALETTE = ['#0b57d0', '#b3261e', '#146c2e', '#7b3fb8', '#a15c00', '#00696f'];
   const ID_KEYS = {

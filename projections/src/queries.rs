@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chronicle_domain::subject::ERASED;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -143,11 +144,73 @@ pub struct MoneyView {
     pub currency: String,
 }
 
-/// A booking's guest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+/// A booking's guest. Once the guest's personal data was erased, both fields hold the
+/// store's placeholder ([`ERASED`]) here and read, in JSON, as API.md has them: `null`,
+/// with `"erased": true` beside them. Either form reads back (search documents written
+/// before kept the placeholder).
+#[derive(Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GuestView {
+    /// `null` once erased (then `"erased": true` is beside it).
+    #[schema(value_type = Option<String>)]
     pub name: String,
+    /// `null` once erased.
+    #[schema(value_type = Option<String>)]
     pub email: String,
+}
+
+impl GuestView {
+    pub fn is_erased(&self) -> bool {
+        self.name == ERASED && self.email == ERASED
+    }
+}
+
+/// The JSON form of a guest, erased or not.
+#[derive(Serialize, serde::Deserialize)]
+struct GuestJson {
+    name: Option<String>,
+    email: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    erased: bool,
+}
+
+impl Serialize for GuestView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let erased = self.is_erased();
+        GuestJson {
+            name: (!erased).then(|| self.name.clone()),
+            email: (!erased).then(|| self.email.clone()),
+            erased,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GuestView {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = GuestJson::deserialize(deserializer)?;
+        let field = |value: Option<String>| match value {
+            Some(value) if !json.erased => value,
+            _ => ERASED.to_owned(),
+        };
+        Ok(Self {
+            name: field(json.name.clone()),
+            email: field(json.email.clone()),
+        })
+    }
+}
+
+/// In an event's payload as the API shows it (the audit trail): an erased guest written
+/// as API.md has it, `null` fields with `"erased": true`.
+pub fn show_erased_guest(payload: &mut serde_json::Value) {
+    let Some(guest) = payload.get_mut("guest") else {
+        return;
+    };
+    if let Ok(view) = serde_json::from_value::<GuestView>(guest.clone())
+        && view.is_erased()
+        && let Ok(shown) = serde_json::to_value(&view)
+    {
+        *guest = shown;
+    }
 }
 
 /// A booking as the API shows it.
@@ -341,6 +404,31 @@ pub async fn payment(pool: &PgPool, id: Uuid) -> Result<Option<PaymentView>, sql
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_erased_guest_reads_as_null_fields_marked_erased_and_back() {
+        use serde_json::json;
+        let erased = GuestView {
+            name: ERASED.into(),
+            email: ERASED.into(),
+        };
+        let shown = serde_json::to_value(&erased).unwrap();
+        assert_eq!(shown, json!({"name": null, "email": null, "erased": true}));
+        assert_eq!(serde_json::from_value::<GuestView>(shown).unwrap(), erased);
+        let kept = json!({"name": ERASED, "email": ERASED});
+        assert_eq!(serde_json::from_value::<GuestView>(kept).unwrap(), erased);
+        let ada = json!({"name": "Ada", "email": "ada@example.org"});
+        let read: GuestView = serde_json::from_value(ada.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), ada);
+
+        let mut payload =
+            json!({"type": "BookingRequested", "guest": {"name": ERASED, "email": ERASED}});
+        show_erased_guest(&mut payload);
+        assert_eq!(
+            payload["guest"],
+            json!({"name": null, "email": null, "erased": true})
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_forgeries() {

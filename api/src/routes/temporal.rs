@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chronicle_domain::Role;
-use chronicle_projections::queries::Page;
+use chronicle_projections::queries::{Page, show_erased_guest};
 use chronicle_projections::subscriptions::{
     self as subscription_reads, Mrr, MrrBucket, StatusCount,
 };
@@ -359,8 +359,20 @@ pub async fn caused_by(
 }
 
 /// Opens the sealed personal fields of `events` for the auditor: in plain text while
-/// the subject's key exists, as erased after (ADR 0035).
+/// the subject's key exists, as erased after (ADR 0035), erased guests written as API.md
+/// has them.
 async fn open_personal(
+    state: &AppState,
+    events: &mut [temporal::AuditEvent],
+) -> Result<(), AppError> {
+    open_sealed(state, events).await?;
+    for payload in events.iter_mut().filter_map(|e| e.payload.as_mut()) {
+        show_erased_guest(payload);
+    }
+    Ok(())
+}
+
+async fn open_sealed(
     state: &AppState,
     events: &mut [temporal::AuditEvent],
 ) -> Result<(), AppError> {
