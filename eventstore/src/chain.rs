@@ -186,19 +186,31 @@ pub async fn verify_stream(
     aggregate_type: &str,
     aggregate_id: &str,
 ) -> Result<Vec<ChainBreak>, StoreError> {
+    let mut connection = pool.acquire().await?;
+    verify_stream_in(&mut connection, aggregate_type, aggregate_id).await
+}
+
+/// [`verify_stream`] on `connection`: in a repeatable-read transaction, the events and
+/// the head come from one snapshot, so an append between the two reads is not taken for
+/// a truncated stream.
+pub async fn verify_stream_in(
+    connection: &mut sqlx::PgConnection,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Vec<ChainBreak>, StoreError> {
     let events: Vec<ChainedEvent> = sqlx::query_as(&format!(
         "{SELECT_CHAINED} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
     ))
     .bind(aggregate_type)
     .bind(aggregate_id)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?;
     let head: Option<i64> = sqlx::query_scalar(
         "SELECT last_sequence FROM stream_heads WHERE aggregate_type = $1 AND aggregate_id = $2",
     )
     .bind(aggregate_type)
     .bind(aggregate_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?;
     let mut check = ChainCheck::default();
     events.iter().for_each(|e| check.push(e));

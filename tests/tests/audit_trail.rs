@@ -249,3 +249,39 @@ async fn one_stream_verifies_against_its_chain_and_the_signed_checkpoint() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_appended_to_while_it_is_verified_is_not_called_broken() {
+    let app = spawn_app().await;
+    let alice = app.client_token("alice");
+    let auditor = app.token("eve", &[Role::Auditor]);
+    let account = app.open_account(&alice, "EUR", 0).await;
+    let path = format!("/v1/audit/account/{account}/verification");
+    let writer = {
+        let (base, client, alice) = (app.base.clone(), app.client.clone(), alice.clone());
+        tokio::spawn(async move {
+            for _ in 0..150 {
+                let deposited = client
+                    .post(format!("{base}/v1/accounts/{account}/deposits"))
+                    .bearer_auth(&alice)
+                    .json(&serde_json::json!({"amount": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(deposited.status().is_success());
+            }
+        })
+    };
+    let mut checked = 0;
+    while !writer.is_finished() {
+        let reply = app.get(&path, &auditor).await;
+        let found = verification(&reply);
+        assert_eq!(found["verified"], true, "{found}");
+        checked += 1;
+    }
+    writer.await.unwrap();
+    assert!(
+        checked > 5,
+        "only {checked} verifications ran beside the writer"
+    );
+}

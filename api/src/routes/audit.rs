@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chronicle_domain::Role;
-use chronicle_eventstore::chain::verify_stream;
+use chronicle_eventstore::chain::verify_stream_in;
 use chronicle_eventstore::notary::checkpoint::SignedCheckpoint;
 use chronicle_eventstore::notary::proofs::{self, StreamCoverage};
 use chrono::{DateTime, Utc};
@@ -165,30 +165,33 @@ pub async fn verification(
     let aggregate_type = aggregate_type_of(&aggregate_type)?;
     let id = Uuid::parse_str(&id).map_err(|_| AppError::not_found())?;
     let stream = id.to_string();
+    // One snapshot for every read: a stream appended to meanwhile is not mistaken for a
+    // truncated one.
+    let mut tx = state.pool.begin().await.map_err(database)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(database)?;
     let (events, last_sequence, last_position): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
         "SELECT count(*), max(sequence), max(global_position) FROM events \
           WHERE aggregate_type = $1 AND aggregate_id = $2",
     )
     .bind(aggregate_type)
     .bind(&stream)
-    .fetch_one(&state.pool)
+    .fetch_one(&mut *tx)
     .await
     .map_err(database)?;
-    let breaks = verify_stream(&state.pool, aggregate_type, &stream)
+    let breaks = verify_stream_in(&mut tx, aggregate_type, &stream)
         .await
         .map_err(|e| AppError::internal(&e))?;
     if events == 0 && breaks.is_empty() {
         return Err(AppError::not_found());
     }
-    let mut connection = state.pool.acquire().await.map_err(database)?;
-    let checkpoint = proofs::stream_coverage(
-        &mut connection,
-        &state.checkpoint_key,
-        aggregate_type,
-        &stream,
-    )
-    .await
-    .map_err(|e| AppError::internal(&e))?;
+    let checkpoint =
+        proofs::stream_coverage(&mut tx, &state.checkpoint_key, aggregate_type, &stream)
+            .await
+            .map_err(|e| AppError::internal(&e))?;
+    tx.rollback().await.map_err(database)?;
     let mut problems: Vec<String> = breaks.iter().map(ToString::to_string).collect();
     problems.extend(checkpoint.iter().flat_map(|c| c.problems.iter().cloned()));
     Ok(Json(Verification {
