@@ -463,10 +463,9 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Runs `statement` (with `stream` bound to `$1`) as the database's superuser, past
-    /// the event store's guards (`session_replication_role = replica`): what a hostile
-    /// administrator can do, for the tamper tests.
-    pub async fn as_superuser(&self, statement: &str, stream: &str) {
+    /// A connection of a superuser who switched the event store's guards off
+    /// (`session_replication_role = replica`), as an administrator tampering with it would.
+    pub async fn guards_off(&self) -> PgConnection {
         let mut conn = PgConnection::connect_with(&self.db.options)
             .await
             .expect("a superuser connection");
@@ -474,6 +473,14 @@ impl TestApp {
             .execute(&mut conn)
             .await
             .expect("guards off");
+        conn
+    }
+
+    /// Runs `statement` (with `stream` bound to `$1`) as the database's superuser, past
+    /// the event store's guards (`session_replication_role = replica`): what a hostile
+    /// administrator can do, for the tamper tests.
+    pub async fn as_superuser(&self, statement: &str, stream: &str) {
+        let mut conn = self.guards_off().await;
         sqlx::query(statement)
             .bind(stream)
             .execute(&mut conn)

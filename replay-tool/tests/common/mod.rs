@@ -35,13 +35,5 @@ pub fn text(output: &Output) -> String {
 /// A connection of a superuser who switched the event store's guards off
 /// (`session_replication_role = replica`), as an administrator tampering with it would.
 pub async fn guards_off(app: &chronicle_tests::TestApp) -> sqlx::PgConnection {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect_with(&app.db.options)
-        .await
-        .expect("a superuser connection");
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut conn)
-        .await
-        .expect("guards off");
-    conn
+    app.guards_off().await
 }
