@@ -41,28 +41,29 @@ install_postgres() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
 }
 
+# apt_install WHAT PACKAGE... — installs Debian packages (as root), updating the package
+# lists only when the first try fails.
+apt_install() {
+  local what="$1"; shift
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
+    die "$what needs Debian's $* (apt-get install $*, as root)"
+  say "installing $* from the distribution's packages ($what)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  } || die "could not install $*"
+}
+
 # libfaketime, for the fault suite's clock row (Debian's package `faketime`).
 install_faketime() {
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] && return 0
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
-    die "the fault suite's clock row needs libfaketime (Debian: apt-get install faketime) and root"
-  say "installing libfaketime from the distribution's packages"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null 2>&1 || {
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
-  } || die "could not install libfaketime (faketime)"
+  apt_install "the fault suite's clock row" faketime
 }
 
 # Debian's chromium and chromedriver, for the console's browser tests (WebDriver).
 install_chromium() {
   command -v chromedriver >/dev/null 2>&1 && [ -x /usr/bin/chromium ] && return 0
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
-    die "the console's browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver, as root)"
-  say "installing chromium and chromium-driver from the distribution's packages"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || {
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
-  } || die "could not install chromium and chromium-driver"
+  apt_install "the console's browser tests" chromium chromium-driver
 }
 
 # A superuser login for local development when the server refuses the defaults

@@ -206,6 +206,26 @@ impl Drop for TestApp {
     }
 }
 
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Waits (30 s at most) until something listens at `addr`.
+pub async fn wait_for_port(addr: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The test broker (`CHRONICLE_KAFKA_BROKERS`; `scripts/test.sh` starts one).
 pub fn kafka_brokers() -> String {
     std::env::var("CHRONICLE_KAFKA_BROKERS").expect(

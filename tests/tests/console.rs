@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use chronicle_api::auth::JwtKeys;
 use chronicle_domain::Role;
-use chronicle_tests::{TEST_JWT_SECRET, TestApp, TestDb, eventually, kafka_brokers};
+use chronicle_tests::{
+    TEST_JWT_SECRET, TestApp, TestDb, eventually, free_port, kafka_brokers, wait_for_port,
+};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -25,28 +27,6 @@ use uuid::Uuid;
 
 /// How long the page may take to show what is asked of it.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for_port(port: u16, what: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The workspace's `chronicle` binary (`CHRONICLE_BIN` names another).
 fn chronicle_binary() -> PathBuf {
@@ -110,7 +90,7 @@ impl Chronicle {
                     binary.display()
                 )
             });
-        wait_for_port(port, "chronicle").await;
+        wait_for_port(&format!("127.0.0.1:{port}")).await;
         let chronicle = Self {
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
@@ -237,7 +217,7 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("{driver}: {e} (scripts/test.sh installs chromium-driver)"));
-        wait_for_port(port, "chromedriver").await;
+        wait_for_port(&format!("127.0.0.1:{port}")).await;
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),

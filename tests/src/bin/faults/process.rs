@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -41,21 +40,7 @@ impl Launcher {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub async fn wait_for_port(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "{addr} never opened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use chronicle_tests::{free_port, wait_for_port};
 
 pub fn signal(child: &Child, name: &str) {
     if let Some(pid) = child.id() {
